@@ -1,0 +1,34 @@
+"""The reference (:mod:`torchshift2.reference`) behind the ops' backend interface."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from . import _spec, reference
+
+
+def forward(out, input, weight, padding, active, crop, fill):
+    with torch.no_grad():
+        out.copy_(reference.shift(input, weight, padding, active, _spec.pair_crop(crop), fill=fill))
+
+
+@contextlib.contextmanager
+def _autograd_inside_op():
+    # A custom op's kernel runs below the Autograd dispatch keys (they are in the TLS exclude
+    # set). The reference's gradients *are* its autograd graph, so re-admit them here.
+    include = torch._C._dispatch_tls_local_include_set()
+    exclude = torch._C.DispatchKeySet(torch._C.DispatchKey.Undefined)
+    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
+        yield
+
+
+def backward(grad_input, grad_weight, grad_output, input, weight, padding, active, crop):
+    with _autograd_inside_op():
+        x = input.detach().requires_grad_()
+        w = weight.detach().requires_grad_()
+        out = reference.shift(x, w, padding, active, _spec.pair_crop(crop))
+        gx, gw = torch.autograd.grad(out, (x, w), grad_output)
+    grad_input.copy_(gx)
+    grad_weight.copy_(gw)

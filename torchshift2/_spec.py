@@ -1,0 +1,119 @@
+"""The vocabulary of SPEC.md shared by every layer of the package.
+
+Padding names and their aliases, the crop rule and the output shape live here and only
+here; the functional API, the ops, the backends and the layers import them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+#: Padding modes of SPEC §2, in the order of their integer codes (shared with the C++ and
+#: Triton kernels, which receive ``PADDINGS.index(name)``).
+PADDINGS: Tuple[str, ...] = ("zeros", "border", "periodic", "reflect", "symmetric")
+
+#: ``torch.nn.Conv*d(padding_mode=...)`` names accepted as aliases.
+PADDING_ALIASES = {"replicate": "border", "circular": "periodic"}
+
+Crop = Tuple[Tuple[int, int], ...]
+
+
+def canonical_padding(padding: str) -> str:
+    """Return the SPEC name of ``padding``, resolving the ``nn.Conv`` aliases."""
+    if not isinstance(padding, str):
+        raise TypeError(
+            f"padding: expected a string, one of {list(PADDINGS) + list(PADDING_ALIASES)}, "
+            f"got {type(padding).__name__} {padding!r}"
+        )
+    name = PADDING_ALIASES.get(padding, padding)
+    if name not in PADDINGS:
+        raise ValueError(
+            f"padding: expected one of {list(PADDINGS)} (or the aliases "
+            f"{list(PADDING_ALIASES)}), got {padding!r}"
+        )
+    return name
+
+
+def padding_code(padding: str) -> int:
+    """Integer code of a canonical padding name, as the kernels know it."""
+    return PADDINGS.index(padding)
+
+
+def normalize_crop(crop: Optional[Sequence[Sequence[int]]], spatial: Sequence[int]) -> Crop:
+    """Check ``crop`` against the spatial sizes and return it as D ``(before, after)`` pairs.
+
+    ``None`` means no crop. Raises ``TypeError``/``ValueError`` naming ``crop``.
+    """
+    ndim = len(spatial)
+    if crop is None:
+        return tuple((0, 0) for _ in range(ndim))
+    try:
+        pairs = [tuple(pair) for pair in crop]
+    except TypeError:
+        raise TypeError(
+            f"crop: expected None or {ndim} (before, after) pairs of ints, got {crop!r}"
+        ) from None
+    if len(pairs) != ndim or any(len(pair) != 2 for pair in pairs):
+        raise ValueError(
+            f"crop: expected {ndim} (before, after) pairs (one per spatial dim), got {crop!r}"
+        )
+    result = []
+    for d, ((before, after), length) in enumerate(zip(pairs, spatial)):
+        for value in (before, after):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"crop: expected ints, got {value!r} in dim {d} of {crop!r}")
+            if value < 0:
+                raise ValueError(f"crop: expected non-negative values, got {value} in dim {d}")
+        if before + after > length:
+            raise ValueError(
+                f"crop: dim {d} has size {length}, cannot drop {before} + {after} elements"
+            )
+        result.append((before, after))
+    return tuple(result)
+
+
+def flat_crop(crop: Crop) -> list:
+    """``((b1, a1), (b2, a2))`` -> ``[b1, a1, b2, a2]``: the op schemas take ``int[]``."""
+    return [int(v) for pair in crop for v in pair]
+
+
+def pair_crop(flat: Sequence[int]) -> Crop:
+    """Inverse of :func:`flat_crop`."""
+    return tuple((int(flat[2 * d]), int(flat[2 * d + 1])) for d in range(len(flat) // 2))
+
+
+def output_shape(input_shape: Sequence[int], crop: Crop) -> list:
+    """Shape of the shift output: spatial dim d shrinks by ``before_d + after_d``."""
+    return list(input_shape[:2]) + [
+        length - before - after for length, (before, after) in zip(input_shape[2:], crop)
+    ]
+
+
+def is_channels_last(tensor: torch.Tensor) -> bool:
+    """True when the channel dim is innermost in memory (channels_last / _3d, or the 1D analogue).
+
+    A tensor that is also plain contiguous counts as contiguous; this rule decides the memory
+    format of every output the ops allocate, for the real kernels and the fake ones alike.
+    """
+    if tensor.is_contiguous():
+        return False
+    order = [0] + list(range(2, tensor.dim())) + [1]
+    return tensor.permute(order).is_contiguous()
+
+
+def empty_like_layout(like: torch.Tensor, shape: Sequence[int], dtype=None) -> torch.Tensor:
+    """Uninitialised tensor of ``shape`` with the memory layout rule of :func:`is_channels_last`."""
+    dtype = like.dtype if dtype is None else dtype
+    if not is_channels_last(like):
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    order = [0] + list(range(2, len(shape))) + [1]
+    physical = [shape[i] for i in order]
+    inverse = [order.index(i) for i in range(len(shape))]
+    return torch.empty(physical, dtype=dtype, device=like.device).permute(inverse)
+
+
+def is_exact_dtype(dtype: torch.dtype) -> bool:
+    """Dtypes that only SSL without gradient may shift (integers, bool, quantized)."""
+    return not (dtype.is_floating_point or dtype.is_complex)

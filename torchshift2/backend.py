@@ -1,0 +1,88 @@
+"""Backend selection: ``TORCHSHIFT2_BACKEND`` and :func:`use_backend`.
+
+``auto`` runs the C++ kernel on CPU, the Triton kernels on CUDA and the reference anywhere
+else. The choice is read when an op runs (not when it is traced), so it also applies inside
+``torch.compile``'d models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import warnings
+from typing import Iterator, Optional
+
+import torch
+
+#: Names accepted by ``TORCHSHIFT2_BACKEND`` and :func:`use_backend`.
+BACKENDS = ("auto", "cpp", "triton", "reference")
+ENV_VAR = "TORCHSHIFT2_BACKEND"
+
+_override: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar(
+    "torchshift2_backend", default=None
+)
+_warned = set()
+
+
+def _checked(name: str, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source}: expected one of {list(BACKENDS)}, got {name!r}")
+    return name
+
+
+def selected_backend() -> str:
+    """The backend name in force: :func:`use_backend`'s, else the environment's, else ``auto``."""
+    name = _override.get()
+    if name is not None:
+        return name
+    return _checked(os.environ.get(ENV_VAR, "auto").strip() or "auto", ENV_VAR)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the shift ops with backend ``name`` (one of ``BACKENDS``) inside the block.
+
+    Example:
+        >>> import torch, torchshift2 as ts
+        >>> with ts.use_backend("reference"):
+        ...     ts.shift(torch.arange(4.).reshape(1, 1, 4), torch.tensor([[1.0]]))
+        tensor([[[0., 0., 1., 2.]]])
+    """
+    token = _override.set(_checked(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def warn_once(key: str, message: str) -> None:
+    """Emit ``message`` as a ``RuntimeWarning`` once per process for ``key``."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def resolve(device: torch.device) -> str:
+    """The concrete backend (``cpp``, ``triton`` or ``reference``) for tensors on ``device``."""
+    name = selected_backend()
+    if name != "auto":
+        return name
+    if device.type == "cpu":
+        from .cpu import loader
+
+        reason = loader.unavailable_reason()
+        if reason is None:
+            return "cpp"
+        warn_once("cpp", f"torchshift2: the C++ CPU kernel is unavailable ({reason}); "
+                  "falling back to the slow pure-torch reference")
+        return "reference"
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError as error:
+            warn_once("triton", f"torchshift2: triton is not importable ({error}); "
+                      "falling back to the slow pure-torch reference on CUDA")
+            return "reference"
+        return "triton"
+    return "reference"

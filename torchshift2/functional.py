@@ -1,0 +1,148 @@
+"""Functional API: :func:`shift` and its dimension-checked variants.
+
+All argument checks of SPEC §5 happen here, before any kernel runs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import _spec, ops
+
+__all__ = ["shift", "shift1d", "shift2d", "shift3d", "check_shift_args"]
+
+
+def check_shift_args(input, weight, padding, active, crop, ndim: Optional[int] = None):
+    """Validate the arguments of :func:`shift` (SPEC §5).
+
+    Returns:
+        ``(padding, crop)``: the canonical padding name and D ``(before, after)`` pairs.
+
+    Raises:
+        TypeError: an argument of the wrong type or dtype.
+        ValueError: wrong dims, shapes or values.
+        RuntimeError: input and weight on different devices.
+    """
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+    if ndim is None:
+        if input.dim() not in (3, 4, 5):
+            raise ValueError(
+                f"input: expected a 3D, 4D or 5D tensor (N, C, *spatial), got {input.dim()}D "
+                f"with shape {tuple(input.shape)}"
+            )
+    elif input.dim() != ndim + 2:
+        raise ValueError(
+            f"input: expected a {ndim + 2}D tensor (N, C, {ndim} spatial dims), got "
+            f"{input.dim()}D with shape {tuple(input.shape)}"
+        )
+    spatial = input.dim() - 2
+    channels = input.shape[1]
+    if weight.dim() != 2 or weight.shape[0] != channels or weight.shape[1] != spatial:
+        raise ValueError(
+            f"weight: expected shape (C, D) = ({channels}, {spatial}) for input of shape "
+            f"{tuple(input.shape)}, got {tuple(weight.shape)}"
+        )
+    if not weight.dtype.is_floating_point:
+        raise TypeError(f"weight: expected a floating dtype, got {weight.dtype}")
+    if input.device != weight.device:
+        raise RuntimeError(
+            f"weight: expected the device of input ({input.device}), got {weight.device}"
+        )
+    if input.dtype.is_complex:
+        raise TypeError(f"input: complex dtypes are not supported, got {input.dtype}")
+    if not isinstance(active, bool):
+        raise TypeError(f"active: expected a bool, got {type(active).__name__} {active!r}")
+    if _spec.is_exact_dtype(input.dtype):
+        if active:
+            raise TypeError(
+                f"input: active=True interpolates and needs a floating dtype, got {input.dtype}; "
+                "integer and quantized tensors take active=False"
+            )
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"weight: requires_grad, but input has dtype {input.dtype}, which has no "
+                "gradient; shift integer or quantized tensors under torch.no_grad() or with "
+                "a detached weight"
+            )
+        if input.is_quantized and input.qscheme() != torch.per_tensor_affine:
+            raise ValueError(
+                f"input: expected per-tensor affine quantization, got {input.qscheme()}"
+            )
+    return _spec.canonical_padding(padding), _spec.normalize_crop(crop, input.shape[2:])
+
+
+def shift(
+    input: Tensor,
+    weight: Tensor,
+    padding: str = "zeros",
+    active: bool = False,
+    crop: Optional[Sequence[Sequence[int]]] = None,
+) -> Tensor:
+    """Shift every channel of ``input`` by its own offset along each spatial dim.
+
+    Channel ``c`` moves by ``weight[c, d]`` along spatial dim ``d``; a positive shift moves
+    content towards higher indices (as ``torch.roll``). SSL (``active=False``) moves by the
+    rounded shift and learns ``weight`` through the interpolation gradient (straight-through);
+    Active Shift (``active=True``) interpolates linearly between the two nearest integers.
+
+    Args:
+        input: ``(N, C, L1)``, ``(N, C, L1, L2)`` or ``(N, C, L1, L2, L3)``; any floating
+            dtype, or (SSL without gradient) an integer, bool or per-tensor quantized dtype.
+        weight: floating ``(C, D)`` shifts, D = ``input.dim() - 2``, on ``input``'s device.
+        padding: where out-of-range reads come from: ``"zeros"``, ``"border"``,
+            ``"periodic"``, ``"reflect"`` or ``"symmetric"`` (``nn.Conv`` aliases
+            ``"replicate"`` and ``"circular"`` accepted).
+        active: ``False`` for SSL (integer shift), ``True`` for Active Shift (interpolation).
+        crop: ``None`` or D pairs ``(before, after)``: elements dropped from the start / end
+            of each spatial dim of the output.
+
+    Returns:
+        ``(N, C, L1 - before1 - after1, ...)`` tensor of ``input``'s dtype, device and memory
+        format (contiguous, or channels-last for channels-last inputs).
+
+    Example:
+        >>> import torch, torchshift2 as ts
+        >>> x = torch.arange(5.0).reshape(1, 1, 5)
+        >>> ts.shift(x, torch.tensor([[2.0]]))
+        tensor([[[0., 0., 0., 1., 2.]]])
+        >>> ts.shift(x, torch.tensor([[2.0]]), padding="periodic")
+        tensor([[[3., 4., 0., 1., 2.]]])
+        >>> ts.shift(x, torch.tensor([[0.5]]), active=True)
+        tensor([[[0.0000, 0.5000, 1.5000, 2.5000, 3.5000]]])
+    """
+    return _shift(input, weight, padding, active, crop)
+
+
+def _shift(input, weight, padding, active, crop, ndim: Optional[int] = None) -> Tensor:
+    padding, crop = check_shift_args(input, weight, padding, active, crop, ndim)
+    return ops.shift(input, weight, padding, active, _spec.flat_crop(crop))
+
+
+def _shift_nd(ndim: int):
+    def shift_nd(
+        input: Tensor,
+        weight: Tensor,
+        padding: str = "zeros",
+        active: bool = False,
+        crop: Optional[Sequence[Sequence[int]]] = None,
+    ) -> Tensor:
+        return _shift(input, weight, padding, active, crop, ndim)
+
+    shift_nd.__name__ = shift_nd.__qualname__ = f"shift{ndim}d"
+    shift_nd.__doc__ = (
+        f"Same as :func:`shift`, but ``input`` must be {ndim + 2}D "
+        f"(``(N, C, {', '.join(f'L{d + 1}' for d in range(ndim))})``) and ``weight`` "
+        f"``(C, {ndim})``."
+    )
+    return shift_nd
+
+
+shift1d = _shift_nd(1)
+shift2d = _shift_nd(2)
+shift3d = _shift_nd(3)

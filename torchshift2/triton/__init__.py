@@ -1,0 +1,1 @@
+"""Triton backend (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``)."""
