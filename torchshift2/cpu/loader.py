@@ -1,2 +1,110 @@
-def unavailable_reason():
-    return "not built yet"
+"""Compile ``shift.cpp`` at first use with ``load_inline`` and call its ops.
+
+The build goes to ``$TORCHSHIFT2_BUILD_DIR`` (default ``~/.cache/torchshift2``) under a name
+that hashes the source, the torch version and the flags: an unchanged source reuses the
+cached library (in later processes too), a changed one rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .. import _spec
+
+_SOURCE_PATH = Path(__file__).with_name("shift.cpp")
+_CFLAGS = ["-O3", "-fopenmp", "-DNDEBUG"]
+_LDFLAGS = ["-fopenmp"]
+#: A lock file older than this was left by a killed build (a normal build takes ~1 min).
+STALE_LOCK_SECONDS = 600
+
+_lock = threading.Lock()
+_ops = None
+_error: Optional[BaseException] = None
+
+
+def _build_directory(name: str) -> Path:
+    root = os.environ.get("TORCHSHIFT2_BUILD_DIR") or Path.home() / ".cache" / "torchshift2"
+    return Path(root) / name
+
+
+def _remove_stale_lock(directory: Path) -> None:
+    # torch's FileBaton waits forever on a lock left by a build that was killed.
+    lock = directory / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_SECONDS:
+        warnings.warn(
+            f"torchshift2: removing {lock}, a lock {age:.0f} s old left by an interrupted build "
+            "of the C++ kernel; rebuilding",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        lock.unlink(missing_ok=True)
+
+
+def load():
+    """Build (or reuse) the C++ library and return its op namespace ``torch.ops.torchshift2_cpu``.
+
+    Raises the build error if it fails; a failure is remembered for the process.
+    """
+    global _ops, _error
+    with _lock:
+        if _ops is not None:
+            return _ops
+        if _error is not None:
+            raise RuntimeError(f"the C++ kernel failed to build earlier: {_error}") from _error
+        from torch.utils import cpp_extension
+
+        source = _SOURCE_PATH.read_text()
+        digest = hashlib.sha256(
+            "\0".join([source, torch.__version__, *_CFLAGS, *_LDFLAGS]).encode()
+        ).hexdigest()[:16]
+        name = f"torchshift2_cpu_{digest}"
+        directory = _build_directory(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        _remove_stale_lock(directory)
+        try:
+            cpp_extension.load_inline(
+                name=name,
+                cpp_sources=[source],
+                extra_cflags=_CFLAGS,
+                extra_ldflags=_LDFLAGS,
+                build_directory=str(directory),
+                is_python_module=False,
+                no_implicit_headers=True,
+                verbose=bool(os.environ.get("TORCHSHIFT2_VERBOSE_BUILD")),
+            )
+        except Exception as error:  # compiler missing, build failure, ...
+            _error = error
+            raise
+        _ops = torch.ops.torchshift2_cpu
+        return _ops
+
+
+def unavailable_reason() -> Optional[str]:
+    """``None`` if the C++ kernel is usable, else why not (building it if needed)."""
+    try:
+        load()
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+    return None
+
+
+def forward(out, input, weight, padding, active, crop, fill):
+    load().forward(input, weight, out, _spec.padding_code(padding), active, crop, float(fill))
+
+
+def backward(grad_input, grad_weight, grad_output, input, weight, padding, active, crop):
+    load().backward(
+        grad_output, input, weight, grad_input, grad_weight, _spec.padding_code(padding), active, crop
+    )
