@@ -54,9 +54,9 @@ def _allocate_grads(input: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
 @torch.library.custom_op("torchshift2::shift", mutates_args=())
 def shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]) -> Tensor:
     """Forward shift (SPEC §3) of checked arguments; ``crop`` is flat ``[b1, a1, ...]``."""
+    _check_finite(weight)
     out = _allocate_output(input, crop)
     if out.numel():
-        _check_finite(weight)
         _backend_module(input.device).forward(out, input, weight, padding, active, crop, 0)
     return out
 
@@ -71,12 +71,12 @@ def shift_backward(
     grad_output: Tensor, input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]
 ) -> Tuple[Tensor, Tensor]:
     """``(grad_input, grad_weight)`` of :func:`shift` (SPEC §4)."""
+    _check_finite(weight)
     grad_input, grad_weight = _allocate_grads(input, weight)
     if input.numel() == 0 or grad_output.numel() == 0:
         grad_input.zero_()
         grad_weight.zero_()
     else:
-        _check_finite(weight)
         _backend_module(input.device).backward(
             grad_input, grad_weight, grad_output, input, weight, padding, active, crop
         )
@@ -129,10 +129,10 @@ def _shift_quantized(input, weight, padding, active, crop):
         raise ValueError(
             f"input: expected a per-tensor affine quantized tensor, got {input.qscheme()}"
         )
+    _check_finite(weight)
     values = input.int_repr()
     out = _allocate_output(values, crop)
     if out.numel():
-        _check_finite(weight)
         _backend_module(values.device).forward(
             out, values, weight, padding, False, crop, input.q_zero_point()
         )

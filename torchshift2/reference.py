@@ -70,11 +70,13 @@ def _reduce_shift(shift: torch.Tensor, length: int, padding: str) -> torch.Tenso
     return shift.to(torch.int64)
 
 
-def _gather(x: torch.Tensor, shifts: torch.Tensor, padding: str, crop, fill):
-    """``V(n, c, i - shifts[c])`` for every output position (SPEC §2/§3).
+def _gather(x: torch.Tensor, shifts: torch.Tensor, padding: str, crop, fill, corner=None):
+    """``V(n, c, i - shifts[c] - corner)`` for every output position (SPEC §2/§3).
 
-    ``x`` is ``(N, C, *L)``, ``shifts`` an integer-valued float64 ``(C, D)`` tensor.
+    ``x`` is ``(N, C, *L)``, ``shifts`` an integer-valued float64 ``(C, D)`` tensor and
+    ``corner`` D small ints, added after the shift is reduced (``1e30 + 1 == 1e30``).
     """
+    corner = corner or (0,) * shifts.shape[1]
     n, c = x.shape[:2]
     spatial = x.shape[2:]
     ndim = len(spatial)
@@ -86,7 +88,7 @@ def _gather(x: torch.Tensor, shifts: torch.Tensor, padding: str, crop, fill):
         out_spatial.append(out_len)
         positions = torch.arange(before, before + out_len, device=x.device)
         shift = _reduce_shift(shifts[:, d], length, padding)
-        index, ok = source_index(positions[None, :] - shift[:, None], length, padding)
+        index, ok = source_index(positions[None, :] - shift[:, None] - corner[d], length, padding)
         view = [c] + [1] * ndim
         view[1 + d] = out_len
         flat_index = flat_index * length + index.reshape(view)
@@ -111,11 +113,10 @@ def _interpolate(x: torch.Tensor, weight: torch.Tensor, padding: str, crop) -> t
     bshape = (1, -1) + (1,) * ndim
     out = 0
     for corner in itertools.product((0, 1), repeat=ndim):
-        offset = torch.tensor(corner, dtype=torch.float64, device=x.device)
         coeff = 1
         for d, a in enumerate(corner):
             coeff = coeff * (frac[:, d] if a else 1 - frac[:, d])
-        out = out + coeff.reshape(bshape) * _gather(x, floor + offset, padding, crop, 0)
+        out = out + coeff.reshape(bshape) * _gather(x, floor, padding, crop, 0, corner)
     return out
 
 
@@ -152,7 +153,12 @@ def shift(
         )
     out_shape = _spec.output_shape(input.shape, crop)
     if input.numel() == 0 or 0 in out_shape:
-        return _spec.empty_like_layout(input, out_shape)
+        out = _spec.empty_like_layout(input, out_shape)
+        if input.dtype.is_floating_point and torch.is_grad_enabled():
+            # Stay in the autograd graph so that gradients come back as zeros, not errors.
+            link = (input.sum() + weight.sum()).to(input.dtype) * 0
+            out = out.copy_(link.expand(out_shape))
+        return out
     if not input.dtype.is_floating_point:
         values = _gather(input, torch.round(weight.detach()).double(), padding, crop, fill)
     else:

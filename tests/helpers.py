@@ -1,0 +1,83 @@
+"""Strategies and comparison helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+import torchshift2 as ts
+
+#: Tolerances (atol, rtol) per dtype for kernels compared with the reference.
+TOLERANCE = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (2e-2, 1e-2),
+    torch.bfloat16: (1e-1, 2e-2),
+}
+
+FORMATS = ("contiguous", "channels_last", "permuted")
+
+
+def layout(x: torch.Tensor, memory_format: str) -> torch.Tensor:
+    """``x`` with the same values in another memory layout."""
+    ndim = x.dim() - 2
+    if memory_format == "channels_last":
+        order = [0] + list(range(2, ndim + 2)) + [1]
+        return x.permute(order).contiguous().permute([0, ndim + 1] + list(range(1, ndim + 1)))
+    if memory_format == "permuted":  # neither contiguous nor channels-last
+        return x.transpose(0, -1).contiguous().transpose(0, -1)
+    return x.contiguous()
+
+
+@st.composite
+def shift_cases(draw, dtypes=(torch.float64,), max_size=6, max_shift=8.0, ndims=(1, 2, 3)):
+    """A random ``(input, weight, padding, active, crop)`` for :func:`torchshift2.shift`."""
+    ndim = draw(st.sampled_from(ndims))
+    sizes = draw(st.lists(st.integers(1, max_size), min_size=ndim, max_size=ndim))
+    batch = draw(st.integers(1, 3))
+    channels = draw(st.integers(1, 4))
+    dtype = draw(st.sampled_from(dtypes))
+    seed = draw(st.integers(0, 2**31 - 1))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, channels, *sizes, generator=generator, dtype=torch.float64)
+    x = layout(x.to(dtype), draw(st.sampled_from(FORMATS)))
+    scale = draw(st.sampled_from([0.5, 2.0, max_shift]))
+    weight = torch.randn(channels, ndim, generator=generator, dtype=torch.float64) * scale
+    if draw(st.booleans()):  # integers and half-integers: the rounding/floor edge cases
+        weight = torch.round(weight * 2) / 2
+    weight = weight.to(draw(st.sampled_from([torch.float32, torch.float64])))
+    crop = None
+    if draw(st.booleans()):
+        crop = []
+        for size in sizes:
+            before = draw(st.integers(0, size))
+            crop.append((before, draw(st.integers(0, size - before))))
+    padding = draw(st.sampled_from(ts.PADDINGS + tuple(ts.PADDING_ALIASES)))
+    return x, weight, padding, draw(st.booleans()), crop
+
+
+def assert_close(actual, expected, dtype=torch.float64, msg=""):
+    atol, rtol = TOLERANCE.get(dtype, (0, 0))
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=msg or None)
+
+
+def shift_with_grads(backend, x, weight, padding, active, crop, grad_output=None):
+    """Forward and, for floating inputs, ``(grad_input, grad_weight)`` through ``backend``.
+
+    ``backend="oracle"`` differentiates :func:`torchshift2.reference.shift` directly (no
+    custom op): the oracle every backend is compared with.
+    """
+    x = x.detach().requires_grad_(x.dtype.is_floating_point)
+    weight = weight.detach().requires_grad_(x.dtype.is_floating_point)
+    if backend == "oracle":
+        out = ts.reference.shift(x, weight, padding, active, crop)
+    else:
+        with ts.use_backend(backend):
+            out = ts.shift(x, weight, padding, active, crop)
+    if not x.requires_grad:
+        return out, None
+    if grad_output is None:
+        grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1),
+                                  dtype=torch.float64).to(x.dtype)
+    grads = torch.autograd.grad(out, (x, weight), grad_output, allow_unused=True)
+    return out, grads

@@ -1,0 +1,100 @@
+"""Shift1d/2d/3d: constructor, initialisation, forward contract and training."""
+
+import pytest
+import torch
+
+import torchshift2 as ts
+
+LAYERS = [(ts.Shift1d, 1), (ts.Shift2d, 2), (ts.Shift3d, 3)]
+
+
+@pytest.mark.parametrize("layer_cls,ndim", LAYERS)
+def test_forward_returns_output_and_sparsity_loss(layer_cls, ndim):
+    layer = layer_cls(4, padding="circular", init_shift=2, sparsity_term=0.1)
+    x = torch.randn(2, 4, *[5] * ndim)
+    out, loss = layer(x)
+    assert layer.weight.shape == (4, ndim) and layer.padding == "periodic"
+    torch.testing.assert_close(out, ts.shift(x, layer.weight.detach(), "periodic"))
+    torch.testing.assert_close(loss, 0.1 * layer.weight.abs().sum())
+    assert layer_cls(4, sparsity_term=0)(x)[1] is None
+
+
+@pytest.mark.parametrize("layer_cls,ndim", LAYERS)
+def test_wrong_input_dim_names_input(layer_cls, ndim):
+    with pytest.raises(ValueError, match="input"):
+        layer_cls(3)(torch.randn(1, 3, *[4] * (ndim % 3 + 1)))
+
+
+def test_init_rule_1_is_uniform_symmetric():
+    torch.manual_seed(0)
+    w = ts.Shift2d(20000, init_shift=(1.0, 3.0), init_thumb_rule=1).weight.detach()
+    assert w[:, 0].abs().max() <= 1.0 and w[:, 1].abs().max() <= 3.0
+    assert abs(float(w[:, 1].mean())) < 0.1 and float(w[:, 1].abs().mean()) == pytest.approx(1.5, abs=0.05)
+
+
+def test_init_rule_2_has_magnitude_uniform_and_random_sign():
+    torch.manual_seed(0)
+    w = ts.Shift1d(20000, init_shift=2.0, init_thumb_rule=2).weight.detach().flatten()
+    assert w.abs().max() <= 2.0 and float(w.abs().mean()) == pytest.approx(1.0, abs=0.05)
+    assert 0.45 < float((w > 0).float().mean()) < 0.55
+
+
+def test_reset_parameters_redraws():
+    layer = ts.Shift2d(8)
+    before = layer.weight.detach().clone()
+    layer.reset_parameters()
+    assert not torch.equal(before, layer.weight)
+
+
+@pytest.mark.parametrize("kwargs,argument", [
+    (dict(in_channels=-1), "in_channels"),
+    (dict(in_channels=2, padding="nope"), "padding"),
+    (dict(in_channels=2, init_thumb_rule=3), "init_thumb_rule"),
+    (dict(in_channels=2, init_shift=(1, 2, 3)), "init_shift"),
+    (dict(in_channels=2, sparsity_term=-1), "sparsity_term"),
+])
+def test_constructor_checks(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        ts.Shift2d(**kwargs)
+
+
+def test_extra_repr_names_the_configuration():
+    text = repr(ts.Shift3d(5, padding="reflect", active_flag=True))
+    assert "Shift3d(5" in text and "reflect" in text and "active_flag=True" in text
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_training_lowers_the_loss(active):
+    # Learn to undo a known shift: the target is the input rolled by (1, -2) per channel.
+    torch.manual_seed(0)
+    layer = ts.Shift2d(6, padding="periodic", active_flag=active, sparsity_term=0, init_shift=0.5)
+    # A smooth periodic signal: the interpolation gradient points to the shift from afar.
+    grid = torch.arange(12.0) * (2 * torch.pi / 12)
+    phase = torch.rand(8, 6, 1, 1) * 2 * torch.pi
+    x = torch.sin(grid[:, None] + phase) + torch.cos(grid[None, :] - phase)
+    target = torch.roll(x, (1, -2), dims=(2, 3))
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        out, _ = layer(x)
+        loss = torch.nn.functional.mse_loss(out, target)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    assert torch.allclose(layer.weight.detach().round(), torch.tensor([[1.0, -2.0]] * 6))
+
+
+def test_sparsity_loss_shrinks_weights():
+    torch.manual_seed(0)
+    layer = ts.Shift2d(16, sparsity_term=1.0, init_shift=3)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.05)
+    start = float(layer.weight.abs().sum())
+    for _ in range(80):  # the L1 step is lr per iteration: 80 * 0.05 > init_shift
+        optimizer.zero_grad()
+        _, loss = layer(torch.randn(2, 16, 6, 6))
+        loss.backward()
+        optimizer.step()
+    assert float(layer.weight.abs().sum()) < 0.3 * start
+    assert float((layer.weight.detach().round() == 0).float().mean()) > 0.9

@@ -1,0 +1,100 @@
+"""The original torchshifts' measured bugs (../shared/LESSONS.md), one test each."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import torchshift2 as ts
+
+BACKENDS = ["cpp", "reference"]
+G = [1.0, 10.0, 100.0, 1000.0, 10000.0]
+
+
+def _grads(backend, x, weight, padding, active, grad_output):
+    x = x.detach().double().requires_grad_()
+    weight = weight.detach().double().requires_grad_()
+    with ts.use_backend(backend):
+        out = ts.shift(x, weight, padding, active)
+    return torch.autograd.grad(out, (x, weight), torch.as_tensor(grad_output).double().view_as(out))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lesson1_active_forward_is_not_mirrored_and_is_continuous(backend):
+    x = torch.arange(6.0, dtype=torch.float64).reshape(1, 1, 6) ** 2
+    with ts.use_backend(backend):
+        at = lambda w: ts.shift(x, torch.tensor([[w]], dtype=torch.float64), "zeros", True)
+        # w = 0.99 moves content by +0.99: out[i] = 0.01 x[i] + 0.99 x[i - 1].
+        expected = 0.01 * x[0, 0, 1:] + 0.99 * x[0, 0, :-1]
+        torch.testing.assert_close(at(0.99)[0, 0, 1:], expected)
+        assert torch.allclose(at(1 - 1e-9), at(1.0), atol=1e-6)
+        assert torch.allclose(at(2 - 1e-9), at(2.0), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("active", [False, True])
+@pytest.mark.parametrize("padding,adjoint", [
+    ("border", [111, 1000, 10000, 0, 0]),
+    ("reflect", [100, 1010, 10001, 0, 0]),
+    ("symmetric", [110, 1001, 10000, 0, 0]),
+])
+def test_lesson2_grad_input_is_the_adjoint(backend, active, padding, adjoint):
+    grad_input, _ = _grads(backend, torch.zeros(1, 1, 5), torch.tensor([[2.0]]), padding, active, G)
+    assert grad_input.flatten().tolist() == adjoint
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lesson3_active_grad_input_direction(backend):
+    grad_output = [1, 10, 100, 1000, 10000, 100000]
+    grad_input, _ = _grads(backend, torch.zeros(1, 1, 6), torch.tensor([[2.0]]), "zeros", True,
+                           grad_output)
+    assert grad_input.flatten().tolist() == [100, 1000, 10000, 100000, 0, 0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("w", [1.2, 1.7, -0.3, -0.8])
+def test_lesson4_ssl_grad_weight_sign_fraction_and_axis(backend, w):
+    # A ramp along H only: the W component of the gradient must vanish, the H component is
+    # the ramp's slope (d out / d w = x[i - fl - 1] - x[i - fl] = -1 per interior element).
+    x = torch.arange(6.0).reshape(1, 1, 6, 1).expand(1, 1, 6, 4).contiguous()
+    weight = torch.tensor([[w, w]])
+    grad_output = torch.zeros(1, 1, 6, 4)
+    grad_output[0, 0, 3] = 1.0  # a row whose reads stay inside for |w| < 2
+    for active in (False, True):
+        _, grad_weight = _grads(backend, x, weight, "border", active, grad_output)
+        assert grad_weight.flatten().tolist() == [-4.0, 0.0]
+
+
+def test_lesson5_grad_weight_is_deterministic_with_two_threads():
+    code = """
+import torch, torchshift2 as ts
+torch.set_num_threads(2)
+torch.manual_seed(0)
+x = torch.randn(8, 16, 33, 35, requires_grad=True)
+w = (torch.randn(16, 2) * 3).requires_grad_()
+g = torch.randn(8, 16, 33, 35)
+results = []
+for _ in range(6):
+    x.grad = w.grad = None
+    ts.shift(x, w, "reflect", True).backward(g)
+    results.append(w.grad.clone())
+assert all(torch.equal(r, results[0]) for r in results), "grad_weight varies between runs"
+with torch.no_grad():
+    torch.set_num_threads(1)
+x.grad = w.grad = None
+ts.shift(x, w, "reflect", True).backward(g)
+assert torch.equal(w.grad, results[0]), "grad_weight depends on the thread count"
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("active", [False, True])
+def test_lesson6_zeros_padding_shifts_size_one_axes(backend, active):
+    x = torch.arange(5.0).reshape(1, 1, 1, 5)
+    with torch.no_grad(), ts.use_backend(backend):
+        out = ts.shift(x, torch.tensor([[2.0, 1.0]]), "zeros", active)
+    assert out.flatten().tolist() == [0.0] * 5
