@@ -349,49 +349,6 @@ void active_forward_planes(const scalar_t* in, scalar_t* out, const Geometry& g,
   });
 }
 
-template <typename scalar_t>
-void active_forward_channels_last(
-    const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is, const Strides& os,
-    const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t rows_total = g.batch * g.out_length[0] * g.out_length[1];
-  const int64_t grain =
-      std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_length[2] * g.channels));
-  at::parallel_for(0, rows_total, grain, [&](int64_t begin, int64_t end) {
-    std::vector<Row<opmath_t>> rows(g.channels * kMaxRows);
-    std::vector<int> counts(g.channels);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (g.out_length[0] * g.out_length[1]);
-      const int64_t o0 = (r / g.out_length[1]) % g.out_length[0], o1 = r % g.out_length[1];
-      for (int64_t c = 0; c < g.channels; ++c)
-        counts[c] = outer_rows(&rows[c * kMaxRows], g, shifts[c], o0, o1, is.slot[0],
-                               is.slot[1], true);
-      scalar_t* yrow = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
-      const scalar_t* x = in + n * is.batch;
-      for (int64_t o2 = 0; o2 < g.out_length[2]; ++o2) {
-        scalar_t* y = yrow + o2 * os.slot[2];
-        for (int64_t c = 0; c < g.channels; ++c) {
-          const auto& cs = shifts[c];
-          const int64_t k = o2 + g.before[2] - cs.shift[2];
-          const int64_t idx0 = source_index(k, g.length[2], g.padding);
-          const int64_t idx1 = source_index(k - 1, g.length[2], g.padding);
-          const scalar_t* xc = x + c * is.channel;
-          opmath_t acc = 0;
-          for (int i = 0; i < counts[c]; ++i) {
-            const Row<opmath_t>& row = rows[c * kMaxRows + i];
-            const opmath_t v0 =
-                idx0 == kOutside ? opmath_t(0) : static_cast<opmath_t>(xc[row.offset + idx0 * is.slot[2]]);
-            const opmath_t v1 =
-                idx1 == kOutside ? opmath_t(0) : static_cast<opmath_t>(xc[row.offset + idx1 * is.slot[2]]);
-            acc += row.weight * ((1 - cs.frac[2]) * v0 + cs.frac[2] * v1);
-          }
-          y[c * os.channel] = static_cast<scalar_t>(acc);
-        }
-      }
-    }
-  });
-}
-
 // ---------------------------------------------------------------------------------------
 // Backward. grad_input is the adjoint: every output scatters its gradient (times the corner
 // weight) onto the input element it read, so paddings that make several outputs read one
@@ -594,17 +551,18 @@ void forward(const at::Tensor& input_, const at::Tensor& weight, at::Tensor out,
   }
   TORCH_CHECK(at::isFloatingType(input.scalar_type()),
               "input: active=True needs a floating dtype, got ", input.scalar_type());
+  // Channels-last: the plane kernel on a planar copy beats gathering across channels.
+  const at::Tensor planar = cl ? input.contiguous() : input;
+  at::Tensor result = cl ? at::empty(out.sizes(), out.options()) : out;
+  const Strides ps = strides_of(planar), rs = strides_of(result);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "torchshift2_active_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const auto shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
-    if (cl)
-      active_forward_channels_last(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g,
-                                   is, os, shifts);
-    else
-      active_forward_planes(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g, is,
-                            os, shifts);
+    active_forward_planes(planar.const_data_ptr<scalar_t>(), result.data_ptr<scalar_t>(), g, ps,
+                          rs, shifts);
   });
+  if (cl) out.copy_(result);
 }
 
 void backward(const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& weight,
@@ -622,10 +580,12 @@ void backward(const at::Tensor& grad_output_, const at::Tensor& input_, const at
     grad_weight.zero_();
     return;
   }
-  const at::Tensor input = input_.is_non_overlapping_and_dense() ? input_ : input_.contiguous();
-  const at::Tensor grad_output =
-      grad_output_.is_non_overlapping_and_dense() ? grad_output_ : grad_output_.contiguous();
-  const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(grad_input);
+  // The plane kernel wants each (n, c) plane dense: channels-last and other layouts go
+  // through planar copies, which costs less than strided walks over every plane.
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor grad_output = grad_output_.contiguous();
+  at::Tensor planar_grad = grad_input.is_contiguous() ? grad_input : at::empty_like(input);
+  const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(planar_grad);
   at::Tensor partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "torchshift2_backward", [&] {
@@ -634,9 +594,10 @@ void backward(const at::Tensor& grad_output_, const at::Tensor& input_, const at
     const auto read_shifts =
         active ? interp_shifts : channel_shifts<opmath_t>(weight, g, /*rounded=*/true);
     backward_planes(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                    grad_input.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
+                    planar_grad.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
                     gis, active, read_shifts, interp_shifts);
   });
+  if (!planar_grad.is_same(grad_input)) grad_input.copy_(planar_grad);
   // Serial fixed-order reduction over the batch; slots of missing leading dims are dropped.
   const int64_t ndim = input.dim() - 2;
   at::Tensor total = at::zeros({g.channels, ndim}, at::kDouble);
