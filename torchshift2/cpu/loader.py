@@ -20,7 +20,9 @@ import torch
 from .. import _spec
 
 _SOURCE_PATH = Path(__file__).with_name("shift.cpp")
-_CFLAGS = ["-O3", "-fopenmp", "-DNDEBUG"]
+# -march=native is safe because every machine builds its own library: the cache key
+# includes this CPU's identity (see _cpu_identity).
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-DNDEBUG"]
 _LDFLAGS = ["-fopenmp"]
 #: A lock file older than this was left by a killed build (a normal build takes ~1 min).
 STALE_LOCK_SECONDS = 600
@@ -28,6 +30,17 @@ STALE_LOCK_SECONDS = 600
 _lock = threading.Lock()
 _ops = None
 _error: Optional[BaseException] = None
+
+
+def _cpu_identity() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            lines = [line for line in cpuinfo if line.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        import platform
+
+        return platform.machine() + platform.processor()
 
 
 def _build_directory(name: str) -> Path:
@@ -67,7 +80,7 @@ def load():
 
         source = _SOURCE_PATH.read_text()
         digest = hashlib.sha256(
-            "\0".join([source, torch.__version__, *_CFLAGS, *_LDFLAGS]).encode()
+            "\0".join([source, torch.__version__, _cpu_identity(), *_CFLAGS, *_LDFLAGS]).encode()
         ).hexdigest()[:16]
         name = f"torchshift2_cpu_{digest}"
         directory = _build_directory(name)

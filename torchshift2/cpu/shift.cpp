@@ -309,6 +309,7 @@ void interpolate_row(opmath_t* acc, const scalar_t* x, int64_t xs, const Geometr
   for (int64_t o = 0; o < in.lo; ++o) edge(o);
   const scalar_t* src = x + (before - shift) * xs;
   if (xs == 1) {
+#pragma omp simd
     for (int64_t o = in.lo; o < in.hi; ++o)
       acc[o] += w0 * static_cast<opmath_t>(src[o]) + w1 * static_cast<opmath_t>(src[o - 1]);
   } else {
@@ -369,6 +370,7 @@ void scatter_row(opmath_t* acc, const scalar_t* go, int64_t gs, const Geometry& 
   for (int64_t o = 0; o < in.lo; ++o) edge(o);
   opmath_t* dst = acc + before - shift;
   if (gs == 1) {
+#pragma omp simd
     for (int64_t o = in.lo; o < in.hi; ++o) dst[o] += weight * static_cast<opmath_t>(go[o]);
   } else {
     for (int64_t o = in.lo; o < in.hi; ++o) dst[o] += weight * static_cast<opmath_t>(go[o * gs]);
@@ -399,6 +401,7 @@ std::pair<opmath_t, opmath_t> row_moments(const scalar_t* x, int64_t xs, const s
   // Interior: sum g*v0 and g*v1 separately, then combine (vectorisable dot products).
   opmath_t dot0 = 0, dot1 = 0;
   if (xs == 1 && gs == 1) {
+#pragma omp simd reduction(+ : dot0, dot1)
     for (int64_t o = in.lo; o < in.hi; ++o) {
       const opmath_t grad = static_cast<opmath_t>(go[o]);
       dot0 += grad * static_cast<opmath_t>(src[o]);
