@@ -378,46 +378,83 @@ void scatter_row(opmath_t* acc, const scalar_t* go, int64_t gs, const Geometry& 
   for (int64_t o = in.hi; o < out_length; ++o) edge(o);
 }
 
-// (sum_o g[o] * interp[o], sum_o g[o] * (V(k - 1) - V(k))) along slot 2 of one source row.
-template <typename scalar_t, typename opmath_t>
-std::pair<opmath_t, opmath_t> row_moments(const scalar_t* x, int64_t xs, const scalar_t* go,
-                                          int64_t gs, const Geometry& g, int64_t shift,
-                                          opmath_t frac) {
-  const int64_t out_length = g.out_length[2], length = g.length[2], before = g.before[2];
-  const Interior in = interior(out_length, length, before, shift, 2);
-  opmath_t sum_interp = 0, sum_diff = 0;
-  auto read = [&](int64_t k) -> opmath_t {
-    const int64_t idx = source_index(k, length, g.padding);
-    return idx == kOutside ? opmath_t(0) : static_cast<opmath_t>(x[idx * xs]);
-  };
-  auto edge = [&](int64_t o) {
-    const int64_t k = o + before - shift;
-    const opmath_t v0 = read(k), v1 = read(k - 1), grad = static_cast<opmath_t>(go[o * gs]);
-    sum_interp += grad * ((1 - frac) * v0 + frac * v1);
-    sum_diff += grad * (v1 - v0);
-  };
-  for (int64_t o = 0; o < in.lo; ++o) edge(o);
-  const scalar_t* src = x + (before - shift) * xs;
-  // Interior: sum g*v0 and g*v1 separately, then combine (vectorisable dot products).
-  opmath_t dot0 = 0, dot1 = 0;
-  if (xs == 1 && gs == 1) {
-#pragma omp simd reduction(+ : dot0, dot1)
-    for (int64_t o = in.lo; o < in.hi; ++o) {
-      const opmath_t grad = static_cast<opmath_t>(go[o]);
-      dot0 += grad * static_cast<opmath_t>(src[o]);
-      dot1 += grad * static_cast<opmath_t>(src[o - 1]);
-    }
-  } else {
-    for (int64_t o = in.lo; o < in.hi; ++o) {
-      const opmath_t grad = static_cast<opmath_t>(go[o * gs]);
-      dot0 += grad * static_cast<opmath_t>(src[o * xs]);
-      dot1 += grad * static_cast<opmath_t>(src[(o - 1) * xs]);
+// Interior dot products sum_o g[o] * src_r[o] and sum_o g[o] * src_r[o - 1] of all source
+// rows at once: grad_output is loaded once per element, and the loop vectorises.
+template <int kRows, typename scalar_t, typename opmath_t>
+void interior_dots(opmath_t* dot0, opmath_t* dot1, const scalar_t* const* src,
+                   const scalar_t* go, int64_t lo, int64_t hi) {
+  opmath_t d0[kRows] = {}, d1[kRows] = {};
+#pragma omp simd reduction(+ : d0[:kRows], d1[:kRows])
+  for (int64_t o = lo; o < hi; ++o) {
+    const opmath_t grad = static_cast<opmath_t>(go[o]);
+    for (int r = 0; r < kRows; ++r) {
+      d0[r] += grad * static_cast<opmath_t>(src[r][o]);
+      d1[r] += grad * static_cast<opmath_t>(src[r][o - 1]);
     }
   }
-  sum_interp += (1 - frac) * dot0 + frac * dot1;
-  sum_diff += dot1 - dot0;
+  for (int r = 0; r < kRows; ++r) {
+    dot0[r] = d0[r];
+    dot1[r] = d1[r];
+  }
+}
+
+// grad_weight contributions of one output row (SPEC §4): with interp_r and diff_r the
+// slot-2 interpolation and difference V(k - 1) - V(k) of source row r, slot 2 gets
+// sum_r weight_r <g, diff_r> and slots 0 / 1 get sum_r dfrac_r <g, interp_r>.
+template <typename scalar_t, typename opmath_t>
+void weight_grad_row(opmath_t* sum, const Row<opmath_t>* rows, int count, const scalar_t* x,
+                     int64_t xs, const scalar_t* go, int64_t gs, const Geometry& g,
+                     int64_t shift, opmath_t frac) {
+  if (count == 0) return;
+  const int64_t out_length = g.out_length[2], length = g.length[2], before = g.before[2];
+  const Interior in = interior(out_length, length, before, shift, 2);
+  opmath_t dot0[kMaxRows] = {}, dot1[kMaxRows] = {};
+  auto read = [&](const scalar_t* row, int64_t k) -> opmath_t {
+    const int64_t idx = source_index(k, length, g.padding);
+    return idx == kOutside ? opmath_t(0) : static_cast<opmath_t>(row[idx * xs]);
+  };
+  auto edge = [&](int64_t o) {
+    const opmath_t grad = static_cast<opmath_t>(go[o * gs]);
+    const int64_t k = o + before - shift;
+    for (int r = 0; r < count; ++r) {
+      dot0[r] += grad * read(x + rows[r].offset, k);
+      dot1[r] += grad * read(x + rows[r].offset, k - 1);
+    }
+  };
+  for (int64_t o = 0; o < in.lo; ++o) edge(o);
   for (int64_t o = in.hi; o < out_length; ++o) edge(o);
-  return {sum_interp, sum_diff};
+  if (in.hi > in.lo) {
+    opmath_t inner0[kMaxRows] = {}, inner1[kMaxRows] = {};
+    if (xs == 1 && gs == 1) {
+      const scalar_t* src[kMaxRows];
+      for (int r = 0; r < count; ++r) src[r] = x + rows[r].offset + before - shift;
+      switch (count) {
+        case 1: interior_dots<1>(inner0, inner1, src, go, in.lo, in.hi); break;
+        case 2: interior_dots<2>(inner0, inner1, src, go, in.lo, in.hi); break;
+        case 3: interior_dots<3>(inner0, inner1, src, go, in.lo, in.hi); break;
+        default: interior_dots<4>(inner0, inner1, src, go, in.lo, in.hi); break;
+      }
+    } else {
+      for (int64_t o = in.lo; o < in.hi; ++o) {
+        const opmath_t grad = static_cast<opmath_t>(go[o * gs]);
+        for (int r = 0; r < count; ++r) {
+          const scalar_t* src = x + rows[r].offset + (o + before - shift) * xs;
+          inner0[r] += grad * static_cast<opmath_t>(src[0]);
+          inner1[r] += grad * static_cast<opmath_t>(src[-xs]);
+        }
+      }
+    }
+    for (int r = 0; r < count; ++r) {
+      dot0[r] += inner0[r];
+      dot1[r] += inner1[r];
+    }
+  }
+  for (int r = 0; r < count; ++r) {
+    const opmath_t interp = (1 - frac) * dot0[r] + frac * dot1[r];
+    sum[0] += rows[r].dfrac0 * interp;
+    sum[1] += rows[r].dfrac1 * interp;
+    sum[2] += rows[r].weight * (dot1[r] - dot0[r]);
+  }
 }
 
 template <typename scalar_t>
@@ -474,13 +511,8 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
         for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
           const scalar_t* gorow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
           const int count = outer_rows(rows, g, ws, o0, o1, is.slot[0], is.slot[1], true);
-          for (int r = 0; r < count; ++r) {
-            const auto moments = row_moments(x + rows[r].offset, is.slot[2], gorow,
-                                             gos.slot[2], g, ws.shift[2], ws.frac[2]);
-            sum[0] += rows[r].dfrac0 * moments.first;
-            sum[1] += rows[r].dfrac1 * moments.first;
-            sum[2] += rows[r].weight * moments.second;
-          }
+          weight_grad_row(sum, rows, count, x, is.slot[2], gorow, gos.slot[2], g, ws.shift[2],
+                          ws.frac[2]);
         }
       }
       for (int s = 0; s < kSlots; ++s) partials[p * kSlots + s] = static_cast<double>(sum[s]);
