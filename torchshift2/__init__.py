@@ -6,7 +6,7 @@ See SPEC.md / the docs for the exact contract.
 from . import functional, nn, reference
 from ._spec import PADDINGS, PADDING_ALIASES
 from .backend import BACKENDS, selected_backend, use_backend
-from .functional import shift, shift1d, shift2d, shift3d
+from .functional import shift, shift1d, shift2d, shift3d, shift_
 from .nn import Shift1d, Shift2d, Shift3d
 
 __version__ = "0.1.0"
@@ -23,6 +23,7 @@ __all__ = [
     "reference",
     "selected_backend",
     "shift",
+    "shift_",
     "shift1d",
     "shift2d",
     "shift3d",

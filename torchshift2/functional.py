@@ -12,7 +12,7 @@ from torch import Tensor
 
 from . import _spec, ops
 
-__all__ = ["shift", "shift1d", "shift2d", "shift3d", "check_shift_args"]
+__all__ = ["shift", "shift_", "shift1d", "shift2d", "shift3d", "check_shift_args"]
 
 
 def check_shift_args(input, weight, padding, active, crop, ndim: Optional[int] = None):
@@ -117,6 +117,46 @@ def shift(
         tensor([[[0.0000, 0.5000, 1.5000, 2.5000, 3.5000]]])
     """
     return _shift(input, weight, padding, active, crop)
+
+
+def shift_(input: Tensor, weight: Tensor, padding: str = "zeros") -> Tensor:
+    """In-place SSL shift for inference: ``input`` becomes ``shift(input, weight, padding)``.
+
+    Only the channels whose rounded shift is non-zero are read and written, so after
+    sparse training (most shifts round to 0) this costs a small fraction of a copy. No
+    crop, no active interpolation, no autograd.
+
+    Args:
+        input: ``(N, C, *L)`` dense tensor of any dtype :func:`shift` accepts, except
+            quantized ones; modified in place.
+        weight: ``(C, D)`` floating shifts.
+        padding: as in :func:`shift`.
+
+    Returns:
+        ``input``.
+
+    Raises:
+        RuntimeError: when ``input`` or ``weight`` requires grad with grad mode on.
+
+    Example:
+        >>> import torch, torchshift2 as ts
+        >>> x = torch.arange(8.0).reshape(1, 2, 4)
+        >>> ts.shift_(x, torch.tensor([[0.0], [1.0]]), "periodic")
+        tensor([[[0., 1., 2., 3.],
+                 [7., 4., 5., 6.]]])
+    """
+    if torch.is_grad_enabled() and (
+        getattr(input, "requires_grad", False) or getattr(weight, "requires_grad", False)
+    ):
+        raise RuntimeError(
+            "shift_: in-place shifting has no gradient; input and weight must not require "
+            "grad (use torchshift2.shift for training, or run under torch.no_grad())"
+        )
+    padding, _ = check_shift_args(input, weight, padding, False, None)
+    if input.is_quantized:
+        raise TypeError("input: shift_ does not modify quantized tensors in place; use shift")
+    ops.shift_(input, weight, padding)
+    return input
 
 
 def _shift(input, weight, padding, active, crop, ndim: Optional[int] = None) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from . import _spec, backend
 
-__all__ = ["shift", "shift_backward"]
+__all__ = ["shift", "shift_", "shift_backward"]
 
 
 def _backend_module(device: torch.device):
@@ -117,6 +117,26 @@ def _no_double_backward(ctx, grad_input_grad, grad_weight_grad):
 
 
 shift_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+@torch.library.custom_op("torchshift2::shift_", mutates_args=("input",))
+def shift_(input: Tensor, weight: Tensor, padding: str) -> None:
+    """SSL forward in place (no crop, no autograd): only moving channels are touched."""
+    _check_finite(weight)
+    if input.numel() == 0:
+        return
+    module = _backend_module(input.device)
+    if hasattr(module, "shift_inplace"):
+        module.shift_inplace(input, weight, padding)
+    else:  # backends without an in-place kernel: out of place, then copy back
+        out = _allocate_output(input, [0, 0] * (input.dim() - 2))
+        module.forward(out, input, weight, padding, False, [0, 0] * (input.dim() - 2), 0)
+        input.copy_(out)
+
+
+@shift_.register_fake
+def _(input, weight, padding):
+    return None
 
 
 # Quantized tensors dispatch to QuantizedCPU: shift their integer representation exactly and

@@ -121,3 +121,7 @@ def backward(grad_input, grad_weight, grad_output, input, weight, padding, activ
     load().backward(
         grad_output, input, weight, grad_input, grad_weight, _spec.padding_code(padding), active, crop
     )
+
+
+def shift_inplace(input, weight, padding):
+    load().shift_inplace(input, weight, _spec.padding_code(padding))

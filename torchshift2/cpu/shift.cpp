@@ -224,6 +224,24 @@ void copy_row(const T* x, int64_t xs, T* y, int64_t ys, const Geometry& g, int64
   for (int64_t o = in.hi; o < out_length; ++o) edge(o);
 }
 
+// One (n, c) plane: y = x shifted by the channel's rounded shift.
+template <typename T>
+void ssl_forward_plane(const T* x, const int64_t* xs, T* y, const int64_t* ys, const Geometry& g,
+                       const ChannelShift<double>& cs, T fill) {
+  for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
+    const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
+    for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
+      const int64_t i1 = source_index(o1 + g.before[1] - cs.shift[1], g.length[1], g.padding);
+      T* yrow = y + o0 * ys[0] + o1 * ys[1];
+      if (i0 == kOutside || i1 == kOutside) {
+        for (int64_t o = 0; o < g.out_length[2]; ++o) yrow[o * ys[2]] = fill;
+        continue;
+      }
+      copy_row(x + i0 * xs[0] + i1 * xs[1], xs[2], yrow, ys[2], g, cs.shift[2], fill);
+    }
+  }
+}
+
 template <typename T>
 void ssl_forward_planes(const T* in, T* out, const Geometry& g, const Strides& is,
                         const Strides& os, const std::vector<ChannelShift<double>>& shifts,
@@ -232,23 +250,43 @@ void ssl_forward_planes(const T* in, T* out, const Geometry& g, const Strides& i
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
-      const ChannelShift<double>& cs = shifts[c];
-      const T* x = in + n * is.batch + c * is.channel;
-      T* y = out + n * os.batch + c * os.channel;
-      for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
-        const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
-        for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
-          const int64_t i1 =
-              source_index(o1 + g.before[1] - cs.shift[1], g.length[1], g.padding);
-          T* yrow = y + o0 * os.slot[0] + o1 * os.slot[1];
-          if (i0 == kOutside || i1 == kOutside) {
-            for (int64_t o = 0; o < g.out_length[2]; ++o) yrow[o * os.slot[2]] = fill;
-            continue;
-          }
-          copy_row(x + i0 * is.slot[0] + i1 * is.slot[1], is.slot[2], yrow, os.slot[2], g,
-                   cs.shift[2], fill);
+      ssl_forward_plane(in + n * is.batch + c * is.channel, is.slot,
+                        out + n * os.batch + c * os.channel, os.slot, g, shifts[c], fill);
+    }
+  });
+}
+
+// In place (the Sparse Shift Layer at inference): after training most rounded shifts are 0,
+// and only the planes of channels that move are touched, each through a plane-sized buffer.
+template <typename T>
+void ssl_shift_inplace(T* data, const Geometry& g, const Strides& st,
+                       const std::vector<ChannelShift<double>>& shifts, T fill) {
+  std::vector<int64_t> moving;
+  for (int64_t c = 0; c < g.channels; ++c)
+    if (shifts[c].shift[0] != 0 || shifts[c].shift[1] != 0 || shifts[c].shift[2] != 0)
+      moving.push_back(c);
+  if (moving.empty()) return;
+  const int64_t plane = g.in_plane();
+  const int64_t tasks = g.batch * static_cast<int64_t>(moving.size());
+  const int64_t dense[kSlots] = {g.length[1] * g.length[2], g.length[2], 1};
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, plane));
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(plane);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / static_cast<int64_t>(moving.size());
+      const int64_t c = moving[t % static_cast<int64_t>(moving.size())];
+      T* p = data + n * st.batch + c * st.channel;
+      T* b = buffer.data();
+      for (int64_t i0 = 0; i0 < g.length[0]; ++i0)
+        for (int64_t i1 = 0; i1 < g.length[1]; ++i1) {
+          const T* row = p + i0 * st.slot[0] + i1 * st.slot[1];
+          T* dst = b + i0 * dense[0] + i1 * dense[1];
+          if (st.slot[2] == 1)
+            std::memcpy(dst, row, g.length[2] * sizeof(T));
+          else
+            for (int64_t i2 = 0; i2 < g.length[2]; ++i2) dst[i2] = row[i2 * st.slot[2]];
         }
-      }
+      ssl_forward_plane(static_cast<const T*>(b), dense, p, st.slot, g, shifts[c], fill);
     }
   });
 }
@@ -645,6 +683,22 @@ void backward(const at::Tensor& grad_output_, const at::Tensor& input_, const at
   grad_weight.copy_(total);
 }
 
+void shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding) {
+  check_common(input, weight);
+  const int64_t ndim = input.dim() - 2;
+  const std::vector<int64_t> no_crop(2 * std::max<int64_t>(ndim, 0), 0);
+  const Geometry g = geometry_of(input, padding, no_crop);
+  TORCH_CHECK(input.is_non_overlapping_and_dense(),
+              "input: shifting in place needs a dense tensor without overlapping memory");
+  if (input.numel() == 0) return;
+  const auto shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
+  const at::ScalarType carrier = carrier_type(input.element_size());
+  const Strides st = strides_of(input);
+  AT_DISPATCH_INTEGRAL_TYPES(carrier, "torchshift2_shift_inplace", [&] {
+    ssl_shift_inplace(static_cast<scalar_t*>(input.data_ptr()), g, st, shifts, scalar_t(0));
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(torchshift2_cpu, m) {
@@ -652,11 +706,13 @@ TORCH_LIBRARY(torchshift2_cpu, m) {
         "int[] crop, float fill) -> ()");
   m.def("backward(Tensor grad_output, Tensor input, Tensor weight, Tensor(a!) grad_input, "
         "Tensor(b!) grad_weight, int padding, bool active, int[] crop) -> ()");
+  m.def("shift_inplace(Tensor(a!) input, Tensor weight, int padding) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(torchshift2_cpu, CPU, m) {
   m.impl("forward", &forward);
   m.impl("backward", &backward);
+  m.impl("shift_inplace", &shift_inplace);
 }
 
 }  // namespace torchshift2_cpu

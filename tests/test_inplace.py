@@ -1,0 +1,62 @@
+"""shift_: the in-place sparse SSL forward for inference."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import torchshift2 as ts
+from helpers import layout, shift_cases
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@given(case=shift_cases(dtypes=(torch.float32, torch.float64, torch.int16, torch.uint8)),
+       sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]))
+def test_matches_out_of_place(backend, case, sparsity):
+    x, weight, padding, _, _ = case
+    weight = weight * (torch.rand(weight.shape[0], 1) >= sparsity)
+    expected = ts.reference.shift(x, weight, padding)
+    y = x.clone()  # keeps x's memory format
+    with torch.no_grad(), ts.use_backend(backend):
+        result = ts.shift_(y, weight, padding)
+    assert result is y and torch.equal(y, expected)
+    assert y.stride() == x.stride() or not y.is_contiguous()
+
+
+def test_only_moving_channels_are_written():
+    x = torch.randn(2, 4, 6, 6)
+    y = x.clone()
+    weight = torch.tensor([[0.0, 0.3], [1.0, 0.0], [0.0, 0.0], [-0.4, 0.49]])
+    with torch.no_grad():
+        ts.shift_(y, weight)
+    assert torch.equal(y[:, [0, 2, 3]], x[:, [0, 2, 3]])
+    assert torch.equal(y[:, 1], ts.shift(x, weight)[:, 1])
+
+
+def test_refuses_autograd():
+    x = torch.randn(1, 2, 5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="shift_"):
+        ts.shift_(x, torch.zeros(2, 1))
+    with pytest.raises(RuntimeError, match="shift_"):
+        ts.shift_(x.detach(), torch.zeros(2, 1, requires_grad=True))
+
+
+def test_opcheck_and_compile():
+    x = layout(torch.randn(2, 3, 5, 4), "channels_last")
+    weight = torch.tensor([[1.0, 0.0], [0.0, 0.0], [-2.0, 1.0]])
+    torch.library.opcheck(torch.ops.torchshift2.shift_.default, (x.clone(), weight, "reflect"))
+
+    def infer(x, w):
+        y = x * 2
+        ts.shift_(y, w, "reflect")
+        return y + 1
+
+    with torch.no_grad():
+        compiled = torch.compile(infer, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x, weight), ts.shift(x * 2, weight, "reflect") + 1)
+
+
+def test_overlapping_input_is_refused():
+    x = torch.randn(1, 1, 5).expand(2, 3, 5)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="input"):
+        ts.shift_(x, torch.ones(3, 1))
