@@ -329,33 +329,58 @@ void ssl_forward_channels_last(const T* in, T* out, const Geometry& g, const Str
 // ---------------------------------------------------------------------------------------
 // Active forward: out = sum over corners of their weights times the padded reads (SPEC §3).
 
-// acc[o] += weight * ((1 - f) * V(k) + f * V(k - 1)), k = o + before - shift, along slot 2.
+// Interior of an active output row: y[o] = sum_r c0[r] * src_r[o] + c1[r] * src_r[o - 1].
+template <int kRows, typename scalar_t, typename opmath_t>
+void interpolate_interior(scalar_t* y, const scalar_t* const* src, const opmath_t* c0,
+                          const opmath_t* c1, int64_t lo, int64_t hi) {
+#pragma omp simd
+  for (int64_t o = lo; o < hi; ++o) {
+    opmath_t value = 0;
+    for (int r = 0; r < kRows; ++r)
+      value += c0[r] * static_cast<opmath_t>(src[r][o]) +
+               c1[r] * static_cast<opmath_t>(src[r][o - 1]);
+    y[o] = static_cast<scalar_t>(value);
+  }
+}
+
+// One active output row along slot 2 from the source rows of the outer corners:
+// y[o] = sum_r weight_r ((1 - f) V_r(k) + f V_r(k - 1)), k = o + before - shift.
 template <typename scalar_t, typename opmath_t>
-void interpolate_row(opmath_t* acc, const scalar_t* x, int64_t xs, const Geometry& g,
-                     int64_t shift, opmath_t frac, opmath_t weight) {
+void interpolate_row(scalar_t* y, int64_t ys, const Row<opmath_t>* rows, int count,
+                     const scalar_t* x, int64_t xs, const Geometry& g, int64_t shift,
+                     opmath_t frac) {
   const int64_t out_length = g.out_length[2], length = g.length[2], before = g.before[2];
-  const opmath_t w0 = weight * (1 - frac), w1 = weight * frac;
+  opmath_t c0[kMaxRows], c1[kMaxRows];
+  for (int r = 0; r < count; ++r) {
+    c0[r] = rows[r].weight * (1 - frac);
+    c1[r] = rows[r].weight * frac;
+  }
   const Interior in = interior(out_length, length, before, shift, 2);
-  auto read = [&](int64_t k) -> opmath_t {
+  auto read = [&](const scalar_t* row, int64_t k) -> opmath_t {
     const int64_t idx = source_index(k, length, g.padding);
-    return idx == kOutside ? opmath_t(0) : static_cast<opmath_t>(x[idx * xs]);
+    return idx == kOutside ? opmath_t(0) : static_cast<opmath_t>(row[idx * xs]);
   };
   auto edge = [&](int64_t o) {
     const int64_t k = o + before - shift;
-    acc[o] += w0 * read(k) + w1 * read(k - 1);
+    opmath_t value = 0;
+    for (int r = 0; r < count; ++r)
+      value += c0[r] * read(x + rows[r].offset, k) + c1[r] * read(x + rows[r].offset, k - 1);
+    y[o * ys] = static_cast<scalar_t>(value);
   };
   for (int64_t o = 0; o < in.lo; ++o) edge(o);
-  const scalar_t* src = x + (before - shift) * xs;
-  if (xs == 1) {
-#pragma omp simd
-    for (int64_t o = in.lo; o < in.hi; ++o)
-      acc[o] += w0 * static_cast<opmath_t>(src[o]) + w1 * static_cast<opmath_t>(src[o - 1]);
-  } else {
-    for (int64_t o = in.lo; o < in.hi; ++o)
-      acc[o] += w0 * static_cast<opmath_t>(src[o * xs]) +
-                w1 * static_cast<opmath_t>(src[(o - 1) * xs]);
-  }
   for (int64_t o = in.hi; o < out_length; ++o) edge(o);
+  if (xs == 1 && ys == 1 && count > 0) {
+    const scalar_t* src[kMaxRows];
+    for (int r = 0; r < count; ++r) src[r] = x + rows[r].offset + before - shift;
+    switch (count) {
+      case 1: interpolate_interior<1>(y, src, c0, c1, in.lo, in.hi); break;
+      case 2: interpolate_interior<2>(y, src, c0, c1, in.lo, in.hi); break;
+      case 3: interpolate_interior<3>(y, src, c0, c1, in.lo, in.hi); break;
+      default: interpolate_interior<4>(y, src, c0, c1, in.lo, in.hi); break;
+    }
+  } else {
+    for (int64_t o = in.lo; o < in.hi; ++o) edge(o);
+  }
 }
 
 template <typename scalar_t>
@@ -365,7 +390,6 @@ void active_forward_planes(const scalar_t* in, scalar_t* out, const Geometry& g,
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> acc(g.out_length[2]);
     Row<opmath_t> rows[kMaxRows];
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
@@ -375,13 +399,8 @@ void active_forward_planes(const scalar_t* in, scalar_t* out, const Geometry& g,
       for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
         for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
           const int count = outer_rows(rows, g, cs, o0, o1, is.slot[0], is.slot[1], true);
-          std::fill(acc.begin(), acc.end(), opmath_t(0));
-          for (int r = 0; r < count; ++r)
-            interpolate_row(acc.data(), x + rows[r].offset, is.slot[2], g, cs.shift[2],
-                            cs.frac[2], rows[r].weight);
-          scalar_t* yrow = y + o0 * os.slot[0] + o1 * os.slot[1];
-          for (int64_t o = 0; o < g.out_length[2]; ++o)
-            yrow[o * os.slot[2]] = static_cast<scalar_t>(acc[o]);
+          interpolate_row(y + o0 * os.slot[0] + o1 * os.slot[1], os.slot[2], rows, count, x,
+                          is.slot[2], g, cs.shift[2], cs.frac[2]);
         }
       }
     }
