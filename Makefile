@@ -25,3 +25,14 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist site
+
+# Benchmarks (benchmarks/README.md): `make bench` writes CSV/JSON to benchmarks/results/;
+# narrow it with e.g. BENCH_ARGS="--shapes 2d_56 --dtypes float32 --plot".
+# `make bench-quick` is the smoke test (tiny shapes, prints only; numbers mean nothing).
+BENCH_ARGS ?=
+.PHONY: bench bench-quick
+bench: $(STAMP)
+	$(PY) -m torchshift2.bench --out benchmarks/results $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(PY) -m torchshift2.bench --quick --no-compile $(BENCH_ARGS)
