@@ -291,7 +291,8 @@ void ssl_shift_inplace(T* data, const Geometry& g, const Strides& st,
   });
 }
 
-// Channels-last: the channel dim is innermost, so walk output rows and, inside, channels.
+// Channels-last: one task per output row (n, o0, o1) and, inside, each channel's row copied
+// with stride C. The row (W x C elements) stays in L1, so it leaves as whole cache lines.
 template <typename T>
 void ssl_forward_channels_last(const T* in, T* out, const Geometry& g, const Strides& is,
                                const Strides& os,
@@ -300,27 +301,21 @@ void ssl_forward_channels_last(const T* in, T* out, const Geometry& g, const Str
   const int64_t grain =
       std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_length[2] * g.channels));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> base(g.channels);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (g.out_length[0] * g.out_length[1]);
       const int64_t o0 = (r / g.out_length[1]) % g.out_length[0], o1 = r % g.out_length[1];
+      T* yrow = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
       for (int64_t c = 0; c < g.channels; ++c) {
         const ChannelShift<double>& cs = shifts[c];
         const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
         const int64_t i1 = source_index(o1 + g.before[1] - cs.shift[1], g.length[1], g.padding);
-        base[c] = (i0 == kOutside || i1 == kOutside)
-                      ? kOutside
-                      : n * is.batch + c * is.channel + i0 * is.slot[0] + i1 * is.slot[1];
-      }
-      T* yrow = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
-      for (int64_t o2 = 0; o2 < g.out_length[2]; ++o2) {
-        T* y = yrow + o2 * os.slot[2];
-        for (int64_t c = 0; c < g.channels; ++c) {
-          const int64_t idx =
-              source_index(o2 + g.before[2] - shifts[c].shift[2], g.length[2], g.padding);
-          y[c * os.channel] =
-              (base[c] == kOutside || idx == kOutside) ? fill : in[base[c] + idx * is.slot[2]];
+        T* y = yrow + c * os.channel;
+        if (i0 == kOutside || i1 == kOutside) {
+          for (int64_t o = 0; o < g.out_length[2]; ++o) y[o * os.slot[2]] = fill;
+          continue;
         }
+        copy_row(in + n * is.batch + c * is.channel + i0 * is.slot[0] + i1 * is.slot[1],
+                 is.slot[2], y, os.slot[2], g, cs.shift[2], fill);
       }
     }
   });
@@ -379,8 +374,42 @@ void interpolate_row(scalar_t* y, int64_t ys, const Row<opmath_t>* rows, int cou
       default: interpolate_interior<4>(y, src, c0, c1, in.lo, in.hi); break;
     }
   } else {
-    for (int64_t o = in.lo; o < in.hi; ++o) edge(o);
+    for (int64_t o = in.lo; o < in.hi; ++o) {
+      const int64_t k = o + before - shift;
+      opmath_t value = 0;
+      for (int r = 0; r < count; ++r) {
+        const scalar_t* src = x + rows[r].offset + k * xs;
+        value += c0[r] * static_cast<opmath_t>(src[0]) + c1[r] * static_cast<opmath_t>(src[-xs]);
+      }
+      y[o * ys] = static_cast<scalar_t>(value);
+    }
   }
+}
+
+// Channels-last active forward: output rows outside, channels inside (as the SSL one).
+template <typename scalar_t>
+void active_forward_channels_last(
+    const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is, const Strides& os,
+    const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t rows_total = g.batch * g.out_length[0] * g.out_length[1];
+  const int64_t grain =
+      std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_length[2] * g.channels));
+  at::parallel_for(0, rows_total, grain, [&](int64_t begin, int64_t end) {
+    Row<opmath_t> rows[kMaxRows];
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (g.out_length[0] * g.out_length[1]);
+      const int64_t o0 = (r / g.out_length[1]) % g.out_length[0], o1 = r % g.out_length[1];
+      scalar_t* yrow = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
+      for (int64_t c = 0; c < g.channels; ++c) {
+        const auto& cs = shifts[c];
+        const int count = outer_rows(rows, g, cs, o0, o1, is.slot[0], is.slot[1], true);
+        interpolate_row(yrow + c * os.channel, os.slot[2], rows, count,
+                        in + n * is.batch + c * is.channel, is.slot[2], g, cs.shift[2],
+                        cs.frac[2]);
+      }
+    }
+  });
 }
 
 template <typename scalar_t>
@@ -643,18 +672,17 @@ void forward(const at::Tensor& input_, const at::Tensor& weight, at::Tensor out,
   }
   TORCH_CHECK(at::isFloatingType(input.scalar_type()),
               "input: active=True needs a floating dtype, got ", input.scalar_type());
-  // Channels-last: the plane kernel on a planar copy beats gathering across channels.
-  const at::Tensor planar = cl ? input.contiguous() : input;
-  at::Tensor result = cl ? at::empty(out.sizes(), out.options()) : out;
-  const Strides ps = strides_of(planar), rs = strides_of(result);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "torchshift2_active_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const auto shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
-    active_forward_planes(planar.const_data_ptr<scalar_t>(), result.data_ptr<scalar_t>(), g, ps,
-                          rs, shifts);
+    if (cl)
+      active_forward_channels_last(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g,
+                                   is, os, shifts);
+    else
+      active_forward_planes(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g, is,
+                            os, shifts);
   });
-  if (cl) out.copy_(result);
 }
 
 void backward(const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& weight,
