@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test venv clean
+.PHONY: test venv clean demo docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +36,26 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m torchshift2.bench --quick --no-compile $(BENCH_ARGS)
+
+# Demo (torchshift2/demo.py): depthwise conv vs SSL shift CNNs on scikit-learn's digits,
+# under torch.compile; prints a table, writes demo-output/. e.g. DEMO_ARGS="--epochs 10".
+DEMO_STAMP := $(VENV)/.installed-demo
+DEMO_ARGS ?=
+$(DEMO_STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $@
+
+demo: $(DEMO_STAMP)
+	$(PY) -m torchshift2.demo --out demo-output $(DEMO_ARGS)
+
+# Docs (mkdocs.yml, docs/): regenerate the figures, then a strict build into site/.
+DOCS_STAMP := $(VENV)/.installed-docs
+$(DOCS_STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: $(DOCS_STAMP)
+	$(PY) docs/make_figures.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

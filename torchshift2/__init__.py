@@ -8,24 +8,36 @@ from ._spec import PADDINGS, PADDING_ALIASES
 from .backend import BACKENDS, selected_backend, use_backend
 from .functional import shift, shift1d, shift2d, shift3d, shift_
 from .nn import Shift1d, Shift2d, Shift3d
+from . import convert, quantized
+from .convert import DepthwiseShift, replace_depthwise, sparsity_loss
+from .quantized import QuantizedShift1d, QuantizedShift2d, QuantizedShift3d, quant_mapping
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "DepthwiseShift",
     "PADDINGS",
     "PADDING_ALIASES",
+    "QuantizedShift1d",
+    "QuantizedShift2d",
+    "QuantizedShift3d",
     "Shift1d",
     "Shift2d",
     "Shift3d",
+    "convert",
     "functional",
     "nn",
+    "quant_mapping",
+    "quantized",
     "reference",
+    "replace_depthwise",
     "selected_backend",
     "shift",
     "shift_",
     "shift1d",
     "shift2d",
     "shift3d",
+    "sparsity_loss",
     "use_backend",
 ]

@@ -32,7 +32,20 @@ def _checked(name: str, source: str) -> str:
 
 
 def selected_backend() -> str:
-    """The backend name in force: :func:`use_backend`'s, else the environment's, else ``auto``."""
+    """The backend name in force: :func:`use_backend`'s, else the environment's, else ``auto``.
+
+    Returns:
+        one of ``BACKENDS``.
+
+    Raises:
+        ValueError: ``TORCHSHIFT2_BACKEND`` holds an unknown name.
+
+    Example:
+        >>> import torchshift2 as ts
+        >>> with ts.use_backend("cpp"):
+        ...     ts.selected_backend()
+        'cpp'
+    """
     name = _override.get()
     if name is not None:
         return name
@@ -42,6 +55,15 @@ def selected_backend() -> str:
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the shift ops with backend ``name`` (one of ``BACKENDS``) inside the block.
+
+    The override is a context variable: it applies to the current thread (or async task)
+    and wins over ``TORCHSHIFT2_BACKEND``; blocks nest.
+
+    Args:
+        name: ``"auto"``, ``"cpp"``, ``"triton"`` or ``"reference"``.
+
+    Raises:
+        ValueError: ``name`` is not one of ``BACKENDS``.
 
     Example:
         >>> import torch, torchshift2 as ts
@@ -64,7 +86,17 @@ def warn_once(key: str, message: str) -> None:
 
 
 def resolve(device: torch.device) -> str:
-    """The concrete backend (``cpp``, ``triton`` or ``reference``) for tensors on ``device``."""
+    """The concrete backend (``cpp``, ``triton`` or ``reference``) for tensors on ``device``.
+
+    With ``auto`` this builds the C++ kernel on first use for a CPU device, and falls back to
+    ``reference`` (warning once) when it cannot be built or when triton is missing on CUDA.
+
+    Example:
+        >>> import torch, torchshift2 as ts
+        >>> with ts.use_backend("reference"):
+        ...     ts.backend.resolve(torch.device("cpu"))
+        'reference'
+    """
     name = selected_backend()
     if name != "auto":
         return name

@@ -18,6 +18,15 @@ __all__ = ["shift", "shift_", "shift1d", "shift2d", "shift3d", "check_shift_args
 def check_shift_args(input, weight, padding, active, crop, ndim: Optional[int] = None):
     """Validate the arguments of :func:`shift` (SPEC §5).
 
+    Args:
+        input: as in :func:`shift`.
+        weight: as in :func:`shift`.
+        padding: as in :func:`shift`.
+        active: as in :func:`shift`.
+        crop: as in :func:`shift`.
+        ndim: the required number of spatial dims D (``shift1d/2d/3d``), or ``None`` for
+            any of 1, 2, 3.
+
     Returns:
         ``(padding, crop)``: the canonical padding name and D ``(before, after)`` pairs.
 
@@ -25,6 +34,13 @@ def check_shift_args(input, weight, padding, active, crop, ndim: Optional[int] =
         TypeError: an argument of the wrong type or dtype.
         ValueError: wrong dims, shapes or values.
         RuntimeError: input and weight on different devices.
+
+    Example:
+        >>> import torch
+        >>> from torchshift2.functional import check_shift_args
+        >>> check_shift_args(torch.zeros(1, 2, 5, 6), torch.zeros(2, 2), "circular", False,
+        ...                  [(1, 0), (0, 2)])
+        ('periodic', ((1, 0), (0, 2)))
     """
     if not isinstance(input, Tensor):
         raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")

@@ -1,1 +1,240 @@
-"""Triton backend (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``)."""
+"""Triton backend (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``).
+
+The backend interface called by :mod:`torchshift2.ops`::
+
+    forward(out, input, weight, padding, active, crop, fill) -> None
+    backward(grad_input, grad_weight, grad_output, input, weight, padding, active, crop) -> None
+
+Both write into the preallocated outputs. The kernels live in :mod:`.kernels`; this module
+chooses the layout (planar for contiguous outputs, channels-last for channels-last ones),
+tile sizes and index width, and launches them on the current stream.
+
+Behaviour worth knowing:
+
+* Every tensor is addressed through its own strides; inputs that are neither contiguous nor
+  channels-last are copied to contiguous first (cheaper than uncoalesced gathers).
+* SSL forward copies bits: every dtype (floats, integers, bool, quantized ``int_repr``) is
+  shifted exactly through an integer view of the same element size.
+* Weights are reduced in-kernel (see :mod:`.kernels`): any finite magnitude is exact, and
+  non-finite weights (NaN, +-inf; only reachable on CUDA, the CPU path rejects them) are
+  treated as 0: the output is the unshifted (cropped) input and gradients are evaluated at
+  a zero weight. No weight can make a kernel access memory out of bounds.
+* Deterministic: no atomics anywhere. grad_input is a gather over the outputs reading each
+  input element, grad_weight sums per-tile partials in a fixed order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .. import _spec
+from . import kernels
+
+__all__ = ["forward", "backward"]
+
+#: Elements per program tile (4 warps x 32 threads x 8 elements).
+_TILE = 1024
+_INT32_LIMIT = 2**31 - 1
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _opmath(dtype: torch.dtype):
+    return kernels.tl.float64 if dtype == torch.float64 else kernels.tl.float32
+
+
+def _padded(t: torch.Tensor):
+    """Spatial sizes and strides of ``t`` padded in front to 3 dims (size 1, stride 0)."""
+    pad = 5 - t.dim()
+    return [1] * pad + list(t.shape[2:]), [0] * pad + list(t.stride()[2:])
+
+
+def _span(t: torch.Tensor) -> int:
+    """Largest element offset of ``t`` relative to its sample (dims 1..)."""
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:]))
+
+
+def _needs_int64(*tensors: torch.Tensor) -> bool:
+    """Whether in-sample offsets (or position counts) may overflow int32."""
+    worst = 0
+    for t in tensors:
+        sizes = t.shape[1:]
+        count = 1
+        for size in sizes:
+            count *= size
+        worst = max(worst, _span(t), count, 4 * max(sizes) + 16)
+    return worst >= _INT32_LIMIT // 2
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` if it is contiguous or channels-last (or has broadcast dims), else a contiguous copy."""
+    if t.is_contiguous() or _spec.is_channels_last(t) or 0 in t.stride():
+        return t
+    return t.contiguous()
+
+
+def _grid(channels_last: bool, n: int, c: int, spatial, block_hint=None):
+    """Tile shape and grid for a planar / channels-last walk over ``spatial`` positions.
+
+    Planar: the columns cover the innermost spatial dim (up to 1024 wide), the rows the
+    flattened leading dims. Channels-last: the columns cover up to 64 channels, the rows the
+    flattened positions.
+    """
+    s0, s1, s2 = spatial
+    if channels_last:
+        npos = s0 * s1 * s2
+        block_b = min(_pow2(c), 64)
+        block_a = max(1, min(_TILE // block_b, _pow2(npos)))
+        tiles_a, tiles_b = _cdiv(npos, block_a), _cdiv(c, block_b)
+        programs = n * tiles_a * tiles_b
+        rows = n * tiles_a
+    else:
+        npos = s0 * s1
+        block_b = min(_pow2(s2), _TILE)
+        block_a = max(1, min(_TILE // block_b, _pow2(npos)))
+        tiles_a, tiles_b = _cdiv(npos, block_a), _cdiv(s2, block_b)
+        programs = n * c * tiles_a * tiles_b
+        rows = n * tiles_a * tiles_b
+    if programs > _INT32_LIMIT:
+        raise RuntimeError(f"torchshift2 triton: tensor too large ({programs} programs)")
+    # 8 elements per thread on full tiles, fewer warps for small tiles.
+    warps = max(1, min(4, block_a * block_b // 256))
+    return dict(npos=npos, tiles_a=tiles_a, tiles_b=tiles_b, BLOCK_A=block_a,
+                BLOCK_B=block_b, num_warps=warps), programs, rows
+
+
+def _device_guard(t: torch.Tensor):
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def _crop_before(crop, ndim: int):
+    before = [int(crop[2 * d]) for d in range(ndim)]
+    return [0] * (3 - ndim) + before
+
+
+def _check(input: torch.Tensor, weight: torch.Tensor, padding: str):
+    ndim = input.dim() - 2
+    if ndim not in (1, 2, 3) or weight.dim() != 2 or tuple(weight.shape) != (input.shape[1], ndim):
+        raise ValueError(
+            f"torchshift2 triton: expected input (N, C, *L) with 1-3 spatial dims and weight "
+            f"(C, D), got {tuple(input.shape)} and {tuple(weight.shape)}"
+        )
+    if input.device != weight.device:
+        raise RuntimeError(f"weight: expected device {input.device}, got {weight.device}")
+    if input.device.type != "cuda" and not _interpreted():
+        raise RuntimeError(
+            f"backend 'triton': expected CUDA tensors, got device {input.device} (CPU tensors "
+            "run only under the Triton interpreter, TRITON_INTERPRET=1 set before triton is "
+            "imported)"
+        )
+    return ndim, _spec.padding_code(padding)
+
+
+def _interpreted() -> bool:
+    return type(kernels._forward_kernel).__name__ == "InterpretedFunction"
+
+
+def forward(out, input, weight, padding, active, crop, fill):
+    """SPEC §3 into the preallocated ``out`` (any strides; contiguous or channels-last)."""
+    ndim, code = _check(input, weight, padding)
+    if out.numel() == 0:
+        return
+    input = _dense(input)
+    if active:
+        if not (input.dtype.is_floating_point and out.dtype == input.dtype):
+            raise TypeError(f"input: active=True needs a floating dtype, got {input.dtype}")
+        x, o, fill_bits = input, out, 0
+    else:
+        # SSL is an exact copy: shift the bits of any dtype through an integer view.
+        view = _INT_VIEW[input.element_size()]
+        x, o = input.view(view), out.view(view)
+        fill_bits = int(torch.tensor(fill, dtype=input.dtype).view(view).item())
+    lengths, x_strides = _padded(x)
+    out_sizes, o_strides = _padded(o)
+    channels_last = _spec.is_channels_last(o)
+    n, c = x.shape[:2]
+    meta, programs, _ = _grid(channels_last, n, c, out_sizes)
+    corners = [2 if active and d >= 3 - ndim else 1 for d in range(3)]
+    B0, B1, B2 = _crop_before(crop, ndim)
+    with _device_guard(x):
+        kernels._forward_kernel[(programs,)](
+            x, o, weight,
+            c, *lengths, out_sizes[1], out_sizes[2], B0, B1, B2,
+            x.stride(0), x.stride(1), *x_strides,
+            o.stride(0), o.stride(1), *o_strides,
+            weight.stride(0), weight.stride(1), meta["npos"], meta["tiles_a"], meta["tiles_b"],
+            fill_bits,
+            PAD=code, NDIM=ndim, ACTIVE=bool(active), CL=channels_last,
+            BIG=_needs_int64(x, o), OPDT=_opmath(input.dtype),
+            A0=corners[0], A1=corners[1], A2=corners[2],
+            BLOCK_A=meta["BLOCK_A"], BLOCK_B=meta["BLOCK_B"], num_warps=meta["num_warps"],
+        )
+
+
+def backward(grad_input, grad_weight, grad_output, input, weight, padding, active, crop):
+    """SPEC §4 into the preallocated ``grad_input`` (input's shape) and ``grad_weight``."""
+    ndim, code = _check(input, weight, padding)
+    if not input.dtype.is_floating_point:
+        raise TypeError(f"input: gradients need a floating dtype, got {input.dtype}")
+    if input.numel() == 0 or grad_output.numel() == 0:
+        grad_input.zero_()
+        grad_weight.zero_()
+        return
+    input = _dense(input)
+    grad_output = _dense(grad_output)
+    n, c = input.shape[:2]
+    lengths, x_strides = _padded(input)
+    out_sizes, g_strides = _padded(grad_output)
+    _, gi_strides = _padded(grad_input)
+    B0, B1, B2 = _crop_before(crop, ndim)
+    opdt = _opmath(input.dtype)
+    big = _needs_int64(input, grad_output, grad_input)
+    with _device_guard(input):
+        # grad_input: a gather over input positions, in grad_input's layout.
+        channels_last = _spec.is_channels_last(grad_input)
+        meta, programs, _ = _grid(channels_last, n, c, lengths)
+        corners = [2 if active and d >= 3 - ndim else 1 for d in range(3)]
+        kernels._grad_input_kernel[(programs,)](
+            grad_output, grad_input, weight,
+            c, *lengths, *out_sizes, B0, B1, B2,
+            grad_output.stride(0), grad_output.stride(1), *g_strides,
+            grad_input.stride(0), grad_input.stride(1), *gi_strides,
+            weight.stride(0), weight.stride(1), meta["npos"], meta["tiles_a"], meta["tiles_b"],
+            PAD=code, NDIM=ndim, ACTIVE=bool(active), CL=channels_last, BIG=big, OPDT=opdt,
+            A0=corners[0], A1=corners[1], A2=corners[2],
+            BLOCK_A=meta["BLOCK_A"], BLOCK_B=meta["BLOCK_B"], num_warps=meta["num_warps"],
+        )
+        # grad_weight: per-tile partials over output positions, then a fixed-order sum.
+        channels_last = _spec.is_channels_last(input)
+        meta, programs, rows = _grid(channels_last, n, c, out_sizes)
+        partials = torch.empty((rows, c, 3), dtype=torch.float64 if input.dtype == torch.float64
+                               else torch.float32, device=input.device)
+        corners = [2 if d >= 3 - ndim else 1 for d in range(3)]
+        kernels._grad_weight_kernel[(programs,)](
+            grad_output, input, weight, partials,
+            c, *lengths, out_sizes[1], out_sizes[2], B0, B1, B2,
+            grad_output.stride(0), grad_output.stride(1), *g_strides,
+            input.stride(0), input.stride(1), *x_strides,
+            weight.stride(0), weight.stride(1), meta["npos"], meta["tiles_a"], meta["tiles_b"],
+            PAD=code, NDIM=ndim, CL=channels_last, BIG=big, OPDT=opdt,
+            A0=corners[0], A1=corners[1], A2=corners[2],
+            BLOCK_A=meta["BLOCK_A"], BLOCK_B=meta["BLOCK_B"], num_warps=meta["num_warps"],
+        )
+        block_k = min(_pow2(c * ndim), 128)
+        block_r = max(1, min(_TILE // block_k, _pow2(rows)))
+        kernels._reduce_partials_kernel[(_cdiv(c * ndim, block_k),)](
+            partials, grad_weight, rows, c, grad_weight.stride(0), grad_weight.stride(1),
+            NDIM=ndim, OPDT=opdt, BLOCK_R=block_r, BLOCK_K=block_k,
+            num_warps=max(1, min(4, block_r * block_k // 256)),
+        )

@@ -1,0 +1,357 @@
+"""Generate the documentation's figures and generated pages (``make docs`` runs this first).
+
+Writes, relative to ``--out`` (default: this ``docs/`` folder):
+
+- ``figures/paddings.png``: one image shifted under each of the five paddings, with the
+  padded canvas the shift reads from;
+- ``figures/active_1d.png``: SSL vs. Active Shift on a 1D signal, and one output element as
+  a function of the shift (SSL steps, active is continuous);
+- ``figures/active_2d.png``: bilinear interpolation of a 2D image at fractional shifts;
+- ``generated/adjoint.md``: grad_input of a 1D shift for every padding, computed by the
+  library (the exact adjoint of SPEC §4);
+- ``generated/benchmarks.md`` (+ ``figures/bench-*.png``): tables from the JSON files of
+  ``python -m torchshift2.bench`` in ``benchmarks/results/``, or a note that there are none;
+- ``generated/demo.md`` (+ ``figures/demo_*.png``): the results of ``make demo`` when
+  ``demo-output/`` exists, or a note that it has not been run.
+
+Every number and every picture is computed by torchshift2 itself (with the pure-torch
+reference backend, so no C++ compiler is needed), and each figure checks what it shows
+against an independent computation (``numpy.pad``, the SPEC formula) before drawing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+import torchshift2 as ts  # noqa: E402
+from torchshift2.nn import extend_input  # noqa: E402
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+NUMPY_MODE = {"zeros": "constant", "border": "edge", "periodic": "wrap", "reflect": "reflect",
+              "symmetric": "symmetric"}
+DPI = 100
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Fixed metadata so that regenerating unchanged figures gives identical files.
+    fig.savefig(path, dpi=DPI, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def sample_image(height: int = 10, width: int = 13) -> torch.Tensor:
+    """An asymmetric test picture: a diagonal gradient with a bright 'F' near the top left."""
+    rows = torch.arange(height, dtype=torch.float64)[:, None]
+    cols = torch.arange(width, dtype=torch.float64)[None, :]
+    image = 0.15 + 0.35 * (rows / (height - 1)) * (cols / (width - 1))
+    image[1:8, 2] = 1.0           # stem of the F
+    image[1, 2:8] = 1.0           # top bar
+    image[4, 2:6] = 0.85          # middle bar
+    image[height - 1, width - 1] = 0.65  # marks the bottom-right corner
+    return image
+
+
+def figure_paddings(out: Path) -> Path:
+    image = sample_image()
+    height, width = image.shape
+    shift = (4.0, 6.0)  # rows down, columns right (positive = towards higher indices)
+    x = image.reshape(1, 1, height, width)
+    weight = torch.tensor([shift], dtype=torch.float64)
+    fig, axes = plt.subplots(2, 6, figsize=(15, 4.6), layout="constrained",
+                             gridspec_kw=dict(height_ratios=[2.2, 1]))
+    axes[0, 0].imshow(image, cmap="magma", vmin=0, vmax=1)
+    axes[0, 0].set_title(f"input {height}x{width}")
+    axes[1, 0].axis("off")
+    axes[1, 0].text(0.0, 0.5, f"shift = {shift}\n(rows, cols)\n\ntop: the padded canvas\n"
+                    "(input framed in white),\ndashed: the window the\noutput reads",
+                    fontsize=9, va="center")
+    for column, padding in enumerate(ts.PADDINGS, start=1):
+        with ts.use_backend("reference"):
+            output = ts.shift(x, weight, padding=padding)[0, 0]
+        canvas = extend_input(x, [height, height, width, width], padding)[0, 0]
+        expected = np.pad(image.numpy(), ((height, height), (width, width)),
+                          mode=NUMPY_MODE[padding])
+        assert np.array_equal(canvas.numpy(), expected), padding
+        top, left = height - int(shift[0]), width - int(shift[1])
+        window = canvas[top:top + height, left:left + width]
+        assert torch.equal(output, window), padding  # SPEC §3: out[o] = V(o - s)
+        axis = axes[0, column]
+        axis.imshow(canvas, cmap="magma", vmin=0, vmax=1)
+        axis.add_patch(Rectangle((width - 0.5, height - 0.5), width, height, fill=False,
+                                 ec="white", lw=1.5))
+        axis.add_patch(Rectangle((left - 0.5, top - 0.5), width, height, fill=False,
+                                 ec="cyan", lw=1.5, ls="--"))
+        axis.set_title(f'"{padding}"  (np.pad "{NUMPY_MODE[padding]}")', fontsize=10)
+        axes[1, column].imshow(output, cmap="magma", vmin=0, vmax=1)
+        axes[1, column].set_title("output", fontsize=9)
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.suptitle("ts.shift(x, weight=[[4, 6]], padding=...): the same shift under the five "
+                 "paddings")
+    return _save(fig, out / "figures" / "paddings.png")
+
+
+def _original_active(signal: np.ndarray, w: float, i: int) -> float:
+    """The original torchshifts active forward as measured (LESSONS.md #1):
+    (1-d) * in[i-k] + d * in[i-k+1], k = floor(w), d = w - k, zeros outside."""
+    k = int(np.floor(w))
+    d = w - k
+    value = lambda j: signal[j] if 0 <= j < len(signal) else 0.0
+    return (1 - d) * value(i - k) + d * value(i - k + 1)
+
+
+def figure_active_1d(out: Path) -> Path:
+    signal = torch.tensor([0.0, 0.2, 1.0, 0.4, 0.1, 0.8, 0.5, 0.0, 0.3, 0.9, 0.6, 0.2],
+                          dtype=torch.float64)
+    length = len(signal)
+    x = signal.reshape(1, 1, length)
+    w = 1.3
+    with ts.use_backend("reference"):
+        ssl = ts.shift(x, torch.tensor([[w]], dtype=torch.float64))[0, 0]
+        active = ts.shift(x, torch.tensor([[w]], dtype=torch.float64), active=True)[0, 0]
+    padded = torch.cat([torch.zeros(3, dtype=torch.float64), signal])  # V(k) for k >= -3
+    for i in range(length):  # SPEC §3 by hand
+        assert abs(float(ssl[i]) - float(padded[3 + i - 1])) < 1e-12
+        assert abs(float(active[i]) - (0.7 * float(padded[3 + i - 1])
+                                       + 0.3 * float(padded[3 + i - 2]))) < 1e-12
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2))
+    positions = np.arange(length)
+    left.plot(positions, signal.numpy(), "o-", color="0.6", label="input")
+    left.plot(positions, ssl.numpy(), "s--", color="tab:blue",
+              label=f"SSL, w = {w}: shift by round(w) = 1")
+    left.plot(positions, active.numpy(), "^-", color="tab:orange",
+              label=f"active, w = {w}: 0.7·x[i-1] + 0.3·x[i-2]")
+    left.set_xlabel("position i")
+    left.set_title("shift(x, [[1.3]]): SSL rounds, Active Shift interpolates")
+    left.legend(fontsize=8, loc="upper left")
+    left.grid(alpha=0.3)
+
+    position = 6
+    weights = np.linspace(-0.75, 3.75, 721)
+    batch = torch.tensor(weights, dtype=torch.float64).reshape(-1, 1)
+    many = x.expand(1, len(weights), length)
+    with ts.use_backend("reference"):
+        ssl_curve = ts.shift(many, batch)[0, :, position].numpy()
+        active_curve = ts.shift(many, batch, active=True)[0, :, position].numpy()
+    original = [_original_active(signal.numpy(), float(v), position) for v in weights]
+    right.plot(weights, active_curve, color="tab:orange", lw=2, label="active (SPEC §3)")
+    right.plot(weights, ssl_curve, color="tab:blue", lw=1.5, label="SSL (round half to even)")
+    right.plot(weights, original, ":", color="tab:red", lw=1.5,
+               label="original torchshifts active (LESSONS #1)")
+    integers = np.arange(0, 4)
+    right.plot(integers, [float(signal[position - k]) for k in integers], "ko", ms=4,
+               label=f"x[{position} - w] at integer w")
+    right.set_xlabel("shift weight w")
+    right.set_title(f"output[{position}] as a function of w")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out / "figures" / "active_1d.png")
+
+
+def figure_active_2d(out: Path) -> Path:
+    image = torch.zeros(7, 7, dtype=torch.float64)
+    image[2, 2] = 1.0
+    image[2:5, 4] = 0.6
+    shifts = [(0.0, 0.0), (0.0, 0.5), (0.5, 0.5), (1.25, 0.75), (2.0, 1.0)]
+    x = image.reshape(1, 1, 7, 7)
+    fig, axes = plt.subplots(1, len(shifts), figsize=(3 * len(shifts), 3.4), layout="constrained")
+    for axis, shift in zip(axes, shifts):
+        weight = torch.tensor([shift], dtype=torch.float64)
+        with ts.use_backend("reference"):
+            output = ts.shift(x, weight, active=True)[0, 0]
+        assert abs(float(output.sum()) - float(image.sum())) < 1e-12  # nothing leaves
+        axis.imshow(output, cmap="viridis", vmin=0, vmax=1)
+        for (r, c), value in np.ndenumerate(output.numpy()):
+            if value > 1e-9:
+                axis.text(c, r, f"{value:.2f}".rstrip("0").rstrip("."), ha="center",
+                          va="center", fontsize=7, color="w" if value < 0.5 else "k")
+        axis.set_title(f"active, w = {shift}", fontsize=10)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    fig.suptitle("Bilinear interpolation (active=True): fractional shifts spread each pixel "
+                 "over its 4 neighbours")
+    return _save(fig, out / "figures" / "active_2d.png")
+
+
+def generated_adjoint(out: Path) -> Path:
+    grad_output = torch.tensor([[[1.0, 10.0, 100.0, 1000.0, 10000.0]]], dtype=torch.float64)
+    lines = [
+        "<!-- generated by docs/make_figures.py: do not edit -->",
+        "| padding | forward: output reads input at | grad_input = adjoint applied to "
+        "g = [1, 10, 100, 1000, 10000] |",
+        "|---|---|---|",
+    ]
+    for padding in ts.PADDINGS:
+        x = torch.zeros(1, 1, 5, dtype=torch.float64, requires_grad=True)
+        weight = torch.tensor([[2.0]], dtype=torch.float64)
+        with ts.use_backend("reference"):
+            (grad,) = torch.autograd.grad(ts.shift(x, weight, padding=padding), x, grad_output)
+            marker = torch.arange(1.0, 6.0, dtype=torch.float64).reshape(1, 1, 5)
+            reads = ts.shift(marker, weight, padding=padding)[0, 0]
+        sources = ", ".join("0" if v == 0 else f"x[{int(v) - 1}]" for v in reads.tolist())
+        values = ", ".join(f"{v:g}" for v in grad[0, 0].tolist())
+        lines.append(f"| `{padding}` | [{sources}] | [{values}] |")
+    path = out / "generated" / "adjoint.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _bench_section(path: Path, figures: Path) -> list:
+    payload = json.loads(path.read_text())
+    machine, config, rows = payload.get("machine", {}), payload.get("config", {}), payload["rows"]
+    lines = [f"### `{path.name}`", ""]
+    lines.append(
+        f"Machine: {machine.get('cpu_model', '?')} ({machine.get('logical_cpus', '?')} logical "
+        f"CPUs, {machine.get('threads', '?')} threads), {machine.get('gpu_model') or 'no GPU'}; "
+        f"torch {machine.get('torch_version', '?')}; backend `{machine.get('backend', '?')}` "
+        f"(selected `{machine.get('backend_selected', '?')}`); commit "
+        f"`{machine.get('git_commit', '?')}`; {machine.get('timestamp', '?')}."
+    )
+    if config.get("quick"):
+        lines += ["", "!!! warning \"--quick run\"", "    A smoke-test run: its numbers mean "
+                  "nothing."]
+    lines.append("")
+    if rows and all(k in rows[0] for k in ("shape_name", "case", "ratio_clone")):
+        cases = []
+        for row in rows:
+            if row["case"] not in cases:
+                cases.append(row["case"])
+        keys = []
+        for row in rows:
+            key = (row["shape_name"], row["shape"], row["format"], row["dtype"])
+            if key not in keys:
+                keys.append(key)
+        lines.append("Median ms (ratio to `x.clone()`):")
+        lines.append("")
+        lines.append("| shape | format | dtype | " + " | ".join(f"`{c}`" for c in cases) + " |")
+        lines.append("|---|---|---|" + "---:|" * len(cases))
+        for key in keys:
+            cells = []
+            for case in cases:
+                match = [r for r in rows if (r["shape_name"], r["shape"], r["format"],
+                                             r["dtype"]) == key and r["case"] == case]
+                if not match:
+                    cells.append("")
+                    continue
+                r = match[0]
+                cells.append(f"{float(r['median_ms']):.3g} ({float(r['ratio_clone']):.3g}x)")
+            lines.append(f"| {key[0]} `{key[1]}` | {key[2]} | {key[3]} | " + " | ".join(cells)
+                         + " |")
+    else:  # scaling or another layout: the rows as they are, minus per-run constants
+        constant = {"cpu_model", "gpu_model", "torch_version", "backend_selected", "device",
+                    "note"}
+        fields = [k for k in (rows[0] if rows else {}) if k not in constant]
+        lines.append("| " + " | ".join(fields) + " |")
+        lines.append("|" + "---|" * len(fields))
+        for row in rows:
+            lines.append("| " + " | ".join(
+                f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, ""))
+                for k in fields) + " |")
+    notes = payload.get("notes") or []
+    if notes:
+        lines += ["", "Notes: " + "; ".join(str(n) for n in notes)]
+    png = path.with_suffix(".png")
+    if png.exists():
+        target = figures / f"bench-{png.name}"
+        shutil.copyfile(png, target)
+        lines += ["", f"![{png.name}](figures/{target.name})"]
+    return lines + [""]
+
+
+def generated_benchmarks(out: Path, results: Path) -> Path:
+    lines = ["<!-- generated by docs/make_figures.py from benchmarks/results/: do not edit -->",
+             ""]
+    files = sorted(results.glob("*.json")) if results.is_dir() else []
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    for stale in figures.glob("bench-*.png"):
+        stale.unlink()
+    if not files:
+        lines += [
+            "!!! note \"No benchmark results yet\"",
+            "    `benchmarks/results/` holds no result files in this checkout, so there are "
+            "no numbers",
+            "    to show. Run `make bench` (or `python -m torchshift2.bench --out "
+            "benchmarks/results --plot`)",
+            "    on a quiet machine, then `make docs`: this section is generated from those "
+            "files.",
+        ]
+    for path in files:
+        lines += _bench_section(path, figures)
+    target = out / "generated" / "benchmarks.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def generated_demo(out: Path, demo: Path) -> Path:
+    lines = ["<!-- generated by docs/make_figures.py from demo-output/: do not edit -->", ""]
+    figures = out / "figures"
+    results = demo / "results.md"
+    if results.exists():
+        about = ""
+        if (demo / "results.json").exists():
+            machine = json.loads((demo / "results.json").read_text()).get("machine", {})
+            about = (f" ({machine.get('cpu_model', '?')}, {machine.get('logical_cpus', '?')} "
+                     f"logical CPUs, torch {machine.get('torch', '?')}, "
+                     f"{machine.get('timestamp', '?')})")
+        lines += [f"Results of the last `make demo` run in this checkout{about}; timings are "
+                  "from that machine, at that time, under whatever load it had:", "",
+                  results.read_text().strip(), ""]
+        for name in ("shift_histogram.png", "training_curves.png"):
+            if (demo / name).exists():
+                shutil.copyfile(demo / name, figures / f"demo_{name}")
+                lines += [f"![{name}](figures/demo_{name})", ""]
+    else:
+        lines += ["!!! note \"Not run yet\"",
+                  "    `demo-output/` does not exist in this checkout: run `make demo`, then "
+                  "`make docs`, to show its table and plots here."]
+    target = out / "generated" / "demo.md"
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE,
+                        help="where figures/ and generated/ go (default: docs/)")
+    parser.add_argument("--bench-results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--demo-output", type=Path, default=ROOT / "demo-output")
+    args = parser.parse_args(argv)
+    plt.rcParams.update({"font.size": 9})
+    written = [
+        figure_paddings(args.out),
+        figure_active_1d(args.out),
+        figure_active_2d(args.out),
+        generated_adjoint(args.out),
+        generated_benchmarks(args.out, args.bench_results),
+        generated_demo(args.out, args.demo_output),
+    ]
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
