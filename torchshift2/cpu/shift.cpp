@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace torchshift2_cpu {
@@ -59,9 +60,13 @@ inline int64_t source_index(int64_t k, int64_t length, int64_t padding) {
 // An equivalent small shift for an integer-valued double (as reference._reduce_shift), so
 // that index arithmetic cannot overflow however large the weight.
 inline int64_t reduce_shift(double shift, int64_t length, int64_t padding) {
+  // The representative in (-p/2, p/2]: a small negative shift stays small, so the rows keep
+  // a long interior (no padding logic) instead of wrapping around almost a whole period.
   auto mod = [](double s, double p) {
-    const double r = std::fmod(s, p);
-    return static_cast<int64_t>(r < 0 ? r + p : r);
+    double r = std::fmod(s, p);
+    if (r < 0) r += p;
+    if (r > p / 2) r -= p;
+    return static_cast<int64_t>(r);
   };
   switch (padding) {
     case kPeriodic:
@@ -163,6 +168,7 @@ template <typename opmath_t>
 struct Row {
   int64_t offset;
   opmath_t weight, dfrac0, dfrac1;
+  int corner;  // a0 * 2 + a1
 };
 constexpr int kMaxRows = 4;
 
@@ -183,7 +189,8 @@ int outer_rows(Row<opmath_t>* rows, const Geometry& g, const ChannelShift<opmath
       if (i1 == kOutside) continue;
       const opmath_t w1 = corners1 == 1 ? opmath_t(1) : (a1 ? cs.frac[1] : 1 - cs.frac[1]);
       const opmath_t d1 = a1 ? opmath_t(1) : opmath_t(-1);
-      rows[count++] = Row<opmath_t>{i0 * stride0 + i1 * stride1, w0 * w1, d0 * w1, w0 * d1};
+      rows[count++] =
+          Row<opmath_t>{i0 * stride0 + i1 * stride1, w0 * w1, d0 * w1, w0 * d1, a0 * 2 + a1};
     }
   }
   return count;
@@ -464,37 +471,54 @@ void scatter_row(opmath_t* acc, const scalar_t* go, int64_t gs, const Geometry& 
   for (int64_t o = in.hi; o < out_length; ++o) edge(o);
 }
 
-// Interior dot products sum_o g[o] * src_r[o] and sum_o g[o] * src_r[o - 1] of all source
-// rows at once: grad_output is loaded once per element, and the loop vectorises.
-template <int kRows, typename scalar_t, typename opmath_t>
-void interior_dots(opmath_t* dot0, opmath_t* dot1, const scalar_t* const* src,
-                   const scalar_t* go, int64_t lo, int64_t hi) {
-  opmath_t d0[kRows] = {}, d1[kRows] = {};
-#pragma omp simd reduction(+ : d0[:kRows], d1[:kRows])
-  for (int64_t o = lo; o < hi; ++o) {
-    const opmath_t grad = static_cast<opmath_t>(go[o]);
-    for (int r = 0; r < kRows; ++r) {
-      d0[r] += grad * static_cast<opmath_t>(src[r][o]);
-      d1[r] += grad * static_cast<opmath_t>(src[r][o - 1]);
-    }
+// Per plane: for each outer corner (a0 * 2 + a1) and slot-2 corner, the dot product of
+// grad_output with the source values that corner reads, kept in kLanes partial sums so rows
+// add into vectors and the horizontal sum happens once per plane, in a fixed order.
+constexpr int kLanes = 16;
+template <typename opmath_t>
+struct CornerDots {
+  opmath_t lane[4][2][kLanes];
+  void clear() { std::fill(&lane[0][0][0], &lane[0][0][0] + 4 * 2 * kLanes, opmath_t(0)); }
+  opmath_t total(int corner, int a2) const {
+    opmath_t s = 0;
+    for (int j = 0; j < kLanes; ++j) s += lane[corner][a2][j];
+    return s;
   }
-  for (int r = 0; r < kRows; ++r) {
-    dot0[r] = d0[r];
-    dot1[r] = d1[r];
+};
+
+template <typename scalar_t, typename opmath_t>
+void interior_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int count,
+                   const scalar_t* const* src, const scalar_t* go, int64_t lo, int64_t hi) {
+  for (int r = 0; r < count; ++r) {
+    opmath_t* __restrict__ d0 = dots.lane[rows[r].corner][0];
+    opmath_t* __restrict__ d1 = dots.lane[rows[r].corner][1];
+    const scalar_t* s = src[r];
+    int64_t o = lo;
+    for (; o + kLanes <= hi; o += kLanes) {
+#pragma omp simd
+      for (int j = 0; j < kLanes; ++j) {
+        const opmath_t grad = static_cast<opmath_t>(go[o + j]);
+        d0[j] += grad * static_cast<opmath_t>(s[o + j]);
+        d1[j] += grad * static_cast<opmath_t>(s[o + j - 1]);
+      }
+    }
+    for (int j = 0; o < hi; ++o, ++j) {
+      const opmath_t grad = static_cast<opmath_t>(go[o]);
+      d0[j] += grad * static_cast<opmath_t>(s[o]);
+      d1[j] += grad * static_cast<opmath_t>(s[o - 1]);
+    }
   }
 }
 
-// grad_weight contributions of one output row (SPEC §4): with interp_r and diff_r the
-// slot-2 interpolation and difference V(k - 1) - V(k) of source row r, slot 2 gets
-// sum_r weight_r <g, diff_r> and slots 0 / 1 get sum_r dfrac_r <g, interp_r>.
+// grad_weight contributions of one output row (SPEC §4), as corner dot products: for source
+// row r, <g, V_r(k)> and <g, V_r(k - 1)>, combined per plane by combine_plane_dots.
 template <typename scalar_t, typename opmath_t>
-void weight_grad_row(opmath_t* sum, const Row<opmath_t>* rows, int count, const scalar_t* x,
-                     int64_t xs, const scalar_t* go, int64_t gs, const Geometry& g,
-                     int64_t shift, opmath_t frac) {
+void weight_grad_row(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int count,
+                     const scalar_t* x, int64_t xs, const scalar_t* go, int64_t gs,
+                     const Geometry& g, int64_t shift) {
   if (count == 0) return;
   const int64_t out_length = g.out_length[2], length = g.length[2], before = g.before[2];
   const Interior in = interior(out_length, length, before, shift, 2);
-  opmath_t dot0[kMaxRows] = {}, dot1[kMaxRows] = {};
   auto read = [&](const scalar_t* row, int64_t k) -> opmath_t {
     const int64_t idx = source_index(k, length, g.padding);
     return idx == kOutside ? opmath_t(0) : static_cast<opmath_t>(row[idx * xs]);
@@ -503,44 +527,47 @@ void weight_grad_row(opmath_t* sum, const Row<opmath_t>* rows, int count, const 
     const opmath_t grad = static_cast<opmath_t>(go[o * gs]);
     const int64_t k = o + before - shift;
     for (int r = 0; r < count; ++r) {
-      dot0[r] += grad * read(x + rows[r].offset, k);
-      dot1[r] += grad * read(x + rows[r].offset, k - 1);
+      dots.lane[rows[r].corner][0][0] += grad * read(x + rows[r].offset, k);
+      dots.lane[rows[r].corner][1][0] += grad * read(x + rows[r].offset, k - 1);
     }
   };
   for (int64_t o = 0; o < in.lo; ++o) edge(o);
   for (int64_t o = in.hi; o < out_length; ++o) edge(o);
-  if (in.hi > in.lo) {
-    opmath_t inner0[kMaxRows] = {}, inner1[kMaxRows] = {};
-    if (xs == 1 && gs == 1) {
-      const scalar_t* src[kMaxRows];
-      for (int r = 0; r < count; ++r) src[r] = x + rows[r].offset + before - shift;
-      switch (count) {
-        case 1: interior_dots<1>(inner0, inner1, src, go, in.lo, in.hi); break;
-        case 2: interior_dots<2>(inner0, inner1, src, go, in.lo, in.hi); break;
-        case 3: interior_dots<3>(inner0, inner1, src, go, in.lo, in.hi); break;
-        default: interior_dots<4>(inner0, inner1, src, go, in.lo, in.hi); break;
-      }
-    } else {
-      for (int64_t o = in.lo; o < in.hi; ++o) {
-        const opmath_t grad = static_cast<opmath_t>(go[o * gs]);
-        for (int r = 0; r < count; ++r) {
-          const scalar_t* src = x + rows[r].offset + (o + before - shift) * xs;
-          inner0[r] += grad * static_cast<opmath_t>(src[0]);
-          inner1[r] += grad * static_cast<opmath_t>(src[-xs]);
-        }
+  if (in.hi <= in.lo) return;
+  if (xs == 1 && gs == 1) {
+    const scalar_t* src[kMaxRows];
+    for (int r = 0; r < count; ++r) src[r] = x + rows[r].offset + before - shift;
+    interior_dots(dots, rows, count, src, go, in.lo, in.hi);
+  } else {
+    for (int64_t o = in.lo; o < in.hi; ++o) {
+      const opmath_t grad = static_cast<opmath_t>(go[o * gs]);
+      for (int r = 0; r < count; ++r) {
+        const scalar_t* src = x + rows[r].offset + (o + before - shift) * xs;
+        dots.lane[rows[r].corner][0][0] += grad * static_cast<opmath_t>(src[0]);
+        dots.lane[rows[r].corner][1][0] += grad * static_cast<opmath_t>(src[-xs]);
       }
     }
-    for (int r = 0; r < count; ++r) {
-      dot0[r] += inner0[r];
-      dot1[r] += inner1[r];
+  }
+}
+
+// d/d frac of the plane's output from its corner dot products: with D0, D1 the slot-2
+// corners, slot 2 gets sum_corner weight (D1 - D0) and slots 0 / 1 get
+// sum_corner dweight/dfrac ((1 - f2) D0 + f2 D1).
+template <typename opmath_t>
+void combine_plane_dots(opmath_t* sum, const CornerDots<opmath_t>& dots, const Geometry& g,
+                        const ChannelShift<opmath_t>& ws) {
+  const int corners0 = g.real[0] ? 2 : 1, corners1 = g.real[1] ? 2 : 1;
+  for (int a0 = 0; a0 < corners0; ++a0)
+    for (int a1 = 0; a1 < corners1; ++a1) {
+      const opmath_t w0 = corners0 == 1 ? opmath_t(1) : (a0 ? ws.frac[0] : 1 - ws.frac[0]);
+      const opmath_t w1 = corners1 == 1 ? opmath_t(1) : (a1 ? ws.frac[1] : 1 - ws.frac[1]);
+      const opmath_t d0 = a0 ? opmath_t(1) : opmath_t(-1), d1 = a1 ? opmath_t(1) : opmath_t(-1);
+      const opmath_t D0 = dots.total(a0 * 2 + a1, 0), D1 = dots.total(a0 * 2 + a1, 1);
+      const opmath_t interp = (1 - ws.frac[2]) * D0 + ws.frac[2] * D1;
+      sum[0] += d0 * w1 * interp;
+      sum[1] += w0 * d1 * interp;
+      sum[2] += w0 * w1 * (D1 - D0);
     }
-  }
-  for (int r = 0; r < count; ++r) {
-    const opmath_t interp = (1 - frac) * dot0[r] + frac * dot1[r];
-    sum[0] += rows[r].dfrac0 * interp;
-    sum[1] += rows[r].dfrac1 * interp;
-    sum[2] += rows[r].weight * (dot1[r] - dot0[r]);
-  }
 }
 
 template <typename scalar_t>
@@ -557,6 +584,7 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> acc(plane);
     Row<opmath_t> rows[kMaxRows];
+    CornerDots<opmath_t> dots;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
       const scalar_t* go = grad_out + n * gos.batch + c * gos.channel;
@@ -593,17 +621,557 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
       if (partials == nullptr) continue;
       const auto& ws = interp_shifts[c];
       opmath_t sum[kSlots] = {0, 0, 0};
+      dots.clear();
       for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
         for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
           const scalar_t* gorow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
           const int count = outer_rows(rows, g, ws, o0, o1, is.slot[0], is.slot[1], true);
-          weight_grad_row(sum, rows, count, x, is.slot[2], gorow, gos.slot[2], g, ws.shift[2],
-                          ws.frac[2]);
+          weight_grad_row(dots, rows, count, x, is.slot[2], gorow, gos.slot[2], g, ws.shift[2]);
         }
       }
+      combine_plane_dots(sum, dots, g, ws);
       for (int s = 0; s < kSlots; ++s) partials[p * kSlots + s] = static_cast<double>(sum[s]);
     }
   });
+}
+
+// ---------------------------------------------------------------------------------------
+// Channels-last kernels. The tensors they read through per-channel pointers have channel
+// stride 1 and slot-2 stride C, so a row (n, o0, o1) is one contiguous W x C block. Per row,
+// each channel (and each outer interpolation corner) gets one source pointer; then every
+// column w is a gather across channels, y[w*C + c] = q[c][w*C]. In the common interior (no
+// channel needs padding) the offsets are w*C; in the few row-end columns they come from a
+// table built once per call (source_index per column and channel; -1 = the padding value).
+// Rows that read outside the tensor (zeros padding) point into a row of zeros / fill.
+// The slot-2 neighbour an interpolation needs (k - 1) is the value gathered one column
+// before, carried in a per-channel array, so each source element is gathered once.
+
+// Bytes (of op-math values) of channels per backward task: 64 float32 channels. Narrower
+// blocks (one 64-byte line) made each task read every 4th line of a row, which the hardware
+// prefetchers do not follow; whole rows stream.
+constexpr int64_t kBlockBytes = 256;
+
+inline bool channel_rows(const at::Tensor& t) {
+  const int64_t last = t.dim() - 1;
+  return t.stride(1) == 1 && (t.size(last) == 1 || t.stride(last) == t.size(1));
+}
+
+// A dense copy with channels innermost (channels_last / _3d, or (N, L, C) for 1D).
+at::Tensor channels_last_copy(const at::Tensor& t) {
+  std::vector<int64_t> order{0}, inverse{0, t.dim() - 1};
+  for (int64_t d = 2; d < t.dim(); ++d) {
+    order.push_back(d);
+    inverse.push_back(d - 1);
+  }
+  order.push_back(1);
+  return t.permute(order).contiguous().permute(inverse);
+}
+
+at::Tensor channels_last_empty(const at::Tensor& t) {
+  std::vector<int64_t> sizes{t.size(0)}, inverse{0, t.dim() - 1};
+  for (int64_t d = 2; d < t.dim(); ++d) {
+    sizes.push_back(t.size(d));
+    inverse.push_back(d - 1);
+  }
+  sizes.push_back(t.size(1));
+  return at::empty(sizes, t.options()).permute(inverse);
+}
+
+template <typename opmath_t>
+std::vector<int64_t> slot_shifts(const std::vector<ChannelShift<opmath_t>>& shifts, int slot) {
+  std::vector<int64_t> s(shifts.size());
+  for (size_t c = 0; c < shifts.size(); ++c) s[c] = shifts[c].shift[slot];
+  return s;
+}
+
+// Columns [0, length) split into a common interior [lo, hi) and the edge columns around it;
+// off[a][e * C + c]: the element offset (index * C) that column edges[e] of channel c reads
+// for corner a, or -1.
+struct EdgeTable {
+  Interior mid{0, 0};
+  std::vector<int64_t> columns;
+  std::vector<int64_t> off[2];
+};
+
+// index(w, c, a): the source index read (any value outside [0, limit) reads the padding).
+template <typename F>
+EdgeTable edge_table(Interior mid, int64_t length, int64_t channels, int corners, F index) {
+  EdgeTable t;
+  if (mid.hi < mid.lo) mid.hi = mid.lo;
+  t.mid = mid;
+  for (int64_t w = 0; w < mid.lo; ++w) t.columns.push_back(w);
+  for (int64_t w = mid.hi; w < length; ++w) t.columns.push_back(w);
+  const int64_t ncol = static_cast<int64_t>(t.columns.size());
+  for (int a = 0; a < corners; ++a) {
+    t.off[a].resize(ncol * channels);
+    for (int64_t e = 0; e < ncol; ++e)
+      for (int64_t c = 0; c < channels; ++c) {
+        const int64_t idx = index(t.columns[e], c, a);
+        t.off[a][e * channels + c] = idx == kOutside ? -1 : idx * channels;
+      }
+  }
+  return t;
+}
+
+// Read edge table for a shift per channel: column w reads source_index(w + before - s - a).
+EdgeTable read_edges(const Geometry& g, const std::vector<int64_t>& shift, int corners) {
+  const int64_t O2 = g.out_length[2], L2 = g.length[2], b2 = g.before[2];
+  Interior mid{0, O2};
+  for (const int64_t s : shift) {
+    const Interior i = interior(O2, L2, b2, s, corners);
+    mid.lo = std::max(mid.lo, i.lo);
+    mid.hi = std::min(mid.hi, i.hi);
+  }
+  return edge_table(mid, O2, static_cast<int64_t>(shift.size()), corners,
+                    [&](int64_t w, int64_t c, int a) {
+                      return source_index(w + b2 - shift[c] - a, L2, g.padding);
+                    });
+}
+
+template <typename T>
+void ssl_forward_cl(const T* in, T* out, const Geometry& g, const Strides& is, const Strides& os,
+                    const std::vector<ChannelShift<double>>& shifts, T fill) {
+  const int64_t C = g.channels, L2 = g.length[2], O0 = g.out_length[0], O1 = g.out_length[1],
+                O2 = g.out_length[2], b2 = g.before[2];
+  const std::vector<int64_t> s0 = slot_shifts(shifts, 0), s1 = slot_shifts(shifts, 1),
+                             s2 = slot_shifts(shifts, 2);
+  const EdgeTable edges = read_edges(g, s2, 1);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
+  at::parallel_for(0, g.batch * O0 * O1, grain, [&](int64_t begin, int64_t end) {
+    const std::vector<T> pad((L2 + 2) * C, fill);
+    std::vector<const T*> base(C), q(C);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
+      const T* x = in + n * is.batch;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i0 = source_index(o0 + g.before[0] - s0[c], g.length[0], g.padding);
+        const int64_t i1 = source_index(o1 + g.before[1] - s1[c], g.length[1], g.padding);
+        base[c] = (i0 == kOutside || i1 == kOutside) ? pad.data() + C + c
+                                                     : x + i0 * is.slot[0] + i1 * is.slot[1] + c;
+        q[c] = base[c] + (b2 - s2[c]) * C;
+      }
+      T* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
+      const T* const* bp = base.data();
+      for (size_t e = 0; e < edges.columns.size(); ++e) {
+        T* __restrict__ yw = y + edges.columns[e] * C;
+        const int64_t* eo = edges.off[0].data() + e * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yw[c] = eo[c] < 0 ? fill : bp[c][eo[c]];
+      }
+      const T* const* qp = q.data();
+      for (int64_t w = edges.mid.lo; w < edges.mid.hi; ++w) {
+        T* __restrict__ yw = y + w * C;
+        const int64_t off = w * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) yw[c] = qp[c][off];
+      }
+    }
+  });
+}
+
+// Outer corner r of R: (a0, a1) = (r / corners1, r % corners1).
+template <int R>
+inline void outer_corner(int r, int& a0, int& a1) {
+  constexpr int corners1 = R >= 2 ? 2 : 1;
+  a0 = r / corners1;
+  a1 = r % corners1;
+}
+
+// Weight of outer corner r (slots 0 and 1) for fractions f0, f1.
+template <int R, typename opmath_t>
+inline opmath_t outer_weight(int r, opmath_t f0, opmath_t f1) {
+  int a0, a1;
+  outer_corner<R>(r, a0, a1);
+  const opmath_t w0 = R == 4 ? (a0 ? f0 : 1 - f0) : opmath_t(1);
+  const opmath_t w1 = R >= 2 ? (a1 ? f1 : 1 - f1) : opmath_t(1);
+  return w0 * w1;
+}
+
+template <typename scalar_t, int R>
+void active_forward_cl(const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is,
+                       const Strides& os,
+                       const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const int64_t C = g.channels, L2 = g.length[2], O0 = g.out_length[0], O1 = g.out_length[1],
+                O2 = g.out_length[2], b2 = g.before[2];
+  const std::vector<int64_t> s0 = slot_shifts(shifts, 0), s1 = slot_shifts(shifts, 1),
+                             s2 = slot_shifts(shifts, 2);
+  std::vector<opmath_t> c0(R * C), c1(R * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int r = 0; r < R; ++r) {
+      const opmath_t w = outer_weight<R>(r, shifts[c].frac[0], shifts[c].frac[1]);
+      c0[r * C + c] = w * (1 - shifts[c].frac[2]);
+      c1[r * C + c] = w * shifts[c].frac[2];
+    }
+  const EdgeTable edges = read_edges(g, s2, 2);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
+  at::parallel_for(0, g.batch * O0 * O1, grain, [&](int64_t begin, int64_t end) {
+    const std::vector<scalar_t> zero((L2 + 2) * C, scalar_t(0));
+    std::vector<const scalar_t*> base(R * C), q(R * C);
+    std::vector<opmath_t> prev(R * C);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t n = row / (O0 * O1), o0 = (row / O1) % O0, o1 = row % O1;
+      const scalar_t* x = in + n * is.batch;
+      for (int r = 0; r < R; ++r) {
+        int a0, a1;
+        outer_corner<R>(r, a0, a1);
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i0 =
+              source_index(o0 + g.before[0] - s0[c] - a0, g.length[0], g.padding);
+          const int64_t i1 =
+              source_index(o1 + g.before[1] - s1[c] - a1, g.length[1], g.padding);
+          const scalar_t* b = (i0 == kOutside || i1 == kOutside)
+                                  ? zero.data() + C + c
+                                  : x + i0 * is.slot[0] + i1 * is.slot[1] + c;
+          base[r * C + c] = b;
+          q[r * C + c] = b + (b2 - s2[c]) * C;
+        }
+      }
+      scalar_t* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
+      const scalar_t* const* bp = base.data();
+      const opmath_t* cp0 = c0.data();
+      const opmath_t* cp1 = c1.data();
+      for (size_t e = 0; e < edges.columns.size(); ++e) {
+        scalar_t* __restrict__ yw = y + edges.columns[e] * C;
+        const int64_t* ei = edges.off[0].data() + e * C;
+        const int64_t* ej = edges.off[1].data() + e * C;
+        for (int64_t c = 0; c < C; ++c) {
+          opmath_t v = 0;
+          for (int r = 0; r < R; ++r) {
+            if (ei[c] >= 0) v += cp0[r * C + c] * static_cast<opmath_t>(bp[r * C + c][ei[c]]);
+            if (ej[c] >= 0) v += cp1[r * C + c] * static_cast<opmath_t>(bp[r * C + c][ej[c]]);
+          }
+          yw[c] = static_cast<scalar_t>(v);
+        }
+      }
+      const int64_t lo = edges.mid.lo, hi = edges.mid.hi;
+      if (lo >= hi) continue;
+      const scalar_t* const* qp = q.data();
+      opmath_t* __restrict__ pv = prev.data();
+      for (int64_t k = 0; k < R * C; ++k) pv[k] = static_cast<opmath_t>(qp[k][(lo - 1) * C]);
+      for (int64_t w = lo; w < hi; ++w) {
+        scalar_t* __restrict__ yw = y + w * C;
+        const int64_t off = w * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          opmath_t v = 0;
+          for (int r = 0; r < R; ++r) {
+            const opmath_t cur = static_cast<opmath_t>(qp[r * C + c][off]);
+            v += cp0[r * C + c] * cur + cp1[r * C + c] * pv[r * C + c];
+            pv[r * C + c] = cur;
+          }
+          yw[c] = static_cast<scalar_t>(v);
+        }
+      }
+    }
+  });
+}
+
+// Channels-last backward. Tasks are (n, block of CB channels): each owns its grad_input
+// elements and its grad_weight partials, so there are no races and nothing depends on the
+// thread count. grad_input = the direct part, a gather from grad_output (input i was read by
+// output o = i - before + shift + corner when that output exists), plus, for paddings other
+// than zeros, a scatter of the reads that went through padding (near the borders only).
+// grad_weight: per (n, c) the dot products D_a = <grad_output, V(i - floor(w) - a)> for the
+// 2^D corners a; d out / d w_d = sum_a sign_d(a) prod_{e != d} weight_e(a_e) V_a, so the
+// gradient is that combination of the D_a (done after the fixed-order batch reduction).
+// A partial last block runs with its missing channels reading a row of zeros.
+template <typename scalar_t, int R, bool kActive>
+void backward_cl(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
+                 double* partials, const Geometry& g, const Strides& gos, const Strides& is,
+                 const Strides& gis,
+                 const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
+                 const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int RR = kActive ? R : 1;  // outer corners read by grad_input
+  constexpr int A2 = kActive ? 2 : 1;  // slot-2 corners read by grad_input
+  constexpr int K = 2 * R;             // corners of grad_weight
+  // Lanes per block, counted in op-math size: a reduced-precision block is as wide as a
+  // float32 one and its op-math buffer (the whole image of the block) stays small.
+  constexpr int64_t CB = kBlockBytes / sizeof(opmath_t);
+  constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
+  const int64_t C = g.channels, L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
+  const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
+  const int64_t b0 = g.before[0], b1 = g.before[1], b2 = g.before[2];
+  const int64_t blocks = (C + CB - 1) / CB;
+  const std::vector<int64_t> rs0 = slot_shifts(read_shifts, 0), rs1 = slot_shifts(read_shifts, 1),
+                             rs2 = slot_shifts(read_shifts, 2);
+  const std::vector<int64_t> ws0 = slot_shifts(interp_shifts, 0),
+                             ws1 = slot_shifts(interp_shifts, 1),
+                             ws2 = slot_shifts(interp_shifts, 2);
+  // grad_input coefficient of outer corner r and slot-2 corner a2 (zero for padded channels).
+  std::vector<opmath_t> dcoef(RR * A2 * blocks * CB, opmath_t(0));
+  for (int64_t c = 0; c < C; ++c)
+    for (int r = 0; r < RR; ++r)
+      for (int a2 = 0; a2 < A2; ++a2) {
+        const auto& f = read_shifts[c].frac;
+        dcoef[(r * A2 + a2) * blocks * CB + c] =
+            kActive ? outer_weight<R>(r, f[0], f[1]) * (a2 ? f[2] : 1 - f[2]) : opmath_t(1);
+      }
+  // grad_input columns: i2 reads outputs o2 = i2 - b2 + s2 + a2 that exist (else nothing).
+  Interior gmid{0, L2};
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t lo = clamp(b2 - rs2[c], 0, L2);
+    const int64_t hi = clamp(O2 + b2 - rs2[c] - (A2 - 1), lo, L2);
+    gmid.lo = std::max(gmid.lo, lo);
+    gmid.hi = std::min(gmid.hi, hi);
+  }
+  const EdgeTable gedges =
+      edge_table(gmid, L2, C, A2, [&](int64_t i2, int64_t c, int a2) -> int64_t {
+        const int64_t o2 = i2 - b2 + rs2[c] + a2;
+        return o2 >= 0 && o2 < O2 ? o2 : kOutside;
+      });
+  const EdgeTable wedges = read_edges(g, ws2, 2);
+
+  at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    const std::vector<scalar_t> zero((std::max(L2, O2) + 3) * C, scalar_t(0));
+    const scalar_t* zrow = zero.data() + C;
+    std::vector<opmath_t> accbuf(kDirect ? 0 : L0 * L1 * L2 * CB);
+    const scalar_t* base[R][CB];
+    const scalar_t* q[R][CB];
+    opmath_t carry[R][CB];
+    double total[K][CB];
+    opmath_t rowsum[K][CB];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / blocks, cb0 = (t % blocks) * CB, nb = std::min(CB, C - cb0);
+      const scalar_t* go = grad_out + n * gos.batch + cb0;
+      const scalar_t* x = in + n * is.batch + cb0;
+      // grad_input goes straight to grad_in when it has the op-math type and the block is
+      // whole; else through a dense op-math buffer.
+      const bool direct = kDirect && nb == CB;
+      opmath_t* acc;
+      int64_t as0, as1, as2;
+      if (direct) {
+        acc = reinterpret_cast<opmath_t*>(grad_in + n * gis.batch + cb0);
+        as0 = gis.slot[0], as1 = gis.slot[1], as2 = gis.slot[2];
+      } else {
+        if (accbuf.empty()) accbuf.resize(L0 * L1 * L2 * CB);
+        acc = accbuf.data();
+        as0 = L1 * L2 * CB, as1 = L2 * CB, as2 = CB;
+      }
+      const opmath_t* dc = dcoef.data() + cb0;
+      const int64_t dstride = blocks * CB;
+      // The channel of each block lane, or -1 past the last channel (such lanes read zeros
+      // at the first channel's shift, so their reads stay inside the zero row).
+      int64_t cmap[CB];
+      for (int64_t c = 0; c < CB; ++c) cmap[c] = c < nb ? cb0 + c : -1;
+
+      // 1. grad_input, direct part (every element written), one input row at a time.
+      auto grad_input_row = [&](int64_t i0, int64_t i1) {
+          for (int r = 0; r < RR; ++r) {
+            int a0, a1;
+            outer_corner<R>(r, a0, a1);
+            if (!kActive) a0 = a1 = 0;
+            for (int64_t c = 0; c < CB; ++c) {
+              const int64_t cc = cmap[c];
+              const scalar_t* b = zrow + c;
+              if (cc >= 0) {
+                const int64_t o0 = i0 - b0 + rs0[cc] + a0, o1 = i1 - b1 + rs1[cc] + a1;
+                if (o0 >= 0 && o0 < O0 && o1 >= 0 && o1 < O1)
+                  b = go + o0 * gos.slot[0] + o1 * gos.slot[1] + c;
+              }
+              base[r][c] = b;
+              q[r][c] = b + (rs2[cc >= 0 ? cc : cb0] - b2) * C;
+            }
+          }
+          opmath_t* arow = acc + i0 * as0 + i1 * as1;
+          for (size_t e = 0; e < gedges.columns.size(); ++e) {
+            opmath_t* __restrict__ ar = arow + gedges.columns[e] * as2;
+            for (int64_t c = 0; c < nb; ++c) {
+              opmath_t v = 0;
+              for (int r = 0; r < RR; ++r)
+                for (int a2 = 0; a2 < A2; ++a2) {
+                  const int64_t o = gedges.off[a2][e * C + cb0 + c];
+                  if (o >= 0)
+                    v += dc[(r * A2 + a2) * dstride + c] * static_cast<opmath_t>(base[r][c][o]);
+                }
+              ar[c] = v;
+            }
+          }
+          const int64_t lo = gedges.mid.lo, hi = gedges.mid.hi;
+          if (lo >= hi) return;
+          if (A2 == 2)
+            for (int r = 0; r < RR; ++r)
+              for (int64_t c = 0; c < CB; ++c)
+                carry[r][c] = static_cast<opmath_t>(q[r][c][lo * C]);
+          for (int64_t i2 = lo; i2 < hi; ++i2) {
+            opmath_t* __restrict__ ar = arow + i2 * as2;
+            const int64_t off = i2 * C;
+            opmath_t v[CB];
+#pragma omp simd
+            for (int64_t c = 0; c < CB; ++c) {
+              opmath_t s = 0;
+              for (int r = 0; r < RR; ++r) {
+                if (A2 == 2) {
+                  const opmath_t nxt = static_cast<opmath_t>(q[r][c][off + C]);
+                  s += dc[(r * A2) * dstride + c] * carry[r][c] +
+                       dc[(r * A2 + 1) * dstride + c] * nxt;
+                  carry[r][c] = nxt;
+                } else {
+                  s += dc[(r * A2) * dstride + c] * static_cast<opmath_t>(q[r][c][off]);
+                }
+              }
+              v[c] = s;
+            }
+            for (int64_t c = 0; c < CB; ++c) ar[c] = v[c];
+          }
+      };
+      // 3. grad_weight: corner dot products, per row in op-math, summed in double.
+      auto grad_weight_row = [&](int64_t o0, int64_t o1) {
+          const scalar_t* grow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
+          for (int r = 0; r < R; ++r) {
+            int a0, a1;
+            outer_corner<R>(r, a0, a1);
+            for (int64_t c = 0; c < CB; ++c) {
+              const int64_t cc = cmap[c];
+              const scalar_t* b = zrow + c;
+              if (cc >= 0) {
+                const int64_t i0 = source_index(o0 + b0 - ws0[cc] - a0, L0, g.padding);
+                const int64_t i1 = source_index(o1 + b1 - ws1[cc] - a1, L1, g.padding);
+                if (i0 != kOutside && i1 != kOutside) b = x + i0 * is.slot[0] + i1 * is.slot[1] + c;
+              }
+              base[r][c] = b;
+              q[r][c] = b + (b2 - ws2[cc >= 0 ? cc : cb0]) * C;
+            }
+          }
+          for (int k = 0; k < K; ++k)
+            for (int64_t c = 0; c < CB; ++c) rowsum[k][c] = 0;
+          for (size_t e = 0; e < wedges.columns.size(); ++e) {
+            const scalar_t* gw = grow + wedges.columns[e] * C;
+            const int64_t* ei = wedges.off[0].data() + e * C + cb0;
+            const int64_t* ej = wedges.off[1].data() + e * C + cb0;
+            for (int64_t c = 0; c < nb; ++c) {
+              const opmath_t gv = static_cast<opmath_t>(gw[c]);
+              for (int r = 0; r < R; ++r) {
+                if (ei[c] >= 0) rowsum[2 * r][c] += gv * static_cast<opmath_t>(base[r][c][ei[c]]);
+                if (ej[c] >= 0)
+                  rowsum[2 * r + 1][c] += gv * static_cast<opmath_t>(base[r][c][ej[c]]);
+              }
+            }
+          }
+          const int64_t lo = wedges.mid.lo, hi = wedges.mid.hi;
+          if (lo < hi) {
+            for (int r = 0; r < R; ++r)
+              for (int64_t c = 0; c < CB; ++c)
+                carry[r][c] = static_cast<opmath_t>(q[r][c][(lo - 1) * C]);
+            for (int64_t o2 = lo; o2 < hi; ++o2) {
+              const int64_t off = o2 * C;
+              const scalar_t* gw = grow + off;
+              opmath_t gv[CB];
+              for (int64_t c = 0; c < CB; ++c) gv[c] = c < nb ? static_cast<opmath_t>(gw[c]) : 0;
+#pragma omp simd
+              for (int64_t c = 0; c < CB; ++c) {
+                for (int r = 0; r < R; ++r) {
+                  const opmath_t cur = static_cast<opmath_t>(q[r][c][off]);
+                  rowsum[2 * r][c] += gv[c] * cur;
+                  rowsum[2 * r + 1][c] += gv[c] * carry[r][c];
+                  carry[r][c] = cur;
+                }
+              }
+            }
+          }
+          for (int k = 0; k < K; ++k)
+            for (int64_t c = 0; c < CB; ++c) total[k][c] += static_cast<double>(rowsum[k][c]);
+      };
+      // Rows of both passes interleaved: the grad_output rows that grad_input gathers
+      // are still in cache when grad_weight reads them.
+      for (int k = 0; k < K; ++k)
+        for (int64_t c = 0; c < CB; ++c) total[k][c] = 0.0;
+      for (int64_t row = 0; row < std::max(L0 * L1, O0 * O1); ++row) {
+        if (row < L0 * L1) grad_input_row(row / L1, row % L1);
+        if (partials != nullptr && row < O0 * O1) grad_weight_row(row / O1, row % O1);
+      }
+
+      // 2. grad_input, reads that went through padding (never outside for these paddings).
+      if (g.padding != kZeros) {
+        for (int64_t c = 0; c < nb; ++c) {
+          const int64_t cc = cb0 + c;
+          for (int r = 0; r < RR; ++r) {
+            int a0, a1;
+            outer_corner<R>(r, a0, a1);
+            if (!kActive) a0 = a1 = 0;
+            for (int64_t o0 = 0; o0 < O0; ++o0) {
+              const int64_t k0 = o0 + b0 - rs0[cc] - a0;
+              const bool in0 = k0 >= 0 && k0 < L0;
+              const int64_t p0 = source_index(k0, L0, g.padding);
+              for (int64_t o1 = 0; o1 < O1; ++o1) {
+                const int64_t k1 = o1 + b1 - rs1[cc] - a1;
+                const bool in1 = k1 >= 0 && k1 < L1;
+                const int64_t p1 = source_index(k1, L1, g.padding);
+                const scalar_t* grow = go + o0 * gos.slot[0] + o1 * gos.slot[1] + c;
+                opmath_t* arow = acc + p0 * as0 + p1 * as1 + c;
+                for (int a2 = 0; a2 < A2; ++a2) {
+                  const opmath_t coef = dc[(r * A2 + a2) * dstride + c];
+                  const int64_t shift = rs2[cc] + a2;
+                  auto add = [&](int64_t o2) {
+                    const int64_t p2 = source_index(o2 + b2 - shift, L2, g.padding);
+                    arow[p2 * as2] += coef * static_cast<opmath_t>(grow[o2 * C]);
+                  };
+                  if (in0 && in1) {
+                    const Interior it = interior(O2, L2, b2, shift, 1);
+                    for (int64_t o2 = 0; o2 < it.lo; ++o2) add(o2);
+                    for (int64_t o2 = it.hi; o2 < O2; ++o2) add(o2);
+                  } else {
+                    for (int64_t o2 = 0; o2 < O2; ++o2) add(o2);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+      if (!direct) {
+        for (int64_t i0 = 0; i0 < L0; ++i0)
+          for (int64_t i1 = 0; i1 < L1; ++i1) {
+            scalar_t* dst = grad_in + n * gis.batch + cb0 + i0 * gis.slot[0] + i1 * gis.slot[1];
+            const opmath_t* src = acc + i0 * as0 + i1 * as1;
+            for (int64_t i2 = 0; i2 < L2; ++i2)
+              for (int64_t c = 0; c < nb; ++c)
+                dst[i2 * gis.slot[2] + c] = static_cast<scalar_t>(src[i2 * as2 + c]);
+          }
+      }
+      if (partials == nullptr) continue;
+      for (int64_t c = 0; c < nb; ++c)
+        for (int k = 0; k < K; ++k) partials[(n * C + cb0 + c) * K + k] = total[k][c];
+    }
+  });
+}
+
+// grad_weight from the corner partials of backward_cl: a fixed-order sum over the batch,
+// then d/dw_d = sum_a sign_d(a) prod_{e != d} weight_e(a_e) D_a, in double.
+void combine_corner_partials(const double* partials, int64_t batch, const at::Tensor& weight,
+                             at::Tensor grad_weight) {
+  const int64_t C = weight.size(0), ndim = weight.size(1), R = int64_t(1) << (ndim - 1),
+                K = 2 * R;
+  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const double* wd = w.const_data_ptr<double>();
+  at::Tensor total = at::zeros({C, ndim}, at::kDouble);
+  double* out = total.data_ptr<double>();
+  std::vector<double> D(K);
+  for (int64_t c = 0; c < C; ++c) {
+    std::fill(D.begin(), D.end(), 0.0);
+    for (int64_t n = 0; n < batch; ++n)
+      for (int64_t k = 0; k < K; ++k) D[k] += partials[(n * C + c) * K + k];
+    double f[kSlots] = {0, 0, 0};
+    for (int64_t d = 0; d < ndim; ++d) {
+      const double v = wd[c * ndim + d];
+      f[kSlots - ndim + d] = v - std::floor(v);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      // corner bits per slot: slot 2 = k % 2; r = k / 2 = a0 * corners1 + a1.
+      const int64_t r = k / 2, corners1 = R >= 2 ? 2 : 1;
+      const int a[kSlots] = {static_cast<int>(r / corners1), static_cast<int>(r % corners1),
+                             static_cast<int>(k % 2)};
+      for (int64_t d = 0; d < ndim; ++d) {
+        const int64_t slot = kSlots - ndim + d;
+        double term = a[slot] ? 1.0 : -1.0;
+        for (int64_t e = kSlots - ndim; e < kSlots; ++e)
+          if (e != slot) term *= a[e] ? f[e] : 1 - f[e];
+        out[c * ndim + d] += term * D[k];
+      }
+    }
+  }
+  grad_weight.copy_(total);
 }
 
 at::ScalarType carrier_type(int64_t element_size) {
@@ -655,6 +1223,7 @@ void forward(const at::Tensor& input_, const at::Tensor& weight, at::Tensor out,
   const at::Tensor input = input_.is_non_overlapping_and_dense() ? input_ : input_.contiguous();
   const Strides is = strides_of(input), os = strides_of(out);
   const bool cl = channels_inner(input);
+  const bool cl_rows = cl && channel_rows(input) && channel_rows(out);
   if (!active) {
     const auto shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
     const at::ScalarType carrier = carrier_type(input.element_size());
@@ -663,7 +1232,9 @@ void forward(const at::Tensor& input_, const at::Tensor& weight, at::Tensor out,
       const scalar_t* src = static_cast<const scalar_t*>(input.const_data_ptr());
       scalar_t* dst = static_cast<scalar_t*>(out.data_ptr());
       const scalar_t f = fill_value.item<scalar_t>();
-      if (cl)
+      if (cl_rows)
+        ssl_forward_cl(src, dst, g, is, os, shifts, f);
+      else if (cl)
         ssl_forward_channels_last(src, dst, g, is, os, shifts, f);
       else
         ssl_forward_planes(src, dst, g, is, os, shifts, f);
@@ -676,7 +1247,15 @@ void forward(const at::Tensor& input_, const at::Tensor& weight, at::Tensor out,
                                   "torchshift2_active_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const auto shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
-    if (cl)
+    if (cl_rows) {
+      const scalar_t* src = input.const_data_ptr<scalar_t>();
+      scalar_t* dst = out.data_ptr<scalar_t>();
+      switch (input.dim()) {
+        case 3: active_forward_cl<scalar_t, 1>(src, dst, g, is, os, shifts); break;
+        case 4: active_forward_cl<scalar_t, 2>(src, dst, g, is, os, shifts); break;
+        default: active_forward_cl<scalar_t, 4>(src, dst, g, is, os, shifts); break;
+      }
+    } else if (cl)
       active_forward_channels_last(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g,
                                    is, os, shifts);
     else
@@ -698,6 +1277,44 @@ void backward(const at::Tensor& grad_output_, const at::Tensor& input_, const at
   if (input_.numel() == 0 || grad_output_.numel() == 0) {
     grad_input.zero_();
     grad_weight.zero_();
+    return;
+  }
+  if (channels_inner(input_)) {
+    // Channels-last kernel: rows of input and grad_output must be W x C blocks.
+    const at::Tensor input = channel_rows(input_) ? input_ : channels_last_copy(input_);
+    const at::Tensor grad_output =
+        channel_rows(grad_output_) ? grad_output_ : channels_last_copy(grad_output_);
+    at::Tensor cl_grad = grad_input.stride(1) == 1 ? grad_input : channels_last_empty(input);
+    const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(cl_grad);
+    const int64_t corners = int64_t(2) << (input.dim() - 3);
+    at::Tensor partials = at::empty({g.batch, g.channels, corners}, at::kDouble);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "torchshift2_backward_cl", [&] {
+      using opmath_t = at::opmath_type<scalar_t>;
+      const auto interp_shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
+      const auto read_shifts =
+          active ? interp_shifts : channel_shifts<opmath_t>(weight, g, /*rounded=*/true);
+      const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+      const scalar_t* x = input.const_data_ptr<scalar_t>();
+      scalar_t* gi = cl_grad.data_ptr<scalar_t>();
+      double* part = partials.data_ptr<double>();
+      auto run = [&](auto corners) {
+        constexpr int R = decltype(corners)::value;
+        if (active)
+          backward_cl<scalar_t, R, true>(go, x, gi, part, g, gos, is, gis, read_shifts,
+                                         interp_shifts);
+        else
+          backward_cl<scalar_t, R, false>(go, x, gi, part, g, gos, is, gis, read_shifts,
+                                          interp_shifts);
+      };
+      switch (input.dim()) {
+        case 3: run(std::integral_constant<int, 1>()); break;
+        case 4: run(std::integral_constant<int, 2>()); break;
+        default: run(std::integral_constant<int, 4>()); break;
+      }
+    });
+    if (!cl_grad.is_same(grad_input)) grad_input.copy_(cl_grad);
+    combine_corner_partials(partials.const_data_ptr<double>(), g.batch, weight, grad_weight);
     return;
   }
   // The plane kernel wants each (n, c) plane dense: channels-last and other layouts go
