@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from hypothesis import strategies as st
 
 import torchshift2 as ts
+
+#: Device of the tensors drawn by :func:`shift_cases` (``TORCHSHIFT2_TEST_DEVICE``, default
+#: ``cpu``): tests/triton runs on ``cuda`` when a GPU is there (benchmarks/gpu_run.sh).
+TEST_DEVICE = torch.device(os.environ.get("TORCHSHIFT2_TEST_DEVICE", "cpu"))
 
 #: Tolerances (atol, rtol) per dtype for kernels compared with the reference.
 TOLERANCE = {
@@ -53,7 +59,7 @@ def shift_cases(draw, dtypes=(torch.float64,), max_size=6, max_shift=8.0, ndims=
             before = draw(st.integers(0, size))
             crop.append((before, draw(st.integers(0, size - before))))
     padding = draw(st.sampled_from(ts.PADDINGS + tuple(ts.PADDING_ALIASES)))
-    return x, weight, padding, draw(st.booleans()), crop
+    return x.to(TEST_DEVICE), weight.to(TEST_DEVICE), padding, draw(st.booleans()), crop
 
 
 def assert_close(actual, expected, dtype=torch.float64, msg=""):
@@ -78,6 +84,6 @@ def shift_with_grads(backend, x, weight, padding, active, crop, grad_output=None
         return out, None
     if grad_output is None:
         grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1),
-                                  dtype=torch.float64).to(x.dtype)
+                                  dtype=torch.float64).to(device=x.device, dtype=x.dtype)
     grads = torch.autograd.grad(out, (x, weight), grad_output, allow_unused=True)
     return out, grads

@@ -96,13 +96,17 @@ _DTYPES = {
     "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
 }
 _SCALING_CASES = ("clone", "copy", "ssl_fwd", "active_fwd")
+#: Tensor-sized transfers a case must make at least: a forward reads the input and writes
+#: the output; forward+backward adds reading grad_output and input, writing grad_input.
+_FLOOR_TRANSFERS = {case: 5 if case.endswith("fwdbwd") else 2 for case in CASES}
 _SCALING_FACTORS = (1, 4, 16)
 
 #: Columns of the result CSV (the JSON rows have the same keys).
 ROW_FIELDS = (
     "shape_name", "shape", "ndim", "format", "dtype", "weight_dtype", "padding", "device",
     "backend", "case", "median_ms", "run_min_ms", "run_max_ms", "runs", "measurements",
-    "ratio_clone", "ratio_copy", "numel", "threads", "note",
+    "ratio_clone", "ratio_copy", "ratio_dwconv", "floor_bytes", "gbps", "numel", "threads",
+    "note",
     "cpu_model", "gpu_model", "torch_version", "backend_selected",
 )
 SCALING_FIELDS = (
@@ -656,6 +660,7 @@ def run_row(cfg: Config, shape_name: str, shape: Tuple[int, ...], fmt: str,
 
     clone = results["clone"][0].median
     copy = results["copy"][0].median
+    element_size = sets_x[0].element_size()
     rows = []
     for case in CASES:
         if case not in results:
@@ -663,6 +668,9 @@ def run_row(cfg: Config, shape_name: str, shape: Tuple[int, ...], fmt: str,
         timing, note = results[case]
         if timing is None:
             continue  # compile failure: reported as a note, never as a fake row
+        conv_case = "dwconv_fwdbwd" if case.endswith("fwdbwd") else "dwconv_fwd"
+        conv = results.get(conv_case, (None, ""))[0]
+        floor_bytes = _FLOOR_TRANSFERS[case] * math.prod(shape) * element_size
         rows.append({
             "shape_name": shape_name,
             "shape": _shape_text(shape),
@@ -681,6 +689,11 @@ def run_row(cfg: Config, shape_name: str, shape: Tuple[int, ...], fmt: str,
             "measurements": timing.measurements,
             "ratio_clone": timing.median / clone,
             "ratio_copy": timing.median / copy,
+            # same direction (fwd / fwd+bwd) of the depthwise conv in this row's layout
+            "ratio_dwconv": timing.median / conv.median if conv is not None else float("nan"),
+            "floor_bytes": floor_bytes,
+            # the case's minimal traffic over its time: compare with copy's
+            "gbps": floor_bytes / timing.median / 1e9,
             "numel": math.prod(shape),
             "threads": threads,
             "note": note,
@@ -702,17 +715,22 @@ def _fmt_ms(value: float) -> str:
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """Plain-text table: shape, format, dtype, case, median ms (run spread), x clone, x copy_."""
-    header = ("shape", "format", "dtype", "case", "median ms", "run min-max ms", "x clone", "x copy_")
+    """Plain-text table: shape, format, dtype, case, median ms (run spread), x clone, x copy_,
+    x the depthwise conv of the same direction and layout, effective GB/s."""
+    header = ("shape", "format", "dtype", "case", "median ms", "run min-max ms", "x clone",
+              "x copy_", "x dwconv", "GB/s")
     lines = []
     for r in rows:
         spread = (f"{_fmt_ms(r['run_min_ms'])}-{_fmt_ms(r['run_max_ms'])}" if r["runs"] > 1 else "")
         lines.append((f"{r['shape_name']} {r['shape']}", r["format"], r["dtype"], r["case"],
                       _fmt_ms(r["median_ms"]), spread, f"{r['ratio_clone']:.2f}",
-                      f"{r['ratio_copy']:.2f}"))
+                      f"{r['ratio_copy']:.2f}",
+                      "" if math.isnan(r.get("ratio_dwconv", math.nan))
+                      else f"{r['ratio_dwconv']:.2f}",
+                      f"{r['gbps']:.1f}" if "gbps" in r else ""))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
               for i, h in enumerate(header)]
-    right = {4, 5, 6, 7}
+    right = {4, 5, 6, 7, 8, 9}
 
     def fmt(cells):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import torchshift2 as ts
 import torchshift2.triton as triton_backend
 from torchshift2 import _reference_backend, _spec
-from helpers import FORMATS, assert_close, layout, shift_cases, shift_with_grads
+from helpers import FORMATS, TEST_DEVICE as DEVICE, assert_close, layout, shift_cases, \
+    shift_with_grads
 
 # No shrinking: under the interpreter it can take minutes; failures print their example.
 FEW = settings(max_examples=25, deadline=None, derandomize=True,
@@ -66,11 +67,11 @@ def test_integer_dtypes_shift_exactly(case, dtype):
 
 
 def test_ssl_forward_copies_float_bits_exactly():
-    x = torch.randn(2, 3, 5, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, device=DEVICE)
     x[0, 0, 0, 0] = float("nan")
     x[0, 1, 1, 1] = float("-inf")
     x[1, 2, 2, 2] = -0.0
-    weight = torch.tensor([[1.0, -1.0], [0.4, 2.6], [-3.5, 0.5]])
+    weight = torch.tensor([[1.0, -1.0], [0.4, 2.6], [-3.5, 0.5]], device=DEVICE)
     for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
         with torch.no_grad(), ts.use_backend("triton"):
             out = ts.shift(x.to(dtype), weight, "periodic")
@@ -79,6 +80,7 @@ def test_ssl_forward_copies_float_bits_exactly():
         assert torch.equal(out.view(bits), expected.view(bits)), dtype
 
 
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="quantized tensors are CPU-only")
 def test_quantized_zeros_padding_fills_with_zero_point():
     x = torch.quantize_per_tensor(torch.randn(2, 3, 6), 0.1, 17, torch.quint8)
     weight = torch.tensor([[2.0], [-3.0], [0.0]])
@@ -102,7 +104,7 @@ def test_quantized_zeros_padding_fills_with_zero_point():
 def test_extreme_shifts_and_size_one_dims(ndim, size, padding, active, magnitude,
                                          channels_last, data):
     sizes = [data.draw(st.sampled_from([1, size])) for _ in range(ndim)]
-    x = torch.randn(2, 3, *sizes, dtype=torch.float64)
+    x = torch.randn(2, 3, *sizes, dtype=torch.float64, device=DEVICE)
     if channels_last:
         x = layout(x, "channels_last")
     signs = torch.tensor(data.draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=3 * ndim,
@@ -110,6 +112,7 @@ def test_extreme_shifts_and_size_one_dims(ndim, size, padding, active, magnitude
     weight = signs.reshape(3, ndim) * (magnitude + torch.rand(3, ndim, dtype=torch.float64))
     if magnitude < 1e38:  # float32 would turn 1e300 into inf (rejected on CPU)
         weight = weight.to(data.draw(st.sampled_from([torch.float32, torch.float64])))
+    weight = weight.to(DEVICE)
     crop = None
     if data.draw(st.booleans()):
         crop = [(s // 2, 0) for s in sizes]
@@ -126,9 +129,10 @@ def test_exact_reduction_of_huge_shifts(padding):
     """1e30 and friends are exact integers in float64: the in-kernel reduction must give
     the true residue (torch.remainder of the reference is exact too)."""
     length = 7
-    x = torch.arange(float(length), dtype=torch.float64).reshape(1, 1, length).repeat(1, 6, 1)
+    x = torch.arange(float(length), dtype=torch.float64, device=DEVICE)
+    x = x.reshape(1, 1, length).repeat(1, 6, 1)
     weight = torch.tensor([[1e30], [-1e30], [3.7e22], [-(2.0**70)], [2.0**62 + 2**12],
-                           [1e300]], dtype=torch.float64)
+                           [1e300]], dtype=torch.float64, device=DEVICE)
     with torch.no_grad(), ts.use_backend("triton"):
         out = ts.shift(x, weight, padding)
     ref = ts.reference.shift(x, weight, padding)
@@ -141,11 +145,11 @@ def test_exact_reduction_of_huge_shifts(padding):
 def test_non_finite_weights_act_as_zero(padding, active):
     """NaN / inf weights can only reach the kernels on CUDA (CPU checks them first); the
     kernels must stay in bounds and treat them as a zero shift (documented)."""
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=DEVICE)
     weight = torch.tensor([[float("nan"), 1.0], [float("inf"), float("-inf")],
-                           [0.0, float("nan")]], dtype=torch.float64)
+                           [0.0, float("nan")]], dtype=torch.float64, device=DEVICE)
     crop = [0, 0, 1, 1]
-    out = torch.empty(2, 3, 4, 3, dtype=torch.float64)
+    out = torch.empty(2, 3, 4, 3, dtype=torch.float64, device=DEVICE)
     triton_backend.forward(out, x, weight, padding, active, crop, 0)
     clean = torch.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
     expected = ts.reference.shift(x, clean, padding, active, _spec.pair_crop(crop))
@@ -169,9 +173,9 @@ def test_non_finite_weights_act_as_zero(padding, active):
 ])
 @pytest.mark.parametrize("active", [False, True])
 def test_adjoint_examples_from_lessons(padding, expected, active):
-    x = torch.zeros(1, 1, 5, dtype=torch.float64, requires_grad=True)
-    weight = torch.tensor([[2.0]], dtype=torch.float64, requires_grad=True)
-    g = torch.tensor([[[1.0, 10.0, 100.0, 1000.0, 10000.0]]], dtype=torch.float64)
+    x = torch.zeros(1, 1, 5, dtype=torch.float64, requires_grad=True, device=DEVICE)
+    weight = torch.tensor([[2.0]], dtype=torch.float64, requires_grad=True, device=DEVICE)
+    g = torch.tensor([[[1.0, 10.0, 100.0, 1000.0, 10000.0]]], dtype=torch.float64, device=DEVICE)
     with ts.use_backend("triton"):
         out = ts.shift(x, weight, padding, active)
     (grad_input,) = torch.autograd.grad(out, x, g)
@@ -180,8 +184,8 @@ def test_adjoint_examples_from_lessons(padding, expected, active):
 
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
 def test_in_place_shift_through_the_fallback(padding):
-    x = torch.randn(2, 3, 5, 4)
-    weight = torch.tensor([[1.0, -2.0], [0.0, 0.0], [3.0, 1.0]])
+    x = torch.randn(2, 3, 5, 4, device=DEVICE)
+    weight = torch.tensor([[1.0, -2.0], [0.0, 0.0], [3.0, 1.0]], device=DEVICE)
     expected = ts.reference.shift(x, weight, padding)
     with torch.no_grad(), ts.use_backend("triton"):
         assert ts.shift_(x, weight, padding) is x
@@ -189,8 +193,8 @@ def test_in_place_shift_through_the_fallback(padding):
 
 
 def test_crop_to_empty_output_gives_zero_gradients():
-    x = torch.randn(2, 3, 4, 5, requires_grad=True)
-    weight = torch.randn(3, 2, requires_grad=True)
+    x = torch.randn(2, 3, 4, 5, requires_grad=True, device=DEVICE)
+    weight = torch.randn(3, 2, requires_grad=True, device=DEVICE)
     with ts.use_backend("triton"):
         out = ts.shift(x, weight, "border", True, [(2, 2), (0, 0)])
     assert out.shape == (2, 3, 0, 5)
@@ -199,9 +203,9 @@ def test_crop_to_empty_output_gives_zero_gradients():
 
 
 def test_zeros_padding_shifts_along_size_one_axis():  # LESSONS.md #6
-    x = torch.arange(5.0).reshape(1, 1, 1, 5)
+    x = torch.arange(5.0, device=DEVICE).reshape(1, 1, 1, 5)
     with ts.use_backend("triton"):
-        out = ts.shift(x, torch.tensor([[2.0, 1.0]]))
+        out = ts.shift(x, torch.tensor([[2.0, 1.0]], device=DEVICE))
     assert torch.equal(out, torch.zeros_like(x))
 
 
@@ -216,9 +220,10 @@ def test_zeros_padding_shifts_along_size_one_axis():  # LESSONS.md #6
 @pytest.mark.parametrize("padding", ["border", "reflect"])
 def test_multi_tile_shapes(shape, memory_format, padding):
     generator = torch.Generator().manual_seed(sum(shape))
-    x = layout(torch.randn(*shape, generator=generator, dtype=torch.float64), memory_format)
+    x = layout(torch.randn(*shape, generator=generator, dtype=torch.float64), memory_format).to(DEVICE)
     ndim = len(shape) - 2
     weight = torch.randn(shape[1], ndim, generator=generator, dtype=torch.float64) * 4
+    weight = weight.to(DEVICE)
     crop = [(1, 2)] * ndim
     for active in (False, True):
         _compare(x, weight, padding, active, crop)
@@ -226,8 +231,8 @@ def test_multi_tile_shapes(shape, memory_format, padding):
 
 @pytest.mark.parametrize("active", [False, True])
 def test_any_strides_for_weight_and_grad_output(active):
-    x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
-    weight = (torch.randn(2, 4, dtype=torch.float64) * 3).t()  # (C, D), not contiguous
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64, device=DEVICE)
+    weight = (torch.randn(2, 4, dtype=torch.float64, device=DEVICE) * 3).t()  # (C, D), not contiguous
     x1 = x.clone().requires_grad_()
     w1 = weight.clone().requires_grad_()
     with ts.use_backend("triton"):
@@ -243,9 +248,10 @@ def test_any_strides_for_weight_and_grad_output(active):
 @pytest.mark.parametrize("memory_format", FORMATS)
 def test_backward_is_deterministic(memory_format):
     generator = torch.Generator().manual_seed(3)
-    x = layout(torch.randn(2, 3, 5, 6, generator=generator), memory_format)
+    x = layout(torch.randn(2, 3, 5, 6, generator=generator), memory_format).to(DEVICE)
     weight = torch.randn(3, 2, generator=generator) * 3
-    g = torch.randn(2, 3, 5, 6, generator=generator)
+    weight = weight.to(DEVICE)
+    g = torch.randn(2, 3, 5, 6, generator=generator).to(DEVICE)
     results = []
     torch.use_deterministic_algorithms(True)
     try:
@@ -267,13 +273,14 @@ def test_int64_index_path(case):
     """The BIG (int64 offsets) variant of every kernel computes the same values."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(triton_backend, "_needs_int64", lambda *tensors: True)
+        patch.setattr(triton_backend, "_PLANS", {})  # cached launch plans hold BIG
         _compare(*case)
 
 
 @pytest.mark.parametrize("padding", ts.PADDINGS)
 def test_gradcheck_float64(padding):
-    x = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True)
-    weight = torch.tensor([[0.3], [-2.6]], dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True, device=DEVICE)
+    weight = torch.tensor([[0.3], [-2.6]], dtype=torch.float64, requires_grad=True, device=DEVICE)
     with ts.use_backend("triton"):
         for active in (False, True):  # SSL: straight-through, so only grad_input is exact
             assert torch.autograd.gradcheck(

@@ -190,22 +190,15 @@ def _adj_term(j, u, L, O, t, PAD: tl.constexpr):
 
 
 @triton.jit
-def _tile(C, npos, S1, S2, tiles_a, tiles_b, CL: tl.constexpr, BIG: tl.constexpr,
-          BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
-    """This program's tile: ``(n, c_scalar, c, p0, p1, p2, lane, row)``.
+def _tile_at(n, cs, ta, tb, C, npos, S1, S2, CL: tl.constexpr, BLOCK_A: tl.constexpr,
+             BLOCK_B: tl.constexpr):
+    """Tile ``(ta, tb)`` of sample ``n`` (planar: of plane ``(n, cs)``):
+    ``(c, p0, p1, p2, lane)``.
 
-    ``npos``: number of rows of positions (planar: S0*S1, channels-last: S0*S1*S2).
-    ``row``: the row of this program in the weight-gradient partials ``[R, C, 3]``.
+    ``npos``: number of rows of positions (planar: S0*S1, channels-last: S0*S1*S2). The
+    divisions run on the ``[BLOCK_A, 1]`` row vector only.
     """
-    pid = tl.program_id(0)
-    if BIG:
-        pid = pid.to(tl.int64)
-    tiles = tiles_a * tiles_b
     if CL:
-        n = pid // tiles
-        t = pid - n * tiles
-        ta = t // tiles_b
-        tb = t - ta * tiles_b
         pos = ta * BLOCK_A + tl.arange(0, BLOCK_A)[:, None]
         c = tb * BLOCK_B + tl.arange(0, BLOCK_B)[None, :]
         p2 = pos % S2
@@ -213,28 +206,49 @@ def _tile(C, npos, S1, S2, tiles_a, tiles_b, CL: tl.constexpr, BIG: tl.constexpr
         p1 = q % S1
         p0 = q // S1
         lane = (pos < npos) & (c < C)
-        cs = n * 0
-        row = n.to(tl.int64) * tiles_a + ta
     else:
-        plane = pid // tiles
-        t = pid - plane * tiles
-        ta = t // tiles_b
-        tb = t - ta * tiles_b
-        n = plane // C
-        cs = plane - n * C
         rows = ta * BLOCK_A + tl.arange(0, BLOCK_A)[:, None]
         p2 = tb * BLOCK_B + tl.arange(0, BLOCK_B)[None, :]
         p0 = rows // S1
         p1 = rows - p0 * S1
         lane = (rows < npos) & (p2 < S2)
         c = cs + tl.zeros([1, 1], dtype=tl.int32)
-        row = n.to(tl.int64) * tiles + t
-    return n.to(tl.int64), cs.to(tl.int64), c, p0, p1, p2, lane, row
+    return c, p0, p1, p2, lane
+
+
+@triton.jit
+def _program(C, tiles_a, tiles_b, CL: tl.constexpr, BIG: tl.constexpr):
+    """This program's ``(n, c_scalar, ta, tb)``: programs enumerate (n[, c], ta, tb)."""
+    pid = tl.program_id(0)
+    if BIG:
+        pid = pid.to(tl.int64)
+    tiles = tiles_a * tiles_b
+    plane = pid // tiles
+    t = pid - plane * tiles
+    ta = t // tiles_b
+    tb = t - ta * tiles_b
+    if CL:
+        n = plane
+        cs = n * 0
+    else:
+        n = plane // C
+        cs = plane - n * C
+    return n.to(tl.int64), cs.to(tl.int64), ta, tb
+
+
+@triton.jit
+def _tile(C, npos, S1, S2, tiles_a, tiles_b, CL: tl.constexpr, BIG: tl.constexpr,
+          BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """This program's tile: ``(n, c_scalar, c, p0, p1, p2, lane)``."""
+    n, cs, ta, tb = _program(C, tiles_a, tiles_b, CL, BIG)
+    c, p0, p1, p2, lane = _tile_at(n, cs, ta, tb, C, npos, S1, S2, CL, BLOCK_A, BLOCK_B)
+    return n, cs, c, p0, p1, p2, lane
 
 
 #: Sizes are never specialised (a size of 1 would become a compile-time constant and the
 #: padding arithmetic treats them as int tensors); strides keep the ``== 1`` specialisation.
-_SIZES = ("C", "L0", "L1", "L2", "O0", "O1", "O2", "B0", "B1", "B2", "npos", "tiles_a", "tiles_b", "fill", "R")
+_SIZES = ("C", "L0", "L1", "L2", "O0", "O1", "O2", "B0", "B1", "B2", "npos", "tiles_a", "tiles_b",
+          "chunks", "iters", "fill", "R")
 
 
 def _kernel(fn):
@@ -255,8 +269,8 @@ def _forward_kernel(
 ):
     """SPEC §3: SSL (one corner, exact copy of the bits, ``fill`` outside for zeros) or
     active (``A_d = 2`` corners per real dim, op-math accumulation)."""
-    n, cs, c, p0, p1, p2, lane, row = _tile(C, npos, O1, O2, tiles_a, tiles_b, CL, BIG,
-                                            BLOCK_A, BLOCK_B)
+    n, cs, c, p0, p1, p2, lane = _tile(C, npos, O1, O2, tiles_a, tiles_b, CL, BIG,
+                                       BLOCK_A, BLOCK_B)
     cmask = c < C
     xb = x_ptr + (n * sxn + cs * sxc)
     ob = out_ptr + (n * son + cs * soc)
@@ -327,8 +341,8 @@ def _grad_input_kernel(
 ):
     """SPEC §4 grad_input: for every input element, the sum over the outputs (and corners)
     that read it, gathered (no atomics, deterministic)."""
-    n, cs, c, j0, j1, j2, lane, row = _tile(C, npos, L1, L2, tiles_a, tiles_b, CL, BIG,
-                                            BLOCK_A, BLOCK_B)
+    n, cs, c, j0, j1, j2, lane = _tile(C, npos, L1, L2, tiles_a, tiles_b, CL, BIG,
+                                       BLOCK_A, BLOCK_B)
     cmask = c < C
     gb = g_ptr + (n * sgn + cs * sgc)
     ib = gi_ptr + (n * sin + cs * sic)
@@ -393,15 +407,22 @@ def _grad_weight_kernel(
     C, L0, L1, L2, O1, O2, B0, B1, B2,
     sgn, sgc, sg0, sg1, sg2,
     sxn, sxc, sx0, sx1, sx2,
-    swc, swd, npos, tiles_a, tiles_b,
+    swc, swd, npos, tiles_a, tiles_b, chunks, iters,
     PAD: tl.constexpr, NDIM: tl.constexpr, CL: tl.constexpr, BIG: tl.constexpr,
     OPDT: tl.constexpr, A0: tl.constexpr, A1: tl.constexpr, A2: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
-    """SPEC §4 grad_weight partials: per tile, ``sum(grad_out * d out / d frac_d)`` at the
-    unrounded weight (active derivative; SSL is straight-through), into ``part[row, c, d]``."""
-    n, cs, c, p0, p1, p2, lane, row = _tile(C, npos, O1, O2, tiles_a, tiles_b, CL, BIG,
-                                            BLOCK_A, BLOCK_B)
+    """SPEC §4 grad_weight partials: ``sum(grad_out * d out / d frac_d)`` at the unrounded
+    weight (active derivative; SSL is straight-through) over ``iters`` consecutive row
+    tiles, into ``part[row, c, d]``.
+
+    Programs enumerate (n[, c], chunk, tb); a chunk is ``iters`` row tiles, so the partials
+    have ``N * chunks`` (planar: ``N * chunks * tiles_b``) rows whatever the spatial size:
+    the reduction stays short.
+    """
+    n, cs, chunk, tb = _program(C, chunks, tiles_b, CL, BIG)
+    c, p0, p1, p2, lane = _tile_at(n, cs, chunk * iters, tb, C, npos, O1, O2, CL, BLOCK_A,
+                                   BLOCK_B)
     cmask = c < C
     gb = g_ptr + (n * sgn + cs * sgc)
     xb = x_ptr + (n * sxn + cs * sxc)
@@ -411,7 +432,6 @@ def _grad_weight_kernel(
     else:
         go = c * 0
         xo = c * 0
-    g = tl.load(gb + (go + p0 * sg0 + p1 * sg1 + p2 * sg2), mask=lane, other=0.0).to(OPDT)
     s2, f2 = _channel_shift(w_ptr, c, NDIM - 1, swc, swd, cmask, L2, PAD, False, BIG, OPDT)
     if NDIM >= 2:
         s1, f1 = _channel_shift(w_ptr, c, NDIM - 2, swc, swd, cmask, L1, PAD, False, BIG, OPDT)
@@ -423,54 +443,56 @@ def _grad_weight_kernel(
     else:
         s0 = 0
         f0 = 0.0
-    i0a, k0a = _source(p0 + B0 - s0, L0, PAD)
-    i1a, k1a = _source(p1 + B1 - s1, L1, PAD)
-    i2a, k2a = _source(p2 + B2 - s2, L2, PAD)
-    i0b, k0b = i0a, k0a
-    i1b, k1b = i1a, k1a
-    if A0 == 2:
-        i0b, k0b = _source(p0 + B0 - s0 - 1, L0, PAD)
-    if A1 == 2:
-        i1b, k1b = _source(p1 + B1 - s1 - 1, L1, PAD)
-    i2b, k2b = _source(p2 + B2 - s2 - 1, L2, PAD)
-    d0 = tl.zeros([BLOCK_A, BLOCK_B], dtype=OPDT)
-    d1 = tl.zeros([BLOCK_A, BLOCK_B], dtype=OPDT)
-    d2 = tl.zeros([BLOCK_A, BLOCK_B], dtype=OPDT)
-    for a0 in tl.static_range(A0):
-        for a1 in tl.static_range(A1):
-            for a2 in tl.static_range(A2):
-                off = (xo + _pick(a0, i0a, i0b) * sx0 + _pick(a1, i1a, i1b) * sx1
-                       + _pick(a2, i2a, i2b) * sx2)
-                m = lane
-                if PAD == 0:
-                    m = m & _pick(a0, k0a, k0b) & _pick(a1, k1a, k1b) & _pick(a2, k2a, k2b)
-                v = tl.load(xb + off, mask=m, other=0.0).to(OPDT)
-                w0 = _pick(a0, 1.0 - f0, f0)
-                w1 = _pick(a1, 1.0 - f1, f1)
-                w2 = _pick(a2, 1.0 - f2, f2)
-                if NDIM >= 3:
-                    d0 += (_pick(a0, -1.0, 1.0) * w1 * w2) * v
-                if NDIM >= 2:
-                    d1 += (w0 * _pick(a1, -1.0, 1.0) * w2) * v
-                d2 += (w0 * w1 * _pick(a2, -1.0, 1.0)) * v
-    if CL:
+    acc0 = tl.zeros([BLOCK_A, BLOCK_B], dtype=OPDT)
+    acc1 = tl.zeros([BLOCK_A, BLOCK_B], dtype=OPDT)
+    acc2 = tl.zeros([BLOCK_A, BLOCK_B], dtype=OPDT)
+    for it in range(iters):
+        c, p0, p1, p2, lane = _tile_at(n, cs, chunk * iters + it, tb, C, npos, O1, O2, CL,
+                                       BLOCK_A, BLOCK_B)
+        g = tl.load(gb + (go + p0 * sg0 + p1 * sg1 + p2 * sg2), mask=lane, other=0.0).to(OPDT)
+        i0a, k0a = _source(p0 + B0 - s0, L0, PAD)
+        i1a, k1a = _source(p1 + B1 - s1, L1, PAD)
+        i2a, k2a = _source(p2 + B2 - s2, L2, PAD)
+        i0b, k0b = i0a, k0a
+        i1b, k1b = i1a, k1a
+        if A0 == 2:
+            i0b, k0b = _source(p0 + B0 - s0 - 1, L0, PAD)
+        if A1 == 2:
+            i1b, k1b = _source(p1 + B1 - s1 - 1, L1, PAD)
+        i2b, k2b = _source(p2 + B2 - s2 - 1, L2, PAD)
+        for a0 in tl.static_range(A0):
+            for a1 in tl.static_range(A1):
+                for a2 in tl.static_range(A2):
+                    off = (xo + _pick(a0, i0a, i0b) * sx0 + _pick(a1, i1a, i1b) * sx1
+                           + _pick(a2, i2a, i2b) * sx2)
+                    m = lane
+                    if PAD == 0:
+                        m = m & _pick(a0, k0a, k0b) & _pick(a1, k1a, k1b) & _pick(a2, k2a, k2b)
+                    gv = tl.load(xb + off, mask=m, other=0.0).to(OPDT) * g
+                    w0 = _pick(a0, 1.0 - f0, f0)
+                    w1 = _pick(a1, 1.0 - f1, f1)
+                    w2 = _pick(a2, 1.0 - f2, f2)
+                    if NDIM >= 3:
+                        acc0 += (_pick(a0, -1.0, 1.0) * w1 * w2) * gv
+                    if NDIM >= 2:
+                        acc1 += (w0 * _pick(a1, -1.0, 1.0) * w2) * gv
+                    acc2 += (w0 * w1 * _pick(a2, -1.0, 1.0)) * gv
+    if CL:  # the channel blocks tb of a chunk share its row
+        row = n * chunks + chunk
         pbase = part_ptr + (row * C + c) * 3
-        pmask = cmask
-        r2 = tl.sum(d2 * g, axis=0, keep_dims=True)
-        tl.store(pbase + 2, r2, mask=pmask)
+        tl.store(pbase + 2, tl.sum(acc2, axis=0, keep_dims=True), mask=cmask)
         if NDIM >= 2:
-            r1 = tl.sum(d1 * g, axis=0, keep_dims=True)
-            tl.store(pbase + 1, r1, mask=pmask)
+            tl.store(pbase + 1, tl.sum(acc1, axis=0, keep_dims=True), mask=cmask)
         if NDIM >= 3:
-            r0 = tl.sum(d0 * g, axis=0, keep_dims=True)
-            tl.store(pbase, r0, mask=pmask)
+            tl.store(pbase, tl.sum(acc0, axis=0, keep_dims=True), mask=cmask)
     else:
+        row = (n * chunks + chunk) * tiles_b + tb
         pbase = part_ptr + (row * C + cs) * 3
-        tl.store(pbase + 2, tl.sum(d2 * g))
+        tl.store(pbase + 2, tl.sum(acc2))
         if NDIM >= 2:
-            tl.store(pbase + 1, tl.sum(d1 * g))
+            tl.store(pbase + 1, tl.sum(acc1))
         if NDIM >= 3:
-            tl.store(pbase, tl.sum(d0 * g))
+            tl.store(pbase, tl.sum(acc0))
 
 
 @_kernel

@@ -1,0 +1,172 @@
+"""CUDA integration of the Triton backend: opcheck, autograd, layers, torch.compile, large
+tensors and determinism on real GPU tensors.
+
+Skipped without a GPU (CI has none); benchmarks/gpu_run.sh runs them on a GPU machine. The
+kernels' values are property-tested against the reference in tests/triton (on CUDA there
+with ``TORCHSHIFT2_TEST_DEVICE=cuda``, on CPU through the interpreter in CI).
+"""
+
+import pytest
+import torch
+
+import torchshift2 as ts
+from helpers import assert_close, layout
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+
+
+def _case(shape, memory_format="contiguous", dtype=torch.float32, seed=0, scale=3.0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    weight = torch.randn(shape[1], len(shape) - 2, generator=generator, dtype=torch.float64)
+    return layout(x.to(dtype), memory_format).to(CUDA), (weight * scale).float().to(CUDA)
+
+
+def test_auto_backend_is_triton_on_cuda():
+    assert ts.backend.resolve(CUDA) == "triton"
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last", "permuted"])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+def test_opcheck_on_cuda(padding, memory_format):
+    x, weight = _case((2, 3, 5, 6), memory_format)
+    crop = [1, 0, 0, 2]
+    for active in (False, True):
+        torch.library.opcheck(torch.ops.torchshift2.shift.default,
+                              (x, weight, padding, active, crop))
+        grad_output = torch.randn(2, 3, 4, 4, device=CUDA)
+        torch.library.opcheck(torch.ops.torchshift2.shift_backward.default,
+                              (grad_output, x, weight, padding, active, crop))
+    torch.library.opcheck(torch.ops.torchshift2.shift_.default, (x.clone(), weight, padding))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_forward_and_gradients_match_reference_on_realistic_shapes(memory_format, dtype):
+    """Many tiles per plane and per channel block, as in the benchmark."""
+    x, weight = _case((4, 48, 33, 70), memory_format, dtype)
+    for padding in ts.PADDINGS:
+        for active in (False, True):
+            xs = x.detach().requires_grad_()
+            ws = weight.detach().requires_grad_()
+            out = ts.shift(xs, ws, padding, active)
+            xr = x.detach().double().requires_grad_()
+            wr = weight.detach().double().requires_grad_()
+            ref = ts.reference.shift(xr, wr, padding, active)
+            grad_output = torch.randn_like(out)
+            grads = torch.autograd.grad(out, (xs, ws), grad_output)
+            ref_grads = torch.autograd.grad(ref, (xr, wr), grad_output.double())
+            assert out.stride() == ref.stride()
+            if not active:  # SSL forward copies bits
+                assert torch.equal(out, ref.to(dtype))
+            assert_close(out.double(), ref, dtype)
+            assert_close(grads[0].double(), ref_grads[0], dtype)
+            scale = max(1.0, float(ref_grads[1].abs().max()))
+            assert_close(grads[1].double() / scale, ref_grads[1] / scale,
+                         torch.float32 if dtype == torch.float32 else dtype)
+
+
+def test_backward_is_deterministic_on_cuda():
+    x, weight = _case((8, 64, 40, 40), "channels_last")
+    grad_output = torch.randn_like(x)
+    torch.use_deterministic_algorithms(True)
+    try:
+        results = []
+        for _ in range(3):
+            xs = x.detach().requires_grad_()
+            ws = weight.detach().requires_grad_()
+            out = ts.shift(xs, ws, "reflect", True)
+            results.append(torch.autograd.grad(out, (xs, ws), grad_output))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    for grad_input, grad_weight in results[1:]:
+        assert torch.equal(grad_input, results[0][0])
+        assert torch.equal(grad_weight, results[0][1])
+
+
+def test_more_than_2_to_the_31_elements():
+    """int64 index path: 2**31 + 6 float16 elements (4 GiB)."""
+    length = 2**30 + 3
+    x = torch.empty(1, 2, length, dtype=torch.float16, device=CUDA)
+    x.copy_(torch.arange(length, device=CUDA).remainder(2039).to(torch.float16))
+    weight = torch.tensor([[5.0], [-7.0]], device=CUDA)
+    with torch.no_grad():
+        out = ts.shift(x, weight, "zeros")
+    assert torch.equal(out[0, 0, 5:], x[0, 0, :-5])
+    assert not out[0, 0, :5].any()
+    assert torch.equal(out[0, 1, :-7], x[0, 1, 7:])
+    assert not out[0, 1, -7:].any()
+
+
+class _ShiftNet(torch.nn.Module):
+    def __init__(self, channels=16):
+        super().__init__()
+        self.expand = torch.nn.Conv2d(3, channels, 1)
+        self.ssl = ts.Shift2d(channels, padding="reflect")
+        self.mix = torch.nn.Conv2d(channels, channels, 1)
+        self.active = ts.Shift2d(channels, padding="symmetric", active_flag=True)
+        self.head = torch.nn.Linear(channels, 2)
+
+    def forward(self, x):
+        x, loss = self.ssl(self.expand(x))
+        x, _ = self.active(self.mix(torch.relu(x)))
+        x = ts.shift(x, self.active.weight * 0.5, "border", True, [(1, 1), (0, 1)])
+        return self.head(x.mean(dim=(2, 3))), loss
+
+
+def test_layers_train_on_cuda():
+    torch.manual_seed(0)
+    model = _ShiftNet().to(CUDA)
+    x = torch.randn(32, 3, 12, 12, device=CUDA)
+    y = (x[:, 0, :6].mean(dim=(1, 2)) > 0).long()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        optimizer.zero_grad()
+        logits, sparsity = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        (loss + sparsity).backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_compiled_model_on_cuda_matches_eager_without_graph_breaks(memory_format):
+    torch.manual_seed(0)
+    model = _ShiftNet().to(CUDA)
+    x = torch.randn(4, 3, 20, 20, device=CUDA)
+    if memory_format == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    out, _ = compiled(x1)
+    expected, _ = model(x2)
+    assert_close(out, expected, torch.float32)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    assert_close(x1.grad, x2.grad, torch.float32)
+
+
+def test_in_place_sparse_shift_on_cuda():
+    x, _ = _case((2, 16, 9, 11), "contiguous")
+    weight = torch.zeros(16, 2, device=CUDA)
+    weight[3] = torch.tensor([1.0, -2.0])
+    expected = ts.reference.shift(x, weight, "border")
+    with torch.no_grad():
+        assert ts.shift_(x, weight, "border") is x
+    assert torch.equal(x, expected)
+
+
+def test_mixed_devices_are_refused():
+    x, weight = _case((1, 2, 5), "contiguous")
+    with pytest.raises(RuntimeError, match="weight: expected the device of input"):
+        ts.shift(x, weight.cpu())
