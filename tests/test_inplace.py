@@ -60,3 +60,62 @@ def test_overlapping_input_is_refused():
     x = torch.randn(1, 1, 5).expand(2, 3, 5)
     with torch.no_grad(), pytest.raises(RuntimeError, match="input"):
         ts.shift_(x, torch.ones(3, 1))
+
+
+# The layers' inplace=True option (inference with a trained, sparse layer).
+LAYERS = {1: ts.Shift1d, 2: ts.Shift2d, 3: ts.Shift3d}
+
+
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+def test_layer_inplace_matches_out_of_place(ndim, padding):
+    torch.manual_seed(ndim)
+    layer = LAYERS[ndim](6, padding=padding, init_shift=2.0, inplace=True)
+    with torch.no_grad():
+        layer.weight[::2] = 0.3  # rounds to 0: these channels are not touched
+    x = torch.randn(2, 6, *[5, 4, 3][:ndim])
+    expected = ts.shift(x, layer.weight.detach(), padding)
+    with torch.no_grad():
+        out, loss = layer(x)
+    assert out is x and torch.equal(x, expected)
+    assert loss is not None and loss.item() == pytest.approx(
+        layer.sparsity_term * layer.weight.abs().sum().item())
+
+
+def test_layer_inplace_under_inference_mode_scripting_and_compile():
+    layer = ts.Shift2d(4, padding="periodic", inplace=True)
+    compiled = torch.compile(layer, fullgraph=True)
+    scripted = torch.jit.script(layer)
+    for run in (layer, compiled, scripted):
+        x = torch.randn(2, 4, 5, 5)
+        expected = ts.shift(x, layer.weight.detach(), "periodic")
+        with torch.inference_mode():
+            out, _ = run(x)
+        assert torch.equal(x, expected) and torch.equal(out, expected)
+
+
+def test_layer_inplace_refuses_autograd_and_can_be_switched_off():
+    layer = ts.Shift2d(3, inplace=True)
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="inplace: True is for inference"):
+        layer(x)
+    layer.inplace = False  # train again
+    out, _ = layer(x)
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    assert "inplace=True" in repr(ts.Shift2d(3, inplace=True))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(active_flag=True), ValueError, "inplace: True needs SSL"),
+    (dict(emulate_dw=dict(kernel_size=3, stride=2)), ValueError, "inplace: True needs an output"),
+    (dict(emulate_dw=dict(kernel_size=3)), ValueError, "inplace: True needs an output"),
+])
+def test_layer_inplace_bad_combinations(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        ts.Shift2d(4, inplace=True, **kwargs)
+
+
+def test_layer_inplace_must_be_a_bool():
+    with pytest.raises(TypeError, match="inplace: expected a bool, got int"):
+        ts.Shift2d(4, inplace=1)

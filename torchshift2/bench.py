@@ -800,7 +800,8 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> None:
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels([f"{n}\n{s}\n{f}" for n, s, f in groups], fontsize=8)
+        ax.set_xticklabels([(f"{n}\n" if n != s else "") + f"{s}\n{f}" for n, s, f in groups],
+                           fontsize=8)
         ax.set_ylabel("time / x.clone()")
         ax.set_title(f"{title} — {dtype}", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)

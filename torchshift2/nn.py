@@ -314,6 +314,7 @@ class _ShiftNd(_ShiftBase):
         active_flag: bool = False,
         emulate_dw: Optional[dict] = None,
         init_thumb_rule: int = 1,
+        inplace: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 0:
@@ -321,6 +322,16 @@ class _ShiftNd(_ShiftBase):
         if init_thumb_rule not in (1, 2):
             raise ValueError(f"init_thumb_rule: expected 1 or 2, got {init_thumb_rule!r}")
         plan = self._init_plan(padding, emulate_dw)
+        if not isinstance(inplace, bool):
+            raise TypeError(f"inplace: expected a bool, got {type(inplace).__name__}")
+        if inplace and active_flag:
+            raise ValueError("inplace: True needs SSL (active_flag=False); an interpolating "
+                             "shift cannot run in place, got active_flag=True")
+        if inplace and (any(self._crop) or any(self._extend) or self._pool):
+            raise ValueError(
+                f"inplace: True needs an output of the input's shape, but emulate_dw="
+                f"{self.emulate_dw} crops, extends or pools it"
+            )
         if plan is not None:
             init_shift = plan["init_shift"]
         if isinstance(init_shift, (int, float)):
@@ -337,6 +348,7 @@ class _ShiftNd(_ShiftBase):
         self.sparsity_term = float(sparsity_term)
         self.active_flag = bool(active_flag)
         self.init_thumb_rule = init_thumb_rule
+        self.inplace = inplace
         self.weight = nn.Parameter(torch.empty(in_channels, self.ndim))
         self.reset_parameters()
 
@@ -363,9 +375,32 @@ class _ShiftNd(_ShiftBase):
 
         Returns:
             ``(output, loss)``: the shifted tensor (same shape, or the emulated depthwise
-            conv's output shape with ``emulate_dw``) and :meth:`sparsity_loss`.
+            conv's output shape with ``emulate_dw``) and :meth:`sparsity_loss`. With
+            ``inplace=True`` the output is ``input`` itself, shifted in place.
+
+        Raises:
+            RuntimeError: ``inplace=True`` while autograd records (grad mode on and
+                ``input`` or the weight requiring grad).
         """
+        if self.inplace:
+            return self._shift_inplace(input), self.sparsity_loss()
         return self._shift(input, self.weight, self.active_flag), self.sparsity_loss()
+
+    def _shift_inplace(self, input: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            torch.ops.torchshift2.shift_(input, self.weight, self.padding)
+            return input
+        return self._checked_shift_inplace(input)
+
+    @torch.jit.unused
+    def _checked_shift_inplace(self, input: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad):
+            raise RuntimeError(
+                "inplace: True is for inference (only the channels whose rounded shift is "
+                "non-zero are touched, and nothing is recorded for autograd); run under "
+                "torch.no_grad() / torch.inference_mode(), or set inplace=False to train"
+            )
+        return F.shift_(input, self.weight, self.padding)
 
     def extra_repr(self) -> str:
         text = (
@@ -373,6 +408,8 @@ class _ShiftNd(_ShiftBase):
             f"sparsity_term={self.sparsity_term}, init_shift={self.init_shift}, "
             f"init_thumb_rule={self.init_thumb_rule}"
         )
+        if self.inplace:
+            text += ", inplace=True"
         if self.emulate_dw is not None:
             text += f", emulate_dw={self.emulate_dw}"
         return text
@@ -401,6 +438,10 @@ class Shift1d(_ShiftNd):
             :func:`torchshift2.nn.depthwise_plan`.
         init_thumb_rule: 1 = uniform(-init_shift, init_shift); 2 = uniform(0, init_shift)
             with a random sign.
+        inplace: inference only (SSL, output of the input's shape): shift ``input`` in place
+            with :func:`torchshift2.shift_`, touching only the channels whose rounded shift
+            is non-zero (after sparsity training most are), and return it. Raises while
+            autograd records; the attribute can be switched on a trained layer.
 
     Shape:
         input ``(N, C, L)`` -> output ``(N, C, L)`` (with ``emulate_dw``: the conv's
