@@ -20,7 +20,12 @@ Behaviour worth knowing:
   treated as 0: the output is the unshifted (cropped) input and gradients are evaluated at
   a zero weight. No weight can make a kernel access memory out of bounds.
 * Deterministic: no atomics anywhere. grad_input is a gather over the outputs reading each
-  input element, grad_weight sums per-tile partials in a fixed order.
+  input element, grad_weight sums per-chunk partials in a fixed order.
+* Launch arguments are computed once per (shapes, strides, dtypes, padding, mode, crop) and
+  cached (``_PLANS``): a repeated call costs a dictionary lookup plus the Triton launches.
+* One launch configuration (``TILE_BYTES``, ``WARPS``, ``CL_CHANNELS``), chosen by the sweep
+  in ``benchmarks/gpu_tune.py`` on an H100 (``benchmarks/NOTES.md``); kernels are compiled
+  per power-of-two block shape, not per tensor shape.
 """
 
 from __future__ import annotations
