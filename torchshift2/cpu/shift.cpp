@@ -444,31 +444,171 @@ void active_forward_planes(const scalar_t* in, scalar_t* out, const Geometry& g,
 }
 
 // ---------------------------------------------------------------------------------------
-// Backward. grad_input is the adjoint: every output scatters its gradient (times the corner
-// weight) onto the input element it read, so paddings that make several outputs read one
-// input sum their contributions. Each task owns whole (n, c) planes: no atomics, no races.
-// grad_weight: per-plane partial sums, reduced over the batch in a fixed order afterwards,
-// so the result does not depend on the thread count.
+// Planar backward. The forward of one (n, c) plane is a tensor product of one linear map per
+// slot (the taps of that slot with their padding rule), so grad_input is the product of the
+// adjoint maps, computed as a gather: each grad_input row is written once, as a sum of the
+// grad_output rows whose reads land on it (outer slots, from per-channel tables) shifted back
+// along slot 2 (a plain copy / two-tap interpolation in the interior), plus a short fix-up
+// for the outputs whose slot-2 reads went through padding (none for zeros padding).
+// grad_weight: per-plane corner dot products, computed in the same sweep (slab by slab, right
+// after the slab's grad_input rows, while its grad_output is in L1 / L2), reduced over the
+// batch in a fixed order afterwards, so the result does not depend on the thread count.
+// Each task owns whole (n, c) planes: no atomics, no races.
 
-// acc[P(k)] += weight * g[o], k = o + before - shift (one corner of slot 2).
-template <typename scalar_t, typename opmath_t>
-void scatter_row(opmath_t* acc, const scalar_t* go, int64_t gs, const Geometry& g,
-                 int64_t shift, opmath_t weight) {
-  const int64_t out_length = g.out_length[2], length = g.length[2], before = g.before[2];
-  const Interior in = interior(out_length, length, before, shift, 1);
-  auto edge = [&](int64_t o) {
-    const int64_t idx = source_index(o + before - shift, length, g.padding);
-    if (idx != kOutside) acc[idx] += weight * static_cast<opmath_t>(go[o * gs]);
-  };
-  for (int64_t o = 0; o < in.lo; ++o) edge(o);
-  opmath_t* dst = acc + before - shift;
-  if (gs == 1) {
-#pragma omp simd
-    for (int64_t o = in.lo; o < in.hi; ++o) dst[o] += weight * static_cast<opmath_t>(go[o]);
-  } else {
-    for (int64_t o = in.lo; o < in.hi; ++o) dst[o] += weight * static_cast<opmath_t>(go[o * gs]);
+// Software prefetch of one row (the hardware prefetchers stop at every 4 KiB page, and each
+// phase of the planar backward jumps between two streams).
+inline void prefetch_row(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+inline void prefetch_row_for_write(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 1, 3);
+}
+// grad_input rows are prefetched for writing this many rows ahead.
+constexpr int64_t kAhead = 4;
+
+// Per channel: the adjoint of the forward's per-slot maps and the grad_weight row ends.
+template <typename opmath_t>
+struct PlaneAdjoint {
+  // Outer slots 0, 1: input index j receives output index out[d][e] with weight coef[d][e],
+  // e in [start[d][j], start[d][j + 1]), in increasing (o, corner) order.
+  std::vector<int64_t> start[2], out[2];
+  std::vector<opmath_t> coef[2];
+  // run1[j]: how many rows from j on (slot 1) have the regular list out = j + offset1 + a
+  // for every corner a (no padding involved), 0 if row j is not regular.
+  std::vector<int64_t> run1;
+  // Slot 2: input j2 reads output j2 + offset + a2 with weight tap[a2] where that output
+  // exists; the outputs whose reads were padded add extra_c * g[extra_o] to input extra_j.
+  int64_t offset = 0;
+  opmath_t tap[2] = {1, 0};
+  std::vector<int64_t> extra_o, extra_j;
+  std::vector<opmath_t> extra_c;
+  // grad_weight (floor shifts): slot-2 columns outside the interior and the source indices
+  // of their two taps (k, k - 1), kOutside for padding.
+  Interior wmid{0, 0};
+  std::vector<int64_t> wcol, widx0, widx1;
+};
+
+template <typename opmath_t>
+PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmath_t>& rs,
+                                     const ChannelShift<opmath_t>& ws, bool active) {
+  PlaneAdjoint<opmath_t> t;
+  for (int d = 0; d < 2; ++d) {
+    const int corners = active && g.real[d] ? 2 : 1;
+    const int64_t L = g.length[d], O = g.out_length[d];
+    std::vector<int64_t> target, outs;
+    std::vector<opmath_t> cs;
+    t.start[d].assign(L + 1, 0);
+    for (int64_t o = 0; o < O; ++o)
+      for (int a = 0; a < corners; ++a) {
+        const int64_t j = source_index(o + g.before[d] - rs.shift[d] - a, L, g.padding);
+        if (j == kOutside) continue;
+        target.push_back(j);
+        outs.push_back(o);
+        cs.push_back(corners == 1 ? opmath_t(1) : (a ? rs.frac[d] : 1 - rs.frac[d]));
+        ++t.start[d][j + 1];
+      }
+    for (int64_t j = 0; j < L; ++j) t.start[d][j + 1] += t.start[d][j];
+    std::vector<int64_t> fill(t.start[d].begin(), t.start[d].end() - 1);
+    t.out[d].resize(outs.size());
+    t.coef[d].resize(outs.size());
+    for (size_t e = 0; e < outs.size(); ++e) {
+      const int64_t pos = fill[target[e]]++;
+      t.out[d][pos] = outs[e];
+      t.coef[d][pos] = cs[e];
+    }
   }
-  for (int64_t o = in.hi; o < out_length; ++o) edge(o);
+  {
+    const int corners = active && g.real[1] ? 2 : 1;
+    const int64_t L = g.length[1], off = rs.shift[1] - g.before[1];
+    t.run1.assign(L + 1, 0);
+    for (int64_t j = L - 1; j >= 0; --j) {
+      bool regular = t.start[1][j + 1] - t.start[1][j] == corners;
+      for (int a = 0; regular && a < corners; ++a)
+        regular = t.out[1][t.start[1][j] + a] == j + off + a;
+      t.run1[j] = regular ? t.run1[j + 1] + 1 : 0;
+    }
+  }
+  const int64_t L2 = g.length[2], O2 = g.out_length[2], b2 = g.before[2];
+  const int A2 = active ? 2 : 1;
+  t.offset = rs.shift[2] - b2;
+  if (active) {
+    t.tap[0] = 1 - rs.frac[2];
+    t.tap[1] = rs.frac[2];
+  }
+  for (int64_t o = 0; o < O2; ++o)
+    for (int a = 0; a < A2; ++a) {
+      const int64_t k = o + b2 - rs.shift[2] - a;
+      if (k >= 0 && k < L2) continue;
+      const int64_t j = source_index(k, L2, g.padding);
+      if (j == kOutside) continue;
+      t.extra_o.push_back(o);
+      t.extra_j.push_back(j);
+      t.extra_c.push_back(t.tap[a]);
+    }
+  t.wmid = interior(O2, L2, b2, ws.shift[2], 2);
+  auto wedge = [&](int64_t o) {
+    const int64_t k = o + b2 - ws.shift[2];
+    t.wcol.push_back(o);
+    t.widx0.push_back(source_index(k, L2, g.padding));
+    t.widx1.push_back(source_index(k - 1, L2, g.padding));
+  };
+  for (int64_t o = 0; o < t.wmid.lo; ++o) wedge(o);
+  for (int64_t o = t.wmid.hi; o < O2; ++o) wedge(o);
+  return t;
+}
+
+// dst[j] (= or +=) sum_k p0[k] src_k[j + offset] + p1[k] src_k[j + offset + 1] for j in
+// [0, L2), taps outside [0, O2) dropped (A2 = 1: the first tap only).
+template <int K, int A2, bool kAdd, typename scalar_t, typename opmath_t>
+void adjoint_row(opmath_t* __restrict__ dst, const scalar_t* const* src, const opmath_t* p0,
+                 const opmath_t* p1, int64_t offset, int64_t L2, int64_t O2) {
+  const int64_t lo = clamp(-offset, 0, L2);
+  const int64_t hi = clamp(O2 - offset - (A2 - 1), lo, L2);
+  auto edge = [&](int64_t j) {
+    const int64_t o = j + offset;
+    opmath_t v = 0;
+    for (int k = 0; k < K; ++k) {
+      if (o >= 0 && o < O2) v += p0[k] * static_cast<opmath_t>(src[k][o]);
+      if (A2 == 2 && o + 1 >= 0 && o + 1 < O2) v += p1[k] * static_cast<opmath_t>(src[k][o + 1]);
+    }
+    dst[j] = kAdd ? dst[j] + v : v;
+  };
+  for (int64_t j = 0; j < lo; ++j) edge(j);
+  const scalar_t* s[K];
+  opmath_t c0[K], c1[K];
+  for (int k = 0; k < K; ++k) {
+    s[k] = src[k] + offset;
+    c0[k] = p0[k];
+    c1[k] = p1[k];
+  }
+#pragma omp simd
+  for (int64_t j = lo; j < hi; ++j) {
+    opmath_t v = 0;
+    for (int k = 0; k < K; ++k) {
+      v += c0[k] * static_cast<opmath_t>(s[k][j]);
+      if (A2 == 2) v += c1[k] * static_cast<opmath_t>(s[k][j + 1]);
+    }
+    dst[j] = kAdd ? dst[j] + v : v;
+  }
+  for (int64_t j = hi; j < L2; ++j) edge(j);
+}
+
+template <int A2, typename scalar_t, typename opmath_t>
+void adjoint_chunk(opmath_t* dst, bool add, int count, const scalar_t* const* src,
+                   const opmath_t* p0, const opmath_t* p1, int64_t offset, int64_t L2,
+                   int64_t O2) {
+#define TS2_ADJ(K)                                                                   \
+  (add ? adjoint_row<K, A2, true>(dst, src, p0, p1, offset, L2, O2)                  \
+       : adjoint_row<K, A2, false>(dst, src, p0, p1, offset, L2, O2))
+  switch (count) {
+    case 1: TS2_ADJ(1); break;
+    case 2: TS2_ADJ(2); break;
+    case 3: TS2_ADJ(3); break;
+    default: TS2_ADJ(4); break;
+  }
+#undef TS2_ADJ
 }
 
 // Per plane: for each outer corner (a0 * 2 + a1) and slot-2 corner, the dot product of
@@ -477,76 +617,114 @@ void scatter_row(opmath_t* acc, const scalar_t* go, int64_t gs, const Geometry& 
 constexpr int kLanes = 16;
 template <typename opmath_t>
 struct CornerDots {
-  opmath_t lane[4][2][kLanes];
-  void clear() { std::fill(&lane[0][0][0], &lane[0][0][0] + 4 * 2 * kLanes, opmath_t(0)); }
+  // Row ends go to separate scalars: a scalar store into a lane that a vector load reads
+  // next stalls the load (no store forwarding), once per row and corner.
+  alignas(64) opmath_t lane[4][2][kLanes];
+  opmath_t edge[4][2];
+  void clear() {
+    std::fill(&lane[0][0][0], &lane[0][0][0] + 4 * 2 * kLanes, opmath_t(0));
+    std::fill(&edge[0][0], &edge[0][0] + 4 * 2, opmath_t(0));
+  }
   opmath_t total(int corner, int a2) const {
     opmath_t s = 0;
     for (int j = 0; j < kLanes; ++j) s += lane[corner][a2][j];
-    return s;
+    return s + edge[corner][a2];
   }
 };
 
-template <typename scalar_t, typename opmath_t>
-void interior_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int count,
-                   const scalar_t* const* src, const scalar_t* go, int64_t lo, int64_t hi) {
-  for (int r = 0; r < count; ++r) {
-    opmath_t* __restrict__ d0 = dots.lane[rows[r].corner][0];
-    opmath_t* __restrict__ d1 = dots.lane[rows[r].corner][1];
-    const scalar_t* s = src[r];
+// grad_weight contributions of output rows (SPEC §4), as corner dot products: for source
+// row r, <g, V_r(k)> and <g, V_r(k - 1)>, combined per plane by combine_plane_dots. Slot 2
+// is unit-stride here (dense planes); the row ends use the channel's precomputed indices.
+// A run of `count_rows` consecutive rows along slot 1 whose source rows all lie inside the
+// tensor advances every pointer by the slot-1 strides, so the accumulators (16 lanes per
+// source row and tap) stay in registers for the whole run and are added to the plane's
+// CornerDots once. A partial last block of a row is redone as the row's last 16 interior
+// elements with the already counted ones masked out.
+template <int K, typename scalar_t, typename opmath_t>
+void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scalar_t* x,
+              const scalar_t* go, int64_t count_rows, int64_t xs1, int64_t gs1,
+              const PlaneAdjoint<opmath_t>& t, int64_t read_offset, const scalar_t* pf,
+              int64_t pf_bytes) {
+  opmath_t d0[K][kLanes], d1[K][kLanes], e0[K], e1[K];
+  const scalar_t* base[K];
+  for (int k = 0; k < K; ++k) {
+    base[k] = x + rows[k].offset;
+    e0[k] = e1[k] = opmath_t(0);
+    for (int j = 0; j < kLanes; ++j) d0[k][j] = d1[k][j] = opmath_t(0);
+  }
+  const int64_t lo = t.wmid.lo, hi = t.wmid.hi;
+  const size_t edges = t.wcol.size();
+  for (int64_t row = 0; row < count_rows; ++row, go += gs1) {
+    if (pf != nullptr) prefetch_row(pf + row * gs1, pf_bytes);
+    const scalar_t* s[K];
+    for (int k = 0; k < K; ++k) s[k] = base[k] + row * xs1 + read_offset;
     int64_t o = lo;
     for (; o + kLanes <= hi; o += kLanes) {
+      for (int k = 0; k < K; ++k) {
 #pragma omp simd
-      for (int j = 0; j < kLanes; ++j) {
-        const opmath_t grad = static_cast<opmath_t>(go[o + j]);
-        d0[j] += grad * static_cast<opmath_t>(s[o + j]);
-        d1[j] += grad * static_cast<opmath_t>(s[o + j - 1]);
+        for (int j = 0; j < kLanes; ++j) {
+          const opmath_t grad = static_cast<opmath_t>(go[o + j]);
+          d0[k][j] += grad * static_cast<opmath_t>(s[k][o + j]);
+          d1[k][j] += grad * static_cast<opmath_t>(s[k][o + j - 1]);
+        }
       }
     }
-    for (int j = 0; o < hi; ++o, ++j) {
-      const opmath_t grad = static_cast<opmath_t>(go[o]);
-      d0[j] += grad * static_cast<opmath_t>(s[o]);
-      d1[j] += grad * static_cast<opmath_t>(s[o - 1]);
+    if (o < hi && hi - lo >= kLanes) {
+      const int64_t skip = o - (hi - kLanes);
+      o = hi - kLanes;
+      for (int k = 0; k < K; ++k) {
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const opmath_t grad = j >= skip ? static_cast<opmath_t>(go[o + j]) : opmath_t(0);
+          d0[k][j] += grad * static_cast<opmath_t>(s[k][o + j]);
+          d1[k][j] += grad * static_cast<opmath_t>(s[k][o + j - 1]);
+        }
+      }
+    } else {
+      for (; o < hi; ++o) {
+        const opmath_t grad = static_cast<opmath_t>(go[o]);
+        for (int k = 0; k < K; ++k) {
+          e0[k] += grad * static_cast<opmath_t>(s[k][o]);
+          e1[k] += grad * static_cast<opmath_t>(s[k][o - 1]);
+        }
+      }
     }
+    // Row ends.
+    for (size_t e = 0; e < edges; ++e) {
+      const opmath_t grad = static_cast<opmath_t>(go[t.wcol[e]]);
+      const int64_t i0 = t.widx0[e], i1 = t.widx1[e];
+      for (int k = 0; k < K; ++k) {
+        const scalar_t* r = base[k] + row * xs1;
+        if (i0 != kOutside) e0[k] += grad * static_cast<opmath_t>(r[i0]);
+        if (i1 != kOutside) e1[k] += grad * static_cast<opmath_t>(r[i1]);
+      }
+    }
+  }
+  for (int k = 0; k < K; ++k) {
+    opmath_t* __restrict__ l0 = dots.lane[rows[k].corner][0];
+    opmath_t* __restrict__ l1 = dots.lane[rows[k].corner][1];
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      l0[j] += d0[k][j];
+      l1[j] += d1[k][j];
+    }
+    dots.edge[rows[k].corner][0] += e0[k];
+    dots.edge[rows[k].corner][1] += e1[k];
   }
 }
 
-// grad_weight contributions of one output row (SPEC §4), as corner dot products: for source
-// row r, <g, V_r(k)> and <g, V_r(k - 1)>, combined per plane by combine_plane_dots.
 template <typename scalar_t, typename opmath_t>
-void weight_grad_row(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int count,
-                     const scalar_t* x, int64_t xs, const scalar_t* go, int64_t gs,
-                     const Geometry& g, int64_t shift) {
-  if (count == 0) return;
-  const int64_t out_length = g.out_length[2], length = g.length[2], before = g.before[2];
-  const Interior in = interior(out_length, length, before, shift, 2);
-  auto read = [&](const scalar_t* row, int64_t k) -> opmath_t {
-    const int64_t idx = source_index(k, length, g.padding);
-    return idx == kOutside ? opmath_t(0) : static_cast<opmath_t>(row[idx * xs]);
-  };
-  auto edge = [&](int64_t o) {
-    const opmath_t grad = static_cast<opmath_t>(go[o * gs]);
-    const int64_t k = o + before - shift;
-    for (int r = 0; r < count; ++r) {
-      dots.lane[rows[r].corner][0][0] += grad * read(x + rows[r].offset, k);
-      dots.lane[rows[r].corner][1][0] += grad * read(x + rows[r].offset, k - 1);
-    }
-  };
-  for (int64_t o = 0; o < in.lo; ++o) edge(o);
-  for (int64_t o = in.hi; o < out_length; ++o) edge(o);
-  if (in.hi <= in.lo) return;
-  if (xs == 1 && gs == 1) {
-    const scalar_t* src[kMaxRows];
-    for (int r = 0; r < count; ++r) src[r] = x + rows[r].offset + before - shift;
-    interior_dots(dots, rows, count, src, go, in.lo, in.hi);
-  } else {
-    for (int64_t o = in.lo; o < in.hi; ++o) {
-      const opmath_t grad = static_cast<opmath_t>(go[o * gs]);
-      for (int r = 0; r < count; ++r) {
-        const scalar_t* src = x + rows[r].offset + (o + before - shift) * xs;
-        dots.lane[rows[r].corner][0][0] += grad * static_cast<opmath_t>(src[0]);
-        dots.lane[rows[r].corner][1][0] += grad * static_cast<opmath_t>(src[-xs]);
-      }
-    }
+void weight_grad_rows(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int count,
+                      const scalar_t* x, const scalar_t* go, int64_t count_rows, int64_t xs1,
+                      int64_t gs1, const PlaneAdjoint<opmath_t>& t, int64_t read_offset,
+                      const scalar_t* pf, int64_t pf_bytes) {
+  if (count_rows <= 0) return;
+  switch (count) {
+    case 0: break;
+    case 1: run_dots<1>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_bytes); break;
+    case 2: run_dots<2>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_bytes); break;
+    case 3: run_dots<3>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_bytes); break;
+    default: run_dots<4>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_bytes); break;
   }
 }
 
@@ -570,6 +748,8 @@ void combine_plane_dots(opmath_t* sum, const CornerDots<opmath_t>& dots, const G
     }
 }
 
+// Dense (n, c) planes only: slot 2 of grad_output, input and grad_input is unit-stride (or
+// of length 1), as backward() guarantees with contiguous copies.
 template <typename scalar_t>
 void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
                      double* partials, const Geometry& g, const Strides& gos,
@@ -577,58 +757,118 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
                      const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
                      const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t plane = g.in_plane();
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, plane));
-  // Strides of the dense accumulation plane of grad_input.
-  const int64_t acc_stride0 = g.length[1] * g.length[2], acc_stride1 = g.length[2];
+  constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
+  const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
+  const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
+  std::vector<PlaneAdjoint<opmath_t>> tables;
+  tables.reserve(g.channels);
+  for (int64_t c = 0; c < g.channels; ++c)
+    tables.push_back(plane_adjoint(g, read_shifts[c], interp_shifts[c], active));
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.in_plane()));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> acc(plane);
+    std::vector<opmath_t> rowbuf(kDirect ? 0 : L2);
+    std::vector<const scalar_t*> src;
+    std::vector<opmath_t> cf, p0, p1;
     Row<opmath_t> rows[kMaxRows];
     CornerDots<opmath_t> dots;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
+      const PlaneAdjoint<opmath_t>& t = tables[c];
       const scalar_t* go = grad_out + n * gos.batch + c * gos.channel;
       const scalar_t* x = in + n * is.batch + c * is.channel;
-
-      // grad_input, accumulated in op-math precision.
-      std::fill(acc.begin(), acc.end(), opmath_t(0));
-      const auto& rs = read_shifts[c];
-      for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
-        for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
-          const scalar_t* gorow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
-          const int count = outer_rows(rows, g, rs, o0, o1, acc_stride0, acc_stride1, active);
-          for (int r = 0; r < count; ++r) {
-            opmath_t* dst = acc.data() + rows[r].offset;
-            if (active) {
-              scatter_row(dst, gorow, gos.slot[2], g, rs.shift[2], rows[r].weight * (1 - rs.frac[2]));
-              scatter_row(dst, gorow, gos.slot[2], g, rs.shift[2] + 1, rows[r].weight * rs.frac[2]);
-            } else {
-              scatter_row(dst, gorow, gos.slot[2], g, rs.shift[2], rows[r].weight);
-            }
-          }
-        }
-      }
       scalar_t* gi = grad_in + n * gis.batch + c * gis.channel;
-      for (int64_t i0 = 0; i0 < g.length[0]; ++i0)
-        for (int64_t i1 = 0; i1 < g.length[1]; ++i1) {
-          const opmath_t* src = acc.data() + i0 * acc_stride0 + i1 * acc_stride1;
-          scalar_t* dst = gi + i0 * gis.slot[0] + i1 * gis.slot[1];
-          for (int64_t i2 = 0; i2 < g.length[2]; ++i2)
-            dst[i2 * gis.slot[2]] = static_cast<scalar_t>(src[i2]);
-        }
-
-      // grad_weight: the interpolation derivative at the unrounded weight (SPEC §4).
-      if (partials == nullptr) continue;
       const auto& ws = interp_shifts[c];
-      opmath_t sum[kSlots] = {0, 0, 0};
-      dots.clear();
-      for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
-        for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
-          const scalar_t* gorow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
-          const int count = outer_rows(rows, g, ws, o0, o1, is.slot[0], is.slot[1], true);
-          weight_grad_row(dots, rows, count, x, is.slot[2], gorow, gos.slot[2], g, ws.shift[2]);
-        }
+      const int64_t read_offset = g.before[2] - ws.shift[2];
+      const bool weights = partials != nullptr;
+      // The next plane's grad_output is prefetched during this plane's grad_weight phase,
+      // this plane's input during its grad_input phase (dense rows only).
+      const bool dense_rows = gos.slot[2] == 1 || O2 == 1;
+      const scalar_t* next_go = nullptr;
+      if (dense_rows && p + 1 < end) {
+        const int64_t nn = (p + 1) / g.channels, nc = (p + 1) % g.channels;
+        next_go = grad_out + nn * gos.batch + nc * gos.channel;
       }
+      const int64_t row_bytes = O2 * static_cast<int64_t>(sizeof(scalar_t));
+      // Input-sized rows (input, grad_input): dense, see the precondition above.
+      const int64_t in_row_bytes =
+          is.slot[2] == 1 || L2 == 1 ? L2 * static_cast<int64_t>(sizeof(scalar_t)) : 0;
+      // Output rows along slot 1 whose grad_weight source rows need no padding rule.
+      const Interior w1 = interior(O1, L1, g.before[1], ws.shift[1], g.real[1] ? 2 : 1);
+
+      // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
+      // read them. A run of rows with regular slot-1 lists (t.run1) reads the same outputs
+      // shifted by one row per row, so its pointers just advance.
+      auto grad_input_rows = [&](int64_t j0, int64_t j1, int64_t count_rows) {
+        src.clear();
+        cf.clear();
+        for (int64_t e0 = t.start[0][j0]; e0 < t.start[0][j0 + 1]; ++e0)
+          for (int64_t e1 = t.start[1][j1]; e1 < t.start[1][j1 + 1]; ++e1) {
+            src.push_back(go + t.out[0][e0] * gos.slot[0] + t.out[1][e1] * gos.slot[1]);
+            cf.push_back(t.coef[0][e0] * t.coef[1][e1]);
+          }
+        const int count = static_cast<int>(src.size());
+        p0.resize(count);
+        p1.resize(count);
+        for (int k = 0; k < count; ++k) {
+          p0[k] = cf[k] * t.tap[0];
+          p1[k] = cf[k] * t.tap[1];
+        }
+        const size_t extras = t.extra_o.size();
+        for (int64_t r = 0; r < count_rows; ++r) {
+          if (weights) prefetch_row(x + j0 * is.slot[0] + (j1 + r) * is.slot[1], in_row_bytes);
+          if (j1 + r + kAhead < L1)
+            prefetch_row_for_write(gi + j0 * gis.slot[0] + (j1 + r + kAhead) * gis.slot[1],
+                                   in_row_bytes);
+          scalar_t* girow = gi + j0 * gis.slot[0] + (j1 + r) * gis.slot[1];
+          opmath_t* dst = kDirect ? reinterpret_cast<opmath_t*>(girow) : rowbuf.data();
+          if (count == 0) {
+            std::fill(dst, dst + L2, opmath_t(0));
+          } else {
+            for (int q = 0; q < count; q += 4) {
+              const int m = std::min(4, count - q);
+              if (active)
+                adjoint_chunk<2>(dst, q > 0, m, src.data() + q, p0.data() + q, p1.data() + q,
+                                 t.offset, L2, O2);
+              else
+                adjoint_chunk<1>(dst, q > 0, m, src.data() + q, p0.data() + q, p1.data() + q,
+                                 t.offset, L2, O2);
+            }
+            for (int k = 0; k < count; ++k)
+              for (size_t e = 0; e < extras; ++e)
+                dst[t.extra_j[e]] +=
+                    cf[k] * t.extra_c[e] * static_cast<opmath_t>(src[k][t.extra_o[e]]);
+            for (int k = 0; k < count; ++k) src[k] += gos.slot[1];
+          }
+          if (!kDirect)
+            for (int64_t i2 = 0; i2 < L2; ++i2) girow[i2] = static_cast<scalar_t>(dst[i2]);
+        }
+      };
+      // grad_weight, output rows (o0, o1 .. o1 + count_rows - 1): the interpolation
+      // derivative at the unrounded weight (SPEC §4).
+      auto grad_weight_rows = [&](int64_t o0, int64_t o1, int64_t count_rows) {
+        const int count = outer_rows(rows, g, ws, o0, o1, is.slot[0], is.slot[1], true);
+        const int64_t at = o0 * gos.slot[0] + o1 * gos.slot[1];
+        weight_grad_rows(dots, rows, count, x, go + at, count_rows, is.slot[1], gos.slot[1], t,
+                         read_offset, next_go == nullptr ? nullptr : next_go + at, row_bytes);
+      };
+
+      // Slab by slab along slot 0 (the whole plane for D <= 2): grad_input rows, then the
+      // grad_weight rows of the same slab while its grad_output rows are still in L1 / L2.
+      if (weights) dots.clear();
+      for (int64_t i = 0; i < std::max(L0, O0); ++i) {
+        if (i < L0)
+          for (int64_t j1 = 0; j1 < L1;) {
+            const int64_t rows_run = std::max<int64_t>(1, t.run1[j1]);
+            grad_input_rows(i, j1, rows_run);
+            j1 += rows_run;
+          }
+        if (!weights || i >= O0) continue;
+        for (int64_t o1 = 0; o1 < w1.lo; ++o1) grad_weight_rows(i, o1, 1);
+        if (w1.hi > w1.lo) grad_weight_rows(i, w1.lo, w1.hi - w1.lo);
+        for (int64_t o1 = std::max(w1.hi, w1.lo); o1 < O1; ++o1) grad_weight_rows(i, o1, 1);
+      }
+      if (!weights) continue;
+      opmath_t sum[kSlots] = {0, 0, 0};
       combine_plane_dots(sum, dots, g, ws);
       for (int s = 0; s < kSlots; ++s) partials[p * kSlots + s] = static_cast<double>(sum[s]);
     }
