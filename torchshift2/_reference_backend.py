@@ -1,4 +1,8 @@
-"""The reference (:mod:`torchshift2.reference`) behind the ops' backend interface."""
+"""The reference (:mod:`torchshift2.reference`) behind the ops' backend interface.
+
+``forward`` / ``backward`` allocate and return (the interface of :mod:`torchshift2.cpu.loader`);
+``forward_into`` / ``backward_into`` write into preallocated outputs.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,26 @@ import torch
 from . import _spec, reference
 
 
-def forward(out, input, weight, padding, active, crop, fill):
+def forward(input, weight, padding, active, crop, fill):
+    _spec.check_finite(weight)
+    out = _spec.empty_output(input, crop)
+    if out.numel():
+        forward_into(out, input, weight, padding, active, crop, fill)
+    return out
+
+
+def backward(grad_output, input, weight, padding, active, crop):
+    _spec.check_finite(weight)
+    grad_input, grad_weight = _spec.empty_grads(input, weight)
+    if input.numel() == 0 or grad_output.numel() == 0:
+        grad_input.zero_()
+        grad_weight.zero_()
+    else:
+        backward_into(grad_input, grad_weight, grad_output, input, weight, padding, active, crop)
+    return grad_input, grad_weight
+
+
+def forward_into(out, input, weight, padding, active, crop, fill):
     with torch.no_grad():
         out.copy_(reference.shift(input, weight, padding, active, _spec.pair_crop(crop), fill=fill))
 
@@ -24,7 +47,7 @@ def _autograd_inside_op():
         yield
 
 
-def backward(grad_input, grad_weight, grad_output, input, weight, padding, active, crop):
+def backward_into(grad_input, grad_weight, grad_output, input, weight, padding, active, crop):
     with _autograd_inside_op():
         x = input.detach().requires_grad_()
         w = weight.detach().requires_grad_()

@@ -114,6 +114,25 @@ def empty_like_layout(like: torch.Tensor, shape: Sequence[int], dtype=None) -> t
     return torch.empty(physical, dtype=dtype, device=like.device).permute(inverse)
 
 
+def empty_output(input: torch.Tensor, crop: Sequence[int]) -> torch.Tensor:
+    """Uninitialised shift output for ``input`` and flat ``crop``, in the layout rule's format."""
+    return empty_like_layout(input, output_shape(input.shape, pair_crop(crop)))
+
+
+def empty_grads(input: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised ``(grad_input, grad_weight)``: input's layout rule, weight contiguous."""
+    return empty_like_layout(input, input.shape), torch.empty_like(
+        weight, memory_format=torch.contiguous_format
+    )
+
+
+def check_finite(weight: torch.Tensor) -> None:
+    """SPEC §5: non-finite shifts are refused on CPU (on CUDA the kernels treat them as 0,
+    since checking would synchronise the device)."""
+    if weight.device.type == "cpu" and weight.numel() and not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight: expected finite values on CPU, got NaN or infinity")
+
+
 def is_exact_dtype(dtype: torch.dtype) -> bool:
     """Dtypes that only SSL without gradient may shift (integers, bool, quantized)."""
     return not (dtype.is_floating_point or dtype.is_complex)

@@ -177,7 +177,7 @@ def shift_(input: Tensor, weight: Tensor, padding: str = "zeros") -> Tensor:
 
 def _shift(input, weight, padding, active, crop, ndim: Optional[int] = None) -> Tensor:
     padding, crop = check_shift_args(input, weight, padding, active, crop, ndim)
-    return ops.shift(input, weight, padding, active, _spec.flat_crop(crop))
+    return ops.apply_shift(input, weight, padding, active, _spec.flat_crop(crop))
 
 
 def _shift_nd(ndim: int):

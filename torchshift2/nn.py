@@ -290,7 +290,7 @@ class _ShiftBase(nn.Module):
         # never both.
         padding, crop = F.check_shift_args(input, weight, self.padding, active, crop, self.ndim)
         input = extend_input(input, self._extend, padding)
-        return ops.shift(input, weight, padding, active, _spec.flat_crop(crop))
+        return ops.apply_shift(input, weight, padding, active, _spec.flat_crop(crop))
 
     def _shift(self, input: Tensor, weight: Tensor, active: bool) -> Tensor:
         if torch.jit.is_scripting():

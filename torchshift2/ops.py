@@ -1,9 +1,10 @@
 """The custom ops ``torchshift2::shift`` and ``torchshift2::shift_backward``.
 
-Their implementations allocate the outputs (the same code as the fake impls, so real and
-fake tensors always agree on shape and memory format) and hand them to the backend chosen by
-:mod:`torchshift2.backend`. Arguments are assumed checked by :mod:`torchshift2.functional`;
-the kernels still refuse anything that could make them read or write out of bounds.
+Their implementations hand the arguments to the backend chosen by :mod:`torchshift2.backend`,
+which allocates the outputs in the shape and memory format that the fake impls compute with
+:mod:`torchshift2._spec` (``opcheck`` holds them to it), and refuses non-finite weights on
+CPU. Arguments are assumed checked by :mod:`torchshift2.functional`; the kernels still
+refuse anything that could make them read or write out of bounds.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from . import _spec, backend
 
-__all__ = ["shift", "shift_", "shift_backward"]
+__all__ = ["apply_shift", "shift", "shift_", "shift_backward"]
 
 
 def _backend_module(device: torch.device):
@@ -35,35 +36,15 @@ def _backend_module(device: torch.device):
     return _reference_backend
 
 
-def _check_finite(weight: Tensor) -> None:
-    # On CPU the check is free of device syncs; on CUDA the kernels clamp NaN instead.
-    if weight.device.type == "cpu" and weight.numel() and not bool(torch.isfinite(weight).all()):
-        raise ValueError("weight: expected finite values on CPU, got NaN or infinity")
-
-
-def _allocate_output(input: Tensor, crop: List[int]) -> Tensor:
-    return _spec.empty_like_layout(input, _spec.output_shape(input.shape, _spec.pair_crop(crop)))
-
-
-def _allocate_grads(input: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
-    return _spec.empty_like_layout(input, input.shape), torch.empty_like(
-        weight, memory_format=torch.contiguous_format
-    )
-
-
 @torch.library.custom_op("torchshift2::shift", mutates_args=())
 def shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]) -> Tensor:
     """Forward shift (SPEC §3) of checked arguments; ``crop`` is flat ``[b1, a1, ...]``."""
-    _check_finite(weight)
-    out = _allocate_output(input, crop)
-    if out.numel():
-        _backend_module(input.device).forward(out, input, weight, padding, active, crop, 0)
-    return out
+    return _backend_module(input.device).forward(input, weight, padding, active, crop, 0)
 
 
 @shift.register_fake
 def _(input, weight, padding, active, crop):
-    return _allocate_output(input, crop)
+    return _spec.empty_output(input, crop)
 
 
 @torch.library.custom_op("torchshift2::shift_backward", mutates_args=())
@@ -71,21 +52,42 @@ def shift_backward(
     grad_output: Tensor, input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]
 ) -> Tuple[Tensor, Tensor]:
     """``(grad_input, grad_weight)`` of :func:`shift` (SPEC §4)."""
-    _check_finite(weight)
-    grad_input, grad_weight = _allocate_grads(input, weight)
-    if input.numel() == 0 or grad_output.numel() == 0:
-        grad_input.zero_()
-        grad_weight.zero_()
-    else:
-        _backend_module(input.device).backward(
-            grad_input, grad_weight, grad_output, input, weight, padding, active, crop
-        )
-    return grad_input, grad_weight
+    return _backend_module(input.device).backward(grad_output, input, weight, padding, active, crop)
 
 
 @shift_backward.register_fake
 def _(grad_output, input, weight, padding, active, crop):
-    return _allocate_grads(input, weight)
+    return _spec.empty_grads(input, weight)
+
+
+def _eager_cpp(input: Tensor, weight: Tensor) -> bool:
+    """Whether a call may bypass the custom ops: plain CPU tensors, nothing tracing or
+    intercepting ops, and the C++ backend selected (see ``cpu/ops.cpp`` for why)."""
+    return (
+        type(input) is Tensor
+        and type(weight) in _PLAIN
+        and input.device.type == "cpu"
+        and not input.is_quantized
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch._C._is_torch_function_mode_enabled()
+        and torch._C._len_torch_dispatch_stack() == 0
+        and not torch._C._are_functorch_transforms_active()
+        and backend.resolve(input.device) == "cpp"
+    )
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def apply_shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]) -> Tensor:
+    """:func:`shift` with autograd; plain eager CPU calls take the C++ fast path, which runs
+    the same kernels without torch's Python custom-op wrappers."""
+    if _eager_cpp(input, weight):
+        from .cpu import loader
+
+        return loader.shift_autograd(input, weight, padding, active, crop)
+    return shift(input, weight, padding, active, crop)
 
 
 def _setup_context(ctx, inputs, output):
@@ -122,16 +124,14 @@ shift_backward.register_autograd(_no_double_backward, setup_context=lambda ctx, 
 @torch.library.custom_op("torchshift2::shift_", mutates_args=("input",))
 def shift_(input: Tensor, weight: Tensor, padding: str) -> None:
     """SSL forward in place (no crop, no autograd): only moving channels are touched."""
-    _check_finite(weight)
     if input.numel() == 0:
+        _spec.check_finite(weight)
         return
     module = _backend_module(input.device)
     if hasattr(module, "shift_inplace"):
         module.shift_inplace(input, weight, padding)
     else:  # backends without an in-place kernel: out of place, then copy back
-        out = _allocate_output(input, [0, 0] * (input.dim() - 2))
-        module.forward(out, input, weight, padding, False, [0, 0] * (input.dim() - 2), 0)
-        input.copy_(out)
+        input.copy_(module.forward(input, weight, padding, False, [0, 0] * (input.dim() - 2), 0))
 
 
 @shift_.register_fake
@@ -149,13 +149,10 @@ def _shift_quantized(input, weight, padding, active, crop):
         raise ValueError(
             f"input: expected a per-tensor affine quantized tensor, got {input.qscheme()}"
         )
-    _check_finite(weight)
     values = input.int_repr()
-    out = _allocate_output(values, crop)
-    if out.numel():
-        _backend_module(values.device).forward(
-            out, values, weight, padding, False, crop, input.q_zero_point()
-        )
+    out = _backend_module(values.device).forward(
+        values, weight, padding, False, crop, input.q_zero_point()
+    )
     return torch._make_per_tensor_quantized_tensor(out, input.q_scale(), input.q_zero_point())
 
 

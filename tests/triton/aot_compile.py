@@ -85,10 +85,10 @@ def run_case(ndim, padding, active, channels_last, dtype, big=False):
     out = torch.empty([2, 8] + [[6, 5, 7][d] - 1 for d in range(ndim)], dtype=dtype)
     if channels_last:
         out = _channels_last(out)
-    backend_module.forward(out, x, weight, padding, active, crop, 0)
+    backend_module.forward_into(out, x, weight, padding, active, crop, 0)
     if dtype.is_floating_point:
         grad_input, grad_weight = torch.empty_like(x), torch.empty_like(weight)
-        backend_module.backward(grad_input, grad_weight, out, x, weight, padding, active, crop)
+        backend_module.backward_into(grad_input, grad_weight, out, x, weight, padding, active, crop)
 
 
 _needs_int64 = backend_module._needs_int64

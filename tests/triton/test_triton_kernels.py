@@ -150,15 +150,15 @@ def test_non_finite_weights_act_as_zero(padding, active):
                            [0.0, float("nan")]], dtype=torch.float64, device=DEVICE)
     crop = [0, 0, 1, 1]
     out = torch.empty(2, 3, 4, 3, dtype=torch.float64, device=DEVICE)
-    triton_backend.forward(out, x, weight, padding, active, crop, 0)
+    triton_backend.forward_into(out, x, weight, padding, active, crop, 0)
     clean = torch.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
     expected = ts.reference.shift(x, clean, padding, active, _spec.pair_crop(crop))
     assert torch.equal(out, expected)
     grad_input, grad_weight = torch.empty_like(x), torch.empty_like(weight)
     g = torch.randn_like(out)
-    triton_backend.backward(grad_input, grad_weight, g, x, weight, padding, active, crop)
+    triton_backend.backward_into(grad_input, grad_weight, g, x, weight, padding, active, crop)
     ref_input, ref_weight = torch.empty_like(x), torch.empty_like(weight)
-    _reference_backend.backward(ref_input, ref_weight, g, x, clean, padding, active, crop)
+    _reference_backend.backward_into(ref_input, ref_weight, g, x, clean, padding, active, crop)
     assert_close(grad_input, ref_input)
     assert_close(grad_weight, ref_weight)
 
@@ -258,7 +258,7 @@ def test_backward_is_deterministic(memory_format):
         for _ in range(2):
             grad_input = _spec.empty_like_layout(x, x.shape)
             grad_weight = torch.empty_like(weight)
-            triton_backend.backward(grad_input, grad_weight, g, x, weight, "border", True,
+            triton_backend.backward_into(grad_input, grad_weight, g, x, weight, "border", True,
                                     [0, 0, 0, 0])
             results.append((grad_input, grad_weight))
     finally:

@@ -1,4 +1,18 @@
-"""Compile ``shift.cpp`` at first use with ``load_inline`` and call its ops.
+"""Compile the C++ kernel at first use with ``load_inline``; the C++ backend.
+
+Sources: ``shift.cpp`` (the kernels), ``output_cache.cpp`` (the allocator of their outputs),
+``ops.cpp`` (op entry points and registrations, ``shift_autograd``: the eager fast path).
+
+The backend interface (shared with :mod:`torchshift2.triton` and the reference)::
+
+    forward(input, weight, padding, active, crop, fill) -> out
+    backward(grad_output, input, weight, padding, active, crop) -> (grad_input, grad_weight)
+    shift_inplace(input, weight, padding) -> None
+
+The kernels allocate ``out`` and ``grad_input`` themselves, from a cache of freed blocks
+(``output_cache.cpp``: big fresh CPU tensors cost more in page faults than the shift
+itself), in the memory format that :func:`torchshift2._spec.is_channels_last` picks; they
+refuse non-finite weights with a ``ValueError``.
 
 The build goes to ``$TORCHSHIFT2_BUILD_DIR`` (default ``~/.cache/torchshift2``) under a name
 that hashes the source, the torch version and the flags: an unchanged source reuses the
@@ -19,9 +33,12 @@ import torch
 
 from .. import _spec
 
-_SOURCE_PATH = Path(__file__).with_name("shift.cpp")
+_SOURCE_PATHS = [
+    Path(__file__).with_name(name) for name in ("output_cache.cpp", "shift.cpp", "channels_last.cpp", "ops.cpp")
+]
 # -march=native is safe because every machine builds its own library: the cache key
 # includes this CPU's identity (see _cpu_identity).
+# -fno-tree-loop-distribute-patterns: short fill loops stay loops (not memset calls).
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-DNDEBUG"]
 _LDFLAGS = ["-fopenmp"]
 #: A lock file older than this was left by a killed build (a normal build takes ~1 min).
@@ -78,9 +95,9 @@ def load():
             raise RuntimeError(f"the C++ kernel failed to build earlier: {_error}") from _error
         from torch.utils import cpp_extension
 
-        source = _SOURCE_PATH.read_text()
+        sources = [path.read_text() for path in _SOURCE_PATHS]
         digest = hashlib.sha256(
-            "\0".join([source, torch.__version__, _cpu_identity(), *_CFLAGS, *_LDFLAGS]).encode()
+            "\0".join([*sources, torch.__version__, _cpu_identity(), *_CFLAGS, *_LDFLAGS]).encode()
         ).hexdigest()[:16]
         name = f"torchshift2_cpu_{digest}"
         directory = _build_directory(name)
@@ -89,7 +106,7 @@ def load():
         try:
             cpp_extension.load_inline(
                 name=name,
-                cpp_sources=[source],
+                cpp_sources=sources,
                 extra_cflags=_CFLAGS,
                 extra_ldflags=_LDFLAGS,
                 build_directory=str(directory),
@@ -106,6 +123,8 @@ def load():
 
 def unavailable_reason() -> Optional[str]:
     """``None`` if the C++ kernel is usable, else why not (building it if needed)."""
+    if _ops is not None:
+        return None
     try:
         load()
     except Exception as error:
@@ -113,15 +132,40 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
-def forward(out, input, weight, padding, active, crop, fill):
-    load().forward(input, weight, out, _spec.padding_code(padding), active, crop, float(fill))
+def forward(input, weight, padding, active, crop, fill):
+    return _ops_or_load().forward(input, weight, _spec.padding_code(padding), active, crop,
+                                  float(fill), _spec.is_channels_last(input))
 
 
-def backward(grad_input, grad_weight, grad_output, input, weight, padding, active, crop):
-    load().backward(
-        grad_output, input, weight, grad_input, grad_weight, _spec.padding_code(padding), active, crop
-    )
+def backward(grad_output, input, weight, padding, active, crop):
+    return _ops_or_load().backward(grad_output, input, weight, _spec.padding_code(padding),
+                                   active, crop, _spec.is_channels_last(input))
+
+
+def shift_autograd(input, weight, padding, active, crop):
+    """The forward with a C++ autograd node (the eager fast path of :func:`torchshift2.ops.apply_shift`)."""
+    return _ops_or_load().shift_autograd(input, weight, padding, _spec.padding_code(padding),
+                                         active, crop, _spec.is_channels_last(input))
 
 
 def shift_inplace(input, weight, padding):
-    load().shift_inplace(input, weight, _spec.padding_code(padding))
+    _ops_or_load().shift_inplace(input, weight, _spec.padding_code(padding))
+
+
+def _ops_or_load():
+    return _ops if _ops is not None else load()
+
+
+def empty_cache() -> None:
+    """Release the free blocks of the output cache (no-op when the kernel is not built)."""
+    if _ops is not None:
+        _ops.empty_cache()
+
+
+def cache_info() -> dict:
+    """The output cache's state: free bytes and blocks, limit, hits and misses."""
+    if _ops is None:
+        return {"free_bytes": 0, "free_blocks": 0, "limit_bytes": None, "hits": 0, "misses": 0}
+    free_bytes, free_blocks, limit, hits, misses = _ops.cache_info()
+    return {"free_bytes": free_bytes, "free_blocks": free_blocks, "limit_bytes": limit,
+            "hits": hits, "misses": misses}

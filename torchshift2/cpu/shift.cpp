@@ -20,6 +20,12 @@
 #include <vector>
 
 namespace torchshift2_cpu {
+
+// output_cache.cpp (compiled into the same library).
+at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype, bool channels_last);
+void empty_cache();
+std::vector<int64_t> cache_info();
+
 namespace {
 
 // Same order as torchshift2._spec.PADDINGS.
@@ -150,9 +156,7 @@ std::vector<ChannelShift<opmath_t>> channel_shifts(const at::Tensor& weight, con
   for (int64_t c = 0; c < g.channels; ++c) {
     for (int64_t d = 0; d < ndim; ++d) {
       const int64_t slot = kSlots - ndim + d;
-      const double value = data[c * ndim + d];
-      TORCH_CHECK(std::isfinite(value), "weight: expected finite values on CPU, got ", value,
-                  " at [", c, ", ", d, "]");
+      const double value = data[c * ndim + d];  // finite: check_finite ran first
       const double base = rounded ? std::nearbyint(value) : std::floor(value);
       shifts[c].shift[slot] = reduce_shift(base, g.length[slot], g.padding);
       shifts[c].frac[slot] = static_cast<opmath_t>(rounded ? 0.0 : value - base);
@@ -235,22 +239,41 @@ void copy_row(const T* x, int64_t xs, T* y, int64_t ys, const Geometry& g, int64
 template <typename T>
 void ssl_forward_plane(const T* x, const int64_t* xs, T* y, const int64_t* ys, const Geometry& g,
                        const ChannelShift<double>& cs, T fill) {
+  // Whole rows moved unchanged (no shift or crop along slot 2, rows dense in both tensors):
+  // the rows whose slot-1 source is inside are one contiguous block in both, so they are one
+  // memcpy (a zero-shift plane is a single memcpy) instead of a call per row.
+  const bool whole_rows = cs.shift[2] == 0 && g.before[2] == 0 &&
+                          g.out_length[2] == g.length[2] && xs[2] == 1 && ys[2] == 1 &&
+                          xs[1] == g.length[2] && ys[1] == g.length[2];
+  const Interior rows = whole_rows ? interior(g.out_length[1], g.length[1], g.before[1],
+                                              cs.shift[1], 1)
+                                   : Interior{0, 0};
   for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
     const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
-    for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
+    auto row = [&](int64_t o1) {
       const int64_t i1 = source_index(o1 + g.before[1] - cs.shift[1], g.length[1], g.padding);
       T* yrow = y + o0 * ys[0] + o1 * ys[1];
       if (i0 == kOutside || i1 == kOutside) {
         for (int64_t o = 0; o < g.out_length[2]; ++o) yrow[o * ys[2]] = fill;
-        continue;
+        return;
       }
       copy_row(x + i0 * xs[0] + i1 * xs[1], xs[2], yrow, ys[2], g, cs.shift[2], fill);
+    };
+    if (i0 == kOutside || rows.hi <= rows.lo) {
+      for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) row(o1);
+      continue;
     }
+    for (int64_t o1 = 0; o1 < rows.lo; ++o1) row(o1);
+    std::memcpy(y + o0 * ys[0] + rows.lo * ys[1],
+                x + i0 * xs[0] + (rows.lo + g.before[1] - cs.shift[1]) * xs[1],
+                (rows.hi - rows.lo) * g.length[2] * sizeof(T));
+    for (int64_t o1 = rows.hi; o1 < g.out_length[1]; ++o1) row(o1);
   }
 }
 
+// Any strides (the fallback of ssl_forward_planes).
 template <typename T>
-void ssl_forward_planes(const T* in, T* out, const Geometry& g, const Strides& is,
+void ssl_forward_planes_strided(const T* in, T* out, const Geometry& g, const Strides& is,
                         const Strides& os, const std::vector<ChannelShift<double>>& shifts,
                         T fill) {
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
@@ -294,151 +317,6 @@ void ssl_shift_inplace(T* data, const Geometry& g, const Strides& st,
             for (int64_t i2 = 0; i2 < g.length[2]; ++i2) dst[i2] = row[i2 * st.slot[2]];
         }
       ssl_forward_plane(static_cast<const T*>(b), dense, p, st.slot, g, shifts[c], fill);
-    }
-  });
-}
-
-// Channels-last: one task per output row (n, o0, o1) and, inside, each channel's row copied
-// with stride C. The row (W x C elements) stays in L1, so it leaves as whole cache lines.
-template <typename T>
-void ssl_forward_channels_last(const T* in, T* out, const Geometry& g, const Strides& is,
-                               const Strides& os,
-                               const std::vector<ChannelShift<double>>& shifts, T fill) {
-  const int64_t rows = g.batch * g.out_length[0] * g.out_length[1];
-  const int64_t grain =
-      std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_length[2] * g.channels));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (g.out_length[0] * g.out_length[1]);
-      const int64_t o0 = (r / g.out_length[1]) % g.out_length[0], o1 = r % g.out_length[1];
-      T* yrow = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
-      for (int64_t c = 0; c < g.channels; ++c) {
-        const ChannelShift<double>& cs = shifts[c];
-        const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
-        const int64_t i1 = source_index(o1 + g.before[1] - cs.shift[1], g.length[1], g.padding);
-        T* y = yrow + c * os.channel;
-        if (i0 == kOutside || i1 == kOutside) {
-          for (int64_t o = 0; o < g.out_length[2]; ++o) y[o * os.slot[2]] = fill;
-          continue;
-        }
-        copy_row(in + n * is.batch + c * is.channel + i0 * is.slot[0] + i1 * is.slot[1],
-                 is.slot[2], y, os.slot[2], g, cs.shift[2], fill);
-      }
-    }
-  });
-}
-
-// ---------------------------------------------------------------------------------------
-// Active forward: out = sum over corners of their weights times the padded reads (SPEC §3).
-
-// Interior of an active output row: y[o] = sum_r c0[r] * src_r[o] + c1[r] * src_r[o - 1].
-template <int kRows, typename scalar_t, typename opmath_t>
-void interpolate_interior(scalar_t* y, const scalar_t* const* src, const opmath_t* c0,
-                          const opmath_t* c1, int64_t lo, int64_t hi) {
-#pragma omp simd
-  for (int64_t o = lo; o < hi; ++o) {
-    opmath_t value = 0;
-    for (int r = 0; r < kRows; ++r)
-      value += c0[r] * static_cast<opmath_t>(src[r][o]) +
-               c1[r] * static_cast<opmath_t>(src[r][o - 1]);
-    y[o] = static_cast<scalar_t>(value);
-  }
-}
-
-// One active output row along slot 2 from the source rows of the outer corners:
-// y[o] = sum_r weight_r ((1 - f) V_r(k) + f V_r(k - 1)), k = o + before - shift.
-template <typename scalar_t, typename opmath_t>
-void interpolate_row(scalar_t* y, int64_t ys, const Row<opmath_t>* rows, int count,
-                     const scalar_t* x, int64_t xs, const Geometry& g, int64_t shift,
-                     opmath_t frac) {
-  const int64_t out_length = g.out_length[2], length = g.length[2], before = g.before[2];
-  opmath_t c0[kMaxRows], c1[kMaxRows];
-  for (int r = 0; r < count; ++r) {
-    c0[r] = rows[r].weight * (1 - frac);
-    c1[r] = rows[r].weight * frac;
-  }
-  const Interior in = interior(out_length, length, before, shift, 2);
-  auto read = [&](const scalar_t* row, int64_t k) -> opmath_t {
-    const int64_t idx = source_index(k, length, g.padding);
-    return idx == kOutside ? opmath_t(0) : static_cast<opmath_t>(row[idx * xs]);
-  };
-  auto edge = [&](int64_t o) {
-    const int64_t k = o + before - shift;
-    opmath_t value = 0;
-    for (int r = 0; r < count; ++r)
-      value += c0[r] * read(x + rows[r].offset, k) + c1[r] * read(x + rows[r].offset, k - 1);
-    y[o * ys] = static_cast<scalar_t>(value);
-  };
-  for (int64_t o = 0; o < in.lo; ++o) edge(o);
-  for (int64_t o = in.hi; o < out_length; ++o) edge(o);
-  if (xs == 1 && ys == 1 && count > 0) {
-    const scalar_t* src[kMaxRows];
-    for (int r = 0; r < count; ++r) src[r] = x + rows[r].offset + before - shift;
-    switch (count) {
-      case 1: interpolate_interior<1>(y, src, c0, c1, in.lo, in.hi); break;
-      case 2: interpolate_interior<2>(y, src, c0, c1, in.lo, in.hi); break;
-      case 3: interpolate_interior<3>(y, src, c0, c1, in.lo, in.hi); break;
-      default: interpolate_interior<4>(y, src, c0, c1, in.lo, in.hi); break;
-    }
-  } else {
-    for (int64_t o = in.lo; o < in.hi; ++o) {
-      const int64_t k = o + before - shift;
-      opmath_t value = 0;
-      for (int r = 0; r < count; ++r) {
-        const scalar_t* src = x + rows[r].offset + k * xs;
-        value += c0[r] * static_cast<opmath_t>(src[0]) + c1[r] * static_cast<opmath_t>(src[-xs]);
-      }
-      y[o * ys] = static_cast<scalar_t>(value);
-    }
-  }
-}
-
-// Channels-last active forward: output rows outside, channels inside (as the SSL one).
-template <typename scalar_t>
-void active_forward_channels_last(
-    const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is, const Strides& os,
-    const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t rows_total = g.batch * g.out_length[0] * g.out_length[1];
-  const int64_t grain =
-      std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_length[2] * g.channels));
-  at::parallel_for(0, rows_total, grain, [&](int64_t begin, int64_t end) {
-    Row<opmath_t> rows[kMaxRows];
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (g.out_length[0] * g.out_length[1]);
-      const int64_t o0 = (r / g.out_length[1]) % g.out_length[0], o1 = r % g.out_length[1];
-      scalar_t* yrow = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
-      for (int64_t c = 0; c < g.channels; ++c) {
-        const auto& cs = shifts[c];
-        const int count = outer_rows(rows, g, cs, o0, o1, is.slot[0], is.slot[1], true);
-        interpolate_row(yrow + c * os.channel, os.slot[2], rows, count,
-                        in + n * is.batch + c * is.channel, is.slot[2], g, cs.shift[2],
-                        cs.frac[2]);
-      }
-    }
-  });
-}
-
-template <typename scalar_t>
-void active_forward_planes(const scalar_t* in, scalar_t* out, const Geometry& g,
-                           const Strides& is, const Strides& os,
-                           const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
-  at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
-    Row<opmath_t> rows[kMaxRows];
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / g.channels, c = p % g.channels;
-      const auto& cs = shifts[c];
-      const scalar_t* x = in + n * is.batch + c * is.channel;
-      scalar_t* y = out + n * os.batch + c * os.channel;
-      for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
-        for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
-          const int count = outer_rows(rows, g, cs, o0, o1, is.slot[0], is.slot[1], true);
-          interpolate_row(y + o0 * os.slot[0] + o1 * os.slot[1], os.slot[2], rows, count, x,
-                          is.slot[2], g, cs.shift[2], cs.frac[2]);
-        }
-      }
     }
   });
 }
@@ -876,6 +754,311 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
 }
 
 // ---------------------------------------------------------------------------------------
+// Planar kernels: every (n, c) plane is dense along slot 2 (unit stride). All per-channel
+// index work (which source row each output row reads, where a row needs its padding rule)
+// is done once per call into per-channel tables; the per-row code is a short vector loop
+// over the row's interior plus a list of edge terms.
+
+// How the outputs of one slot read their sources: output o, tap a reads
+// source_index(o + before - shift - a) (kOutside: zeros padding).
+struct SlotTaps {
+  int taps = 1;
+  std::vector<int64_t> src;  // [o * taps + a]
+};
+
+SlotTaps slot_taps(int64_t out_length, int64_t length, int64_t before, int64_t shift, int taps,
+                   int64_t padding) {
+  SlotTaps t;
+  t.taps = taps;
+  t.src.resize(out_length * taps);
+  for (int64_t o = 0; o < out_length; ++o)
+    for (int a = 0; a < taps; ++a)
+      t.src[o * taps + a] = source_index(o + before - shift - a, length, padding);
+  return t;
+}
+
+// A stencil along slot 2: dst[j] = sum_a tap[a] * src[j + offset[a]] for j in [lo, hi)
+// (no padding there), and for every other j of [0, length): zero, plus the edge terms
+// (dst_j, src_m, a): dst[j] += tap[a] * src[m], applied in order after the interior.
+struct RowPlan {
+  int64_t length = 0, lo = 0, hi = 0;
+  int64_t offset[2] = {0, 0};
+  std::vector<int64_t> edge_dst, edge_src;
+  std::vector<int8_t> edge_tap;
+  void edge(int64_t j, int64_t m, int a) {
+    edge_dst.push_back(j);
+    edge_src.push_back(m);
+    edge_tap.push_back(static_cast<int8_t>(a));
+  }
+};
+
+// The forward along slot 2: output o, tap a reads source o + before - shift - a.
+RowPlan forward_row_plan(int64_t out_length, int64_t length, int64_t before, int64_t shift,
+                         int taps, int64_t padding) {
+  RowPlan p;
+  p.length = out_length;
+  const Interior in = interior(out_length, length, before, shift, taps);
+  p.lo = in.lo;
+  p.hi = in.hi;
+  for (int a = 0; a < taps; ++a) p.offset[a] = before - shift - a;
+  for (int64_t o = 0; o < out_length; ++o) {
+    if (o >= p.lo && o < p.hi) continue;
+    for (int a = 0; a < taps; ++a) {
+      const int64_t m = source_index(o + before - shift - a, length, padding);
+      if (m != kOutside) p.edge(o, m, a);
+    }
+  }
+  return p;
+}
+
+// dst[j] for j in [0, p.length) from K source rows with coefficients coef[k] and the slot-2
+// taps tap[a] (SPEC §3 forward rows and §4 grad_input rows alike); kAdd adds to dst instead
+// (more source rows than one call takes). dst is op-math.
+template <int K, int A, bool kAdd, typename scalar_t, typename opmath_t>
+inline void stencil_row(opmath_t* __restrict__ dst, const scalar_t* const* src,
+                        const opmath_t* coef, const opmath_t* tap, const RowPlan& p) {
+  opmath_t c[K][A];
+  const scalar_t* s[K][A];
+  for (int k = 0; k < K; ++k)
+    for (int a = 0; a < A; ++a) {
+      c[k][a] = coef[k] * tap[a];
+      s[k][a] = src[k] + p.offset[a];
+    }
+  if (!kAdd)
+    for (int64_t j = 0; j < p.lo; ++j) dst[j] = opmath_t(0);
+#pragma omp simd
+  for (int64_t j = p.lo; j < p.hi; ++j) {
+    opmath_t v = kAdd ? dst[j] : opmath_t(0);
+    for (int k = 0; k < K; ++k)
+      for (int a = 0; a < A; ++a) v += c[k][a] * static_cast<opmath_t>(s[k][a][j]);
+    dst[j] = v;
+  }
+  if (!kAdd)
+    for (int64_t j = p.hi; j < p.length; ++j) dst[j] = opmath_t(0);
+  const size_t edges = p.edge_dst.size();
+  for (size_t e = 0; e < edges; ++e) {
+    opmath_t v = 0;
+    for (int k = 0; k < K; ++k) v += coef[k] * static_cast<opmath_t>(src[k][p.edge_src[e]]);
+    dst[p.edge_dst[e]] += tap[p.edge_tap[e]] * v;
+  }
+}
+
+// Any number of source rows, four at a time.
+template <int A, typename scalar_t, typename opmath_t>
+void stencil_rows(opmath_t* dst, int64_t count, const scalar_t* const* src, const opmath_t* coef,
+                  const opmath_t* tap, const RowPlan& p) {
+  if (count == 0) {
+    std::fill(dst, dst + p.length, opmath_t(0));
+    return;
+  }
+  for (int64_t k = 0; k < count; k += 4) {
+    const int64_t m = std::min<int64_t>(4, count - k);
+#define TS2_STENCIL(K)                                                    \
+  (k == 0 ? stencil_row<K, A, false>(dst, src + k, coef + k, tap, p)     \
+          : stencil_row<K, A, true>(dst, src + k, coef + k, tap, p))
+    switch (m) {
+      case 1: TS2_STENCIL(1); break;
+      case 2: TS2_STENCIL(2); break;
+      case 3: TS2_STENCIL(3); break;
+      default: TS2_STENCIL(4); break;
+    }
+#undef TS2_STENCIL
+  }
+}
+
+// Writes an op-math row into the output (a copy when the types agree, a rounding otherwise).
+template <typename scalar_t, typename opmath_t>
+inline void store_row(scalar_t* dst, const opmath_t* src, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+// Tap weights of one slot: (1 - frac, frac), or (1) for SSL / a missing slot.
+template <typename opmath_t>
+struct TapWeights {
+  int taps = 1;
+  opmath_t w[2] = {1, 0};
+};
+
+template <typename opmath_t>
+TapWeights<opmath_t> tap_weights(bool interpolate, bool real, opmath_t frac) {
+  TapWeights<opmath_t> t;
+  if (interpolate && real) {
+    t.taps = 2;
+    t.w[0] = 1 - frac;
+    t.w[1] = frac;
+  }
+  return t;
+}
+
+// --- Forward ---------------------------------------------------------------------------
+
+// SSL, one plane, when a slab (slots 1, 2) is one flat run in both tensors and slot 2 is
+// not cropped: the rows of a slab whose source rows are inside are one memcpy, shifted by
+// the slot-2 shift; the few columns per row that this wraps are then fixed.
+struct FlatSSL {
+  Interior rows{0, 0};
+  int64_t s2 = 0;
+  std::vector<int64_t> edge_col, edge_src;  // columns to fix, source column or kOutside
+};
+
+template <typename T>
+void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f, int64_t s1,
+                           T fill) {
+  const int64_t L1 = g.length[1], L2 = g.length[2], O1 = g.out_length[1], b1 = g.before[1];
+  auto row_from = [&](int64_t o1, const T* src) {
+    T* yr = y + o1 * L2;
+    if (src == nullptr) {
+      std::fill(yr, yr + L2, fill);
+      return;
+    }
+    const int64_t lo = clamp(f.s2, 0, L2), hi = clamp(L2 + f.s2, lo, L2);
+    if (hi > lo) std::memcpy(yr + lo, src + lo - f.s2, (hi - lo) * sizeof(T));
+    for (size_t e = 0; e < f.edge_col.size(); ++e)
+      yr[f.edge_col[e]] = f.edge_src[e] == kOutside ? fill : src[f.edge_src[e]];
+  };
+  for (int64_t o1 = 0; o1 < f.rows.lo; ++o1) {
+    const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
+    row_from(o1, i1 == kOutside ? nullptr : x + i1 * L2);
+  }
+  if (f.rows.hi > f.rows.lo) {
+    // Flat copy of the interior rows; reads clamped to the slab, the clamped elements are
+    // edge columns of the first / last row and are written by the fix-up below.
+    int64_t dst = f.rows.lo * L2, src = (f.rows.lo + b1 - s1) * L2 - f.s2;
+    int64_t n = (f.rows.hi - f.rows.lo) * L2;
+    if (src < 0) {
+      dst -= src;
+      n += src;
+      src = 0;
+    }
+    n = std::min(n, L1 * L2 - src);
+    if (n > 0) std::memcpy(y + dst, x + src, n * sizeof(T));
+    for (int64_t o1 = f.rows.lo; o1 < f.rows.hi; ++o1) {
+      T* yr = y + o1 * L2;
+      const T* xr = x + (o1 + b1 - s1) * L2;
+      for (size_t e = 0; e < f.edge_col.size(); ++e)
+        yr[f.edge_col[e]] = f.edge_src[e] == kOutside ? fill : xr[f.edge_src[e]];
+    }
+  }
+  for (int64_t o1 = std::max(f.rows.hi, f.rows.lo); o1 < O1; ++o1) {
+    const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
+    row_from(o1, i1 == kOutside ? nullptr : x + i1 * L2);
+  }
+}
+
+template <typename T>
+void ssl_forward_planes(const T* in, T* out, const Geometry& g, const Strides& is,
+                           const Strides& os, const std::vector<ChannelShift<double>>& shifts,
+                           T fill) {
+  const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
+  const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
+  const bool flat = O2 == L2 && (is.slot[2] == 1 || L2 == 1) && (os.slot[2] == 1 || L2 == 1) &&
+                    (is.slot[1] == L2 || L1 == 1) && (os.slot[1] == L2 || O1 == 1);
+  if (!flat) {
+    ssl_forward_planes_strided(in, out, g, is, os, shifts, fill);
+    return;
+  }
+  std::vector<FlatSSL> plans(g.channels);
+  for (int64_t c = 0; c < g.channels; ++c) {
+    FlatSSL& f = plans[c];
+    const auto& cs = shifts[c];
+    f.rows = interior(O1, L1, g.before[1], cs.shift[1], 1);
+    f.s2 = cs.shift[2];
+    const Interior cols = interior(L2, L2, 0, f.s2, 1);
+    for (int64_t o = 0; o < L2; ++o) {
+      if (o >= cols.lo && o < cols.hi) continue;
+      f.edge_col.push_back(o);
+      f.edge_src.push_back(source_index(o - f.s2, L2, g.padding));
+    }
+  }
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
+  at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.channels, c = p % g.channels;
+      const T* x = in + n * is.batch + c * is.channel;
+      T* y = out + n * os.batch + c * os.channel;
+      for (int64_t o0 = 0; o0 < O0; ++o0) {
+        T* ys = y + o0 * os.slot[0];
+        const int64_t i0 = source_index(o0 + g.before[0] - shifts[c].shift[0], L0, g.padding);
+        if (i0 == kOutside) {
+          for (int64_t o1 = 0; o1 < O1; ++o1) std::fill(ys + o1 * L2, ys + o1 * L2 + L2, fill);
+          continue;
+        }
+        ssl_forward_slab_flat(x + i0 * is.slot[0], ys, g, plans[c], shifts[c].shift[1], fill);
+      }
+    }
+  });
+}
+
+// Active forward: per channel the taps of slots 0 / 1 and the slot-2 row plan; per output
+// row the up to four source rows it interpolates between, then one stencil row.
+template <typename opmath_t>
+struct ForwardPlan {
+  SlotTaps t0, t1;
+  TapWeights<opmath_t> w0, w1, w2;
+  RowPlan row;
+};
+
+template <typename scalar_t>
+void active_forward_planes(const scalar_t* in, scalar_t* out, const Geometry& g,
+                              const Strides& is, const Strides& os,
+                              const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
+  TORCH_INTERNAL_ASSERT(is.slot[2] == 1 || g.length[2] == 1, "planar input must be unit-stride");
+  const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
+  std::vector<ForwardPlan<opmath_t>> plans(g.channels);
+  for (int64_t c = 0; c < g.channels; ++c) {
+    const auto& cs = shifts[c];
+    ForwardPlan<opmath_t>& f = plans[c];
+    f.w0 = tap_weights<opmath_t>(true, g.real[0], cs.frac[0]);
+    f.w1 = tap_weights<opmath_t>(true, g.real[1], cs.frac[1]);
+    f.w2 = tap_weights<opmath_t>(true, g.real[2], cs.frac[2]);
+    f.t0 = slot_taps(O0, g.length[0], g.before[0], cs.shift[0], f.w0.taps, g.padding);
+    f.t1 = slot_taps(O1, g.length[1], g.before[1], cs.shift[1], f.w1.taps, g.padding);
+    f.row = forward_row_plan(O2, g.length[2], g.before[2], cs.shift[2], f.w2.taps, g.padding);
+  }
+  const bool dense_out = os.slot[2] == 1 || O2 == 1;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
+  at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
+    std::vector<opmath_t> buffer(kDirect && dense_out ? 0 : O2);
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.channels, c = p % g.channels;
+      const ForwardPlan<opmath_t>& f = plans[c];
+      const scalar_t* x = in + n * is.batch + c * is.channel;
+      scalar_t* y = out + n * os.batch + c * os.channel;
+      const scalar_t* src[4];
+      opmath_t coef[4];
+      for (int64_t o0 = 0; o0 < O0; ++o0)
+        for (int64_t o1 = 0; o1 < O1; ++o1) {
+          int count = 0;
+          for (int a0 = 0; a0 < f.w0.taps; ++a0) {
+            const int64_t i0 = f.t0.src[o0 * f.w0.taps + a0];
+            if (i0 == kOutside) continue;
+            for (int a1 = 0; a1 < f.w1.taps; ++a1) {
+              const int64_t i1 = f.t1.src[o1 * f.w1.taps + a1];
+              if (i1 == kOutside) continue;
+              src[count] = x + i0 * is.slot[0] + i1 * is.slot[1];
+              coef[count++] = f.w0.w[a0] * f.w1.w[a1];
+            }
+          }
+          scalar_t* yr = y + o0 * os.slot[0] + o1 * os.slot[1];
+          opmath_t* dst = buffer.empty() ? reinterpret_cast<opmath_t*>(yr) : buffer.data();
+          if (f.w2.taps == 2)
+            stencil_rows<2>(dst, count, src, coef, f.w2.w, f.row);
+          else
+            stencil_rows<1>(dst, count, src, coef, f.w2.w, f.row);
+          if (buffer.empty()) continue;
+          if (dense_out)
+            store_row(yr, dst, O2);
+          else
+            for (int64_t o = 0; o < O2; ++o) yr[o * os.slot[2]] = static_cast<scalar_t>(dst[o]);
+        }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
 // Channels-last kernels. The tensors they read through per-channel pointers have channel
 // stride 1 and slot-2 stride C, so a row (n, o0, o1) is one contiguous W x C block. Per row,
 // each channel (and each outer interpolation corner) gets one source pointer; then every
@@ -968,47 +1151,6 @@ EdgeTable read_edges(const Geometry& g, const std::vector<int64_t>& shift, int c
                     });
 }
 
-template <typename T>
-void ssl_forward_cl(const T* in, T* out, const Geometry& g, const Strides& is, const Strides& os,
-                    const std::vector<ChannelShift<double>>& shifts, T fill) {
-  const int64_t C = g.channels, L2 = g.length[2], O0 = g.out_length[0], O1 = g.out_length[1],
-                O2 = g.out_length[2], b2 = g.before[2];
-  const std::vector<int64_t> s0 = slot_shifts(shifts, 0), s1 = slot_shifts(shifts, 1),
-                             s2 = slot_shifts(shifts, 2);
-  const EdgeTable edges = read_edges(g, s2, 1);
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
-  at::parallel_for(0, g.batch * O0 * O1, grain, [&](int64_t begin, int64_t end) {
-    const std::vector<T> pad((L2 + 2) * C, fill);
-    std::vector<const T*> base(C), q(C);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
-      const T* x = in + n * is.batch;
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t i0 = source_index(o0 + g.before[0] - s0[c], g.length[0], g.padding);
-        const int64_t i1 = source_index(o1 + g.before[1] - s1[c], g.length[1], g.padding);
-        base[c] = (i0 == kOutside || i1 == kOutside) ? pad.data() + C + c
-                                                     : x + i0 * is.slot[0] + i1 * is.slot[1] + c;
-        q[c] = base[c] + (b2 - s2[c]) * C;
-      }
-      T* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
-      const T* const* bp = base.data();
-      for (size_t e = 0; e < edges.columns.size(); ++e) {
-        T* __restrict__ yw = y + edges.columns[e] * C;
-        const int64_t* eo = edges.off[0].data() + e * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yw[c] = eo[c] < 0 ? fill : bp[c][eo[c]];
-      }
-      const T* const* qp = q.data();
-      for (int64_t w = edges.mid.lo; w < edges.mid.hi; ++w) {
-        T* __restrict__ yw = y + w * C;
-        const int64_t off = w * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) yw[c] = qp[c][off];
-      }
-    }
-  });
-}
-
 // Outer corner r of R: (a0, a1) = (r / corners1, r % corners1).
 template <int R>
 inline void outer_corner(int r, int& a0, int& a1) {
@@ -1025,86 +1167,6 @@ inline opmath_t outer_weight(int r, opmath_t f0, opmath_t f1) {
   const opmath_t w0 = R == 4 ? (a0 ? f0 : 1 - f0) : opmath_t(1);
   const opmath_t w1 = R >= 2 ? (a1 ? f1 : 1 - f1) : opmath_t(1);
   return w0 * w1;
-}
-
-template <typename scalar_t, int R>
-void active_forward_cl(const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is,
-                       const Strides& os,
-                       const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t C = g.channels, L2 = g.length[2], O0 = g.out_length[0], O1 = g.out_length[1],
-                O2 = g.out_length[2], b2 = g.before[2];
-  const std::vector<int64_t> s0 = slot_shifts(shifts, 0), s1 = slot_shifts(shifts, 1),
-                             s2 = slot_shifts(shifts, 2);
-  std::vector<opmath_t> c0(R * C), c1(R * C);
-  for (int64_t c = 0; c < C; ++c)
-    for (int r = 0; r < R; ++r) {
-      const opmath_t w = outer_weight<R>(r, shifts[c].frac[0], shifts[c].frac[1]);
-      c0[r * C + c] = w * (1 - shifts[c].frac[2]);
-      c1[r * C + c] = w * shifts[c].frac[2];
-    }
-  const EdgeTable edges = read_edges(g, s2, 2);
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
-  at::parallel_for(0, g.batch * O0 * O1, grain, [&](int64_t begin, int64_t end) {
-    const std::vector<scalar_t> zero((L2 + 2) * C, scalar_t(0));
-    std::vector<const scalar_t*> base(R * C), q(R * C);
-    std::vector<opmath_t> prev(R * C);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / (O0 * O1), o0 = (row / O1) % O0, o1 = row % O1;
-      const scalar_t* x = in + n * is.batch;
-      for (int r = 0; r < R; ++r) {
-        int a0, a1;
-        outer_corner<R>(r, a0, a1);
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t i0 =
-              source_index(o0 + g.before[0] - s0[c] - a0, g.length[0], g.padding);
-          const int64_t i1 =
-              source_index(o1 + g.before[1] - s1[c] - a1, g.length[1], g.padding);
-          const scalar_t* b = (i0 == kOutside || i1 == kOutside)
-                                  ? zero.data() + C + c
-                                  : x + i0 * is.slot[0] + i1 * is.slot[1] + c;
-          base[r * C + c] = b;
-          q[r * C + c] = b + (b2 - s2[c]) * C;
-        }
-      }
-      scalar_t* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
-      const scalar_t* const* bp = base.data();
-      const opmath_t* cp0 = c0.data();
-      const opmath_t* cp1 = c1.data();
-      for (size_t e = 0; e < edges.columns.size(); ++e) {
-        scalar_t* __restrict__ yw = y + edges.columns[e] * C;
-        const int64_t* ei = edges.off[0].data() + e * C;
-        const int64_t* ej = edges.off[1].data() + e * C;
-        for (int64_t c = 0; c < C; ++c) {
-          opmath_t v = 0;
-          for (int r = 0; r < R; ++r) {
-            if (ei[c] >= 0) v += cp0[r * C + c] * static_cast<opmath_t>(bp[r * C + c][ei[c]]);
-            if (ej[c] >= 0) v += cp1[r * C + c] * static_cast<opmath_t>(bp[r * C + c][ej[c]]);
-          }
-          yw[c] = static_cast<scalar_t>(v);
-        }
-      }
-      const int64_t lo = edges.mid.lo, hi = edges.mid.hi;
-      if (lo >= hi) continue;
-      const scalar_t* const* qp = q.data();
-      opmath_t* __restrict__ pv = prev.data();
-      for (int64_t k = 0; k < R * C; ++k) pv[k] = static_cast<opmath_t>(qp[k][(lo - 1) * C]);
-      for (int64_t w = lo; w < hi; ++w) {
-        scalar_t* __restrict__ yw = y + w * C;
-        const int64_t off = w * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          opmath_t v = 0;
-          for (int r = 0; r < R; ++r) {
-            const opmath_t cur = static_cast<opmath_t>(qp[r * C + c][off]);
-            v += cp0[r * C + c] * cur + cp1[r * C + c] * pv[r * C + c];
-            pv[r * C + c] = cur;
-          }
-          yw[c] = static_cast<scalar_t>(v);
-        }
-      }
-    }
-  });
 }
 
 // Channels-last backward. Tasks are (n, block of CB channels): each owns its grad_input
@@ -1414,209 +1476,6 @@ void combine_corner_partials(const double* partials, int64_t batch, const at::Te
   grad_weight.copy_(total);
 }
 
-at::ScalarType carrier_type(int64_t element_size) {
-  switch (element_size) {
-    case 1: return at::kByte;
-    case 2: return at::kShort;
-    case 4: return at::kInt;
-    case 8: return at::kLong;
-    default: TORCH_CHECK(false, "input: unsupported element size ", element_size);
-  }
-}
-
-bool channels_inner(const at::Tensor& t) {
-  return t.size(1) > 1 && t.stride(1) == 1 && t.stride(t.dim() - 1) != 1;
-}
-
-void check_common(const at::Tensor& input, const at::Tensor& weight) {
-  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(),
-              "torchshift2_cpu: expected CPU tensors, got input on ", input.device(),
-              " and weight on ", weight.device());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == input.size(1) &&
-                  weight.size(1) == input.dim() - 2,
-              "weight: expected shape (", input.size(1), ", ", input.dim() - 2, "), got ",
-              weight.sizes());
-  TORCH_CHECK(at::isFloatingType(weight.scalar_type()), "weight: expected a floating dtype, got ",
-              weight.scalar_type());
-}
-
-void check_output(const at::Tensor& t, at::IntArrayRef sizes, at::ScalarType dtype,
-                  const char* name) {
-  TORCH_CHECK(t.sizes() == sizes && t.scalar_type() == dtype && t.device().is_cpu(), name,
-              ": expected a CPU tensor of shape ", sizes, " and dtype ", dtype, ", got ",
-              t.sizes(), " ", t.scalar_type());
-}
-
-std::vector<int64_t> output_sizes(const at::Tensor& input, const Geometry& g) {
-  std::vector<int64_t> sizes{input.size(0), input.size(1)};
-  const int64_t ndim = input.dim() - 2;
-  for (int64_t d = 0; d < ndim; ++d) sizes.push_back(g.out_length[kSlots - ndim + d]);
-  return sizes;
-}
-
-void forward(const at::Tensor& input_, const at::Tensor& weight, at::Tensor out, int64_t padding,
-             bool active, at::IntArrayRef crop, double fill) {
-  check_common(input_, weight);
-  const Geometry g = geometry_of(input_, padding, crop);
-  check_output(out, output_sizes(input_, g), input_.scalar_type(), "out");
-  if (out.numel() == 0) return;
-  const at::Tensor input = input_.is_non_overlapping_and_dense() ? input_ : input_.contiguous();
-  const Strides is = strides_of(input), os = strides_of(out);
-  const bool cl = channels_inner(input);
-  const bool cl_rows = cl && channel_rows(input) && channel_rows(out);
-  if (!active) {
-    const auto shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
-    const at::ScalarType carrier = carrier_type(input.element_size());
-    const at::Tensor fill_value = at::full({}, fill, input.options()).view(carrier);
-    AT_DISPATCH_INTEGRAL_TYPES(carrier, "torchshift2_ssl_forward", [&] {
-      const scalar_t* src = static_cast<const scalar_t*>(input.const_data_ptr());
-      scalar_t* dst = static_cast<scalar_t*>(out.data_ptr());
-      const scalar_t f = fill_value.item<scalar_t>();
-      if (cl_rows)
-        ssl_forward_cl(src, dst, g, is, os, shifts, f);
-      else if (cl)
-        ssl_forward_channels_last(src, dst, g, is, os, shifts, f);
-      else
-        ssl_forward_planes(src, dst, g, is, os, shifts, f);
-    });
-    return;
-  }
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()),
-              "input: active=True needs a floating dtype, got ", input.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "torchshift2_active_forward", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const auto shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
-    if (cl_rows) {
-      const scalar_t* src = input.const_data_ptr<scalar_t>();
-      scalar_t* dst = out.data_ptr<scalar_t>();
-      switch (input.dim()) {
-        case 3: active_forward_cl<scalar_t, 1>(src, dst, g, is, os, shifts); break;
-        case 4: active_forward_cl<scalar_t, 2>(src, dst, g, is, os, shifts); break;
-        default: active_forward_cl<scalar_t, 4>(src, dst, g, is, os, shifts); break;
-      }
-    } else if (cl)
-      active_forward_channels_last(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g,
-                                   is, os, shifts);
-    else
-      active_forward_planes(input.const_data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g, is,
-                            os, shifts);
-  });
-}
-
-void backward(const at::Tensor& grad_output_, const at::Tensor& input_, const at::Tensor& weight,
-              at::Tensor grad_input, at::Tensor grad_weight, int64_t padding, bool active,
-              at::IntArrayRef crop) {
-  check_common(input_, weight);
-  TORCH_CHECK(at::isFloatingType(input_.scalar_type()),
-              "input: gradients need a floating dtype, got ", input_.scalar_type());
-  const Geometry g = geometry_of(input_, padding, crop);
-  check_output(grad_output_, output_sizes(input_, g), input_.scalar_type(), "grad_output");
-  check_output(grad_input, input_.sizes(), input_.scalar_type(), "grad_input");
-  check_output(grad_weight, weight.sizes(), weight.scalar_type(), "grad_weight");
-  if (input_.numel() == 0 || grad_output_.numel() == 0) {
-    grad_input.zero_();
-    grad_weight.zero_();
-    return;
-  }
-  if (channels_inner(input_)) {
-    // Channels-last kernel: rows of input and grad_output must be W x C blocks.
-    const at::Tensor input = channel_rows(input_) ? input_ : channels_last_copy(input_);
-    const at::Tensor grad_output =
-        channel_rows(grad_output_) ? grad_output_ : channels_last_copy(grad_output_);
-    at::Tensor cl_grad = grad_input.stride(1) == 1 ? grad_input : channels_last_empty(input);
-    const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(cl_grad);
-    const int64_t corners = int64_t(2) << (input.dim() - 3);
-    at::Tensor partials = at::empty({g.batch, g.channels, corners}, at::kDouble);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                    "torchshift2_backward_cl", [&] {
-      using opmath_t = at::opmath_type<scalar_t>;
-      const auto interp_shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
-      const auto read_shifts =
-          active ? interp_shifts : channel_shifts<opmath_t>(weight, g, /*rounded=*/true);
-      const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
-      const scalar_t* x = input.const_data_ptr<scalar_t>();
-      scalar_t* gi = cl_grad.data_ptr<scalar_t>();
-      double* part = partials.data_ptr<double>();
-      auto run = [&](auto corners) {
-        constexpr int R = decltype(corners)::value;
-        if (active)
-          backward_cl<scalar_t, R, true>(go, x, gi, part, g, gos, is, gis, read_shifts,
-                                         interp_shifts);
-        else
-          backward_cl<scalar_t, R, false>(go, x, gi, part, g, gos, is, gis, read_shifts,
-                                          interp_shifts);
-      };
-      switch (input.dim()) {
-        case 3: run(std::integral_constant<int, 1>()); break;
-        case 4: run(std::integral_constant<int, 2>()); break;
-        default: run(std::integral_constant<int, 4>()); break;
-      }
-    });
-    if (!cl_grad.is_same(grad_input)) grad_input.copy_(cl_grad);
-    combine_corner_partials(partials.const_data_ptr<double>(), g.batch, weight, grad_weight);
-    return;
-  }
-  // The plane kernel wants each (n, c) plane dense: channels-last and other layouts go
-  // through planar copies, which costs less than strided walks over every plane.
-  const at::Tensor input = input_.contiguous();
-  const at::Tensor grad_output = grad_output_.contiguous();
-  at::Tensor planar_grad = grad_input.is_contiguous() ? grad_input : at::empty_like(input);
-  const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(planar_grad);
-  at::Tensor partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
-                                  "torchshift2_backward", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const auto interp_shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
-    const auto read_shifts =
-        active ? interp_shifts : channel_shifts<opmath_t>(weight, g, /*rounded=*/true);
-    backward_planes(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                    planar_grad.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
-                    gis, active, read_shifts, interp_shifts);
-  });
-  if (!planar_grad.is_same(grad_input)) grad_input.copy_(planar_grad);
-  // Serial fixed-order reduction over the batch; slots of missing leading dims are dropped.
-  const int64_t ndim = input.dim() - 2;
-  at::Tensor total = at::zeros({g.channels, ndim}, at::kDouble);
-  const double* part = partials.const_data_ptr<double>();
-  double* sum = total.data_ptr<double>();
-  for (int64_t n = 0; n < g.batch; ++n)
-    for (int64_t c = 0; c < g.channels; ++c)
-      for (int64_t d = 0; d < ndim; ++d)
-        sum[c * ndim + d] += part[(n * g.channels + c) * kSlots + kSlots - ndim + d];
-  grad_weight.copy_(total);
-}
-
-void shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding) {
-  check_common(input, weight);
-  const int64_t ndim = input.dim() - 2;
-  const std::vector<int64_t> no_crop(2 * std::max<int64_t>(ndim, 0), 0);
-  const Geometry g = geometry_of(input, padding, no_crop);
-  TORCH_CHECK(input.is_non_overlapping_and_dense(),
-              "input: shifting in place needs a dense tensor without overlapping memory");
-  if (input.numel() == 0) return;
-  const auto shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
-  const at::ScalarType carrier = carrier_type(input.element_size());
-  const Strides st = strides_of(input);
-  AT_DISPATCH_INTEGRAL_TYPES(carrier, "torchshift2_shift_inplace", [&] {
-    ssl_shift_inplace(static_cast<scalar_t*>(input.data_ptr()), g, st, shifts, scalar_t(0));
-  });
-}
-
 }  // namespace
-
-TORCH_LIBRARY(torchshift2_cpu, m) {
-  m.def("forward(Tensor input, Tensor weight, Tensor(a!) out, int padding, bool active, "
-        "int[] crop, float fill) -> ()");
-  m.def("backward(Tensor grad_output, Tensor input, Tensor weight, Tensor(a!) grad_input, "
-        "Tensor(b!) grad_weight, int padding, bool active, int[] crop) -> ()");
-  m.def("shift_inplace(Tensor(a!) input, Tensor weight, int padding) -> ()");
-}
-
-TORCH_LIBRARY_IMPL(torchshift2_cpu, CPU, m) {
-  m.impl("forward", &forward);
-  m.impl("backward", &backward);
-  m.impl("shift_inplace", &shift_inplace);
-}
 
 }  // namespace torchshift2_cpu

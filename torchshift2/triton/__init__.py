@@ -1,11 +1,12 @@
 """Triton backend (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``).
 
-The backend interface called by :mod:`torchshift2.ops`::
+The backend interface called by :mod:`torchshift2.ops` (as :mod:`torchshift2.cpu.loader`)::
 
-    forward(out, input, weight, padding, active, crop, fill) -> None
-    backward(grad_input, grad_weight, grad_output, input, weight, padding, active, crop) -> None
+    forward(input, weight, padding, active, crop, fill) -> out
+    backward(grad_output, input, weight, padding, active, crop) -> (grad_input, grad_weight)
 
-Both write into the preallocated outputs. The kernels live in :mod:`.kernels`; this module
+allocate their outputs (:mod:`torchshift2._spec`'s layout rule) and call ``forward_into`` /
+``backward_into``, which write into preallocated outputs of any strides. The kernels live in :mod:`.kernels`; this module
 chooses the layout (planar for contiguous outputs, channels-last for channels-last ones),
 tile sizes and index width, and launches them on the current stream.
 
@@ -38,7 +39,7 @@ import torch
 from .. import _spec
 from . import kernels
 
-__all__ = ["forward", "backward"]
+__all__ = ["forward", "backward", "forward_into", "backward_into"]
 
 #: Launch configuration (benchmarks/gpu_tune.py sweeps these on a GPU): bytes of one dtype
 #: per program tile, the warps of a full tile, and the widest channel block (channels-last).
@@ -230,7 +231,23 @@ def _forward_plan(out, input, weight, padding, active, crop, fill):
     return view, (programs,), scalars, constexprs
 
 
-def forward(out, input, weight, padding, active, crop, fill):
+def forward(input, weight, padding, active, crop, fill):
+    """SPEC §3 into a new tensor."""
+    _spec.check_finite(weight)  # CPU tensors under the interpreter; a no-op on CUDA
+    out = _spec.empty_output(input, crop)
+    forward_into(out, input, weight, padding, active, crop, fill)
+    return out
+
+
+def backward(grad_output, input, weight, padding, active, crop):
+    """SPEC §4 into new ``(grad_input, grad_weight)``."""
+    _spec.check_finite(weight)
+    grad_input, grad_weight = _spec.empty_grads(input, weight)
+    backward_into(grad_input, grad_weight, grad_output, input, weight, padding, active, crop)
+    return grad_input, grad_weight
+
+
+def forward_into(out, input, weight, padding, active, crop, fill):
     """SPEC §3 into the preallocated ``out`` (any strides; contiguous or channels-last)."""
     input = _dense(input)
     key = ("forward", _signature(out), _signature(input), _signature(weight), padding,
@@ -299,7 +316,7 @@ def _backward_plan(grad_input, grad_weight, grad_output, input, weight, padding,
     return grad_input_launch, partials, grad_weight_launch, reduce_launch
 
 
-def backward(grad_input, grad_weight, grad_output, input, weight, padding, active, crop):
+def backward_into(grad_input, grad_weight, grad_output, input, weight, padding, active, crop):
     """SPEC §4 into the preallocated ``grad_input`` (input's shape) and ``grad_weight``."""
     input = _dense(input)
     grad_output = _dense(grad_output)

@@ -1,0 +1,1472 @@
+// torchshift2 CPU kernels for channels-last tensors (channels innermost: channels_last,
+// channels_last_3d, or (N, L, C) for 1D), compiled after shift.cpp into the same library.
+//
+// The shift of channel c by d reads, at every output position o, the source position
+// o + before - d. Channels sharing an offset d form a *tap*; the padding rule of a tap's
+// read depends only on the position, never on the channel, so a tap is a plain vector read
+// of the channels it covers from one source row (SSL: a masked move; Active Shift: each of
+// the 2^D interpolation corners of a channel is a tap with its weight as a per-lane
+// coefficient). A 64-byte block of channels then costs one vector read per tap that
+// covers it: an output row is a sparse depthwise convolution with per-block tap lists.
+// grad_input is the same gather with the adjoint offsets, plus the reads that went
+// through padding folded back (SPEC §4); grad_weight accumulates, per tap, grad_output
+// times the tap's read in per-lane accumulators.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define TS2_AVX512 1
+#endif
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <map>
+#include <set>
+#include <vector>
+
+namespace torchshift2_cpu {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// A minimal 64-byte SIMD layer: AVX-512 where the compiler targets it, plain loops (which
+// the compiler vectorises as it can) elsewhere. Masks select lanes; lane i is bit i.
+
+constexpr int kVectorBytes = 64;
+
+// Raw bits: SSL moves values without looking at them; E is the element size.
+template <int E>
+struct Bits;
+
+#ifdef TS2_AVX512
+template <>
+struct Bits<1> {
+  using V = __m512i;
+  static V or_(V a, V b) { return _mm512_or_si512(a, b); }
+  static V set1(uint64_t v) { return _mm512_set1_epi8(static_cast<char>(v)); }
+  static V load_merge(V acc, uint64_t m, const void* p) {
+    return _mm512_mask_loadu_epi8(acc, static_cast<__mmask64>(m), p);
+  }
+  static V load_zero(uint64_t m, const void* p) {
+    return _mm512_maskz_loadu_epi8(static_cast<__mmask64>(m), p);
+  }
+  static V blend(uint64_t m, V a, V b) { return _mm512_mask_blend_epi8(static_cast<__mmask64>(m), a, b); }
+  static void store(void* p, uint64_t m, V v) {
+    _mm512_mask_storeu_epi8(p, static_cast<__mmask64>(m), v);
+  }
+};
+template <>
+struct Bits<2> {
+  using V = __m512i;
+  static V or_(V a, V b) { return _mm512_or_si512(a, b); }
+  static V set1(uint64_t v) { return _mm512_set1_epi16(static_cast<short>(v)); }
+  static V load_merge(V acc, uint64_t m, const void* p) {
+    return _mm512_mask_loadu_epi16(acc, static_cast<__mmask32>(m), p);
+  }
+  static V load_zero(uint64_t m, const void* p) {
+    return _mm512_maskz_loadu_epi16(static_cast<__mmask32>(m), p);
+  }
+  static V blend(uint64_t m, V a, V b) { return _mm512_mask_blend_epi16(static_cast<__mmask32>(m), a, b); }
+  static void store(void* p, uint64_t m, V v) {
+    _mm512_mask_storeu_epi16(p, static_cast<__mmask32>(m), v);
+  }
+};
+template <>
+struct Bits<4> {
+  using V = __m512i;
+  static V or_(V a, V b) { return _mm512_or_si512(a, b); }
+  static V set1(uint64_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+  static V load_merge(V acc, uint64_t m, const void* p) {
+    return _mm512_mask_loadu_epi32(acc, static_cast<__mmask16>(m), p);
+  }
+  static V load_zero(uint64_t m, const void* p) {
+    return _mm512_maskz_loadu_epi32(static_cast<__mmask16>(m), p);
+  }
+  static V blend(uint64_t m, V a, V b) { return _mm512_mask_blend_epi32(static_cast<__mmask16>(m), a, b); }
+  static void store(void* p, uint64_t m, V v) {
+    _mm512_mask_storeu_epi32(p, static_cast<__mmask16>(m), v);
+  }
+};
+template <>
+struct Bits<8> {
+  using V = __m512i;
+  static V or_(V a, V b) { return _mm512_or_si512(a, b); }
+  static V set1(uint64_t v) { return _mm512_set1_epi64(static_cast<long long>(v)); }
+  static V load_merge(V acc, uint64_t m, const void* p) {
+    return _mm512_mask_loadu_epi64(acc, static_cast<__mmask8>(m), p);
+  }
+  static V load_zero(uint64_t m, const void* p) {
+    return _mm512_maskz_loadu_epi64(static_cast<__mmask8>(m), p);
+  }
+  static V blend(uint64_t m, V a, V b) { return _mm512_mask_blend_epi64(static_cast<__mmask8>(m), a, b); }
+  static void store(void* p, uint64_t m, V v) {
+    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(m), v);
+  }
+};
+#else
+template <int E>
+struct Bits {
+  static constexpr int kLanes = kVectorBytes / E;
+  struct V {
+    uint8_t b[kVectorBytes];
+  };
+  static V set1(uint64_t v) {
+    V r;
+    for (int i = 0; i < kLanes; ++i) std::memcpy(r.b + i * E, &v, E);
+    return r;
+  }
+  static V load_merge(V acc, uint64_t m, const void* p) {
+    for (int i = 0; i < kLanes; ++i)
+      if (m >> i & 1) std::memcpy(acc.b + i * E, static_cast<const uint8_t*>(p) + i * E, E);
+    return acc;
+  }
+  static void store(void* p, uint64_t m, V v) {
+    for (int i = 0; i < kLanes; ++i)
+      if (m >> i & 1) std::memcpy(static_cast<uint8_t*>(p) + i * E, v.b + i * E, E);
+  }
+  static V load_zero(uint64_t m, const void* p) {
+    V r{};
+    return load_merge(r, m, p);
+  }
+  static V or_(V a, V b) {
+    for (int i = 0; i < kVectorBytes; ++i) a.b[i] |= b.b[i];
+    return a;
+  }
+  // Lanes of m from b, the others from a.
+  static V blend(uint64_t m, V a, V b) {
+    for (int i = 0; i < kLanes; ++i)
+      if (m >> i & 1) std::memcpy(a.b + i * E, b.b + i * E, E);
+    return a;
+  }
+};
+#endif
+
+// Arithmetic lanes: float (16) for float / bfloat16 / half storage, double (8) for double.
+// Loads convert from the storage type; lanes outside the mask read as 0.
+template <typename scalar_t>
+struct Math;
+
+#ifdef TS2_AVX512
+template <>
+struct Math<float> {
+  using V = __m512;
+  static constexpr int kLanes = 16;
+  static V zero() { return _mm512_setzero_ps(); }
+  static V load(const float* c) { return _mm512_loadu_ps(c); }
+  static V load(uint64_t m, const float* p) {
+    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p);
+  }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static void store(float* p, uint64_t m, V v) {
+    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), v);
+  }
+  static void spill(float* p, V v) { _mm512_storeu_ps(p, v); }
+};
+template <>
+struct Math<double> {
+  using V = __m512d;
+  static constexpr int kLanes = 8;
+  static V zero() { return _mm512_setzero_pd(); }
+  static V load(const double* c) { return _mm512_loadu_pd(c); }
+  static V load(uint64_t m, const double* p) {
+    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p);
+  }
+  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
+  static void store(double* p, uint64_t m, V v) {
+    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(m), v);
+  }
+  static void spill(double* p, V v) { _mm512_storeu_pd(p, v); }
+};
+template <>
+struct Math<c10::BFloat16> : Math<float> {
+  using Math<float>::load;
+  static V load(uint64_t m, const c10::BFloat16* p) {
+    const __m256i h = _mm256_maskz_loadu_epi16(static_cast<__mmask16>(m), p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  // Round to nearest even as c10::BFloat16 does (NaN becomes the canonical 0x7fc0).
+  static void store(c10::BFloat16* p, uint64_t m, V v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    const __m512i out = _mm512_mask_blend_epi32(nan, rounded, _mm512_set1_epi32(0x7fc0));
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>(m), _mm512_cvtepi32_epi16(out));
+  }
+};
+template <>
+struct Math<c10::Half> : Math<float> {
+  using Math<float>::load;
+  static V load(uint64_t m, const c10::Half* p) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(static_cast<__mmask16>(m), p));
+  }
+  static void store(c10::Half* p, uint64_t m, V v) {
+    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>(m),
+                             _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+};
+#else
+template <typename opmath_t, int L>
+struct PortableMath {
+  struct V {
+    opmath_t v[L];
+  };
+  static constexpr int kLanes = L;
+  static V zero() {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = 0;
+    return r;
+  }
+  static V load(const opmath_t* c) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = c[i];
+    return r;
+  }
+  template <typename T>
+  static V load(uint64_t m, const T* p) {
+    V r;
+    for (int i = 0; i < L; ++i) r.v[i] = m >> i & 1 ? static_cast<opmath_t>(p[i]) : opmath_t(0);
+    return r;
+  }
+  static V fma(V a, V b, V c) {
+    for (int i = 0; i < L; ++i) c.v[i] += a.v[i] * b.v[i];
+    return c;
+  }
+  static V mul(V a, V b) {
+    for (int i = 0; i < L; ++i) a.v[i] *= b.v[i];
+    return a;
+  }
+  static V add(V a, V b) {
+    for (int i = 0; i < L; ++i) a.v[i] += b.v[i];
+    return a;
+  }
+  template <typename T>
+  static void store(T* p, uint64_t m, V v) {
+    for (int i = 0; i < L; ++i)
+      if (m >> i & 1) p[i] = static_cast<T>(v.v[i]);
+  }
+  static void spill(opmath_t* p, V v) {
+    for (int i = 0; i < L; ++i) p[i] = v.v[i];
+  }
+};
+template <>
+struct Math<float> : PortableMath<float, 16> {};
+template <>
+struct Math<double> : PortableMath<double, 8> {};
+template <>
+struct Math<c10::BFloat16> : PortableMath<float, 16> {};
+template <>
+struct Math<c10::Half> : PortableMath<float, 16> {};
+#endif
+
+inline uint64_t lanes_below(int n) { return n >= 64 ? ~uint64_t(0) : (uint64_t(1) << n) - 1; }
+
+// ---------------------------------------------------------------------------------------
+// Taps.
+
+// A tap: the per-slot offset d of its reads (output o reads source o + before - d).
+using Offset = std::array<int64_t, kSlots>;
+
+// The taps of one block of channels: which lanes each covers, and (Active Shift, backward)
+// the per-lane coefficient; `corner` is, per lane, which interpolation corner the tap is
+// (grad_weight needs it).
+template <typename opmath_t>
+struct BlockTaps {
+  std::vector<int> tap;             // index into TapTable::offset
+  std::vector<uint64_t> mask;
+  std::vector<opmath_t> coef;       // [j * lanes + lane]
+  std::vector<int8_t> corner;       // [j * lanes + lane], -1 where the lane is not covered
+  int64_t lo = 0, hi = 0;           // slot-2 outputs where every tap of the block reads inside
+  std::vector<int64_t> edge_col;    // the other slot-2 outputs
+  std::vector<int64_t> edge_src;    // [e * taps + j]: source column of tap j, or kOutside
+};
+
+// All taps of a call: their offsets, per tap the source index of every slot-0 / slot-1
+// output (kOutside: zeros padding), and per block the taps that cover it.
+template <typename opmath_t>
+struct TapTable {
+  int lanes = 16;
+  std::vector<Offset> offset;
+  std::vector<std::vector<int64_t>> src0, src1;
+  std::vector<BlockTaps<opmath_t>> blocks;
+};
+
+// Builds the taps of `channels` channels whose corners (SPEC §3) are given by
+// corner_offset(c, a) and corner_weight(c, a), a in [0, corners). The geometry is that of
+// the forward (out_length outputs reading `length` sources with `before` cropped) or, for
+// grad_input, its adjoint (the caller swaps lengths and negates offsets and before).
+template <typename opmath_t, typename OffsetFn, typename WeightFn>
+TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners,
+                             const int64_t* out_length, const int64_t* length,
+                             const int64_t* before, int64_t padding, OffsetFn corner_offset,
+                             WeightFn corner_weight) {
+  TapTable<opmath_t> t;
+  t.lanes = lanes;
+  std::map<Offset, int> ids;
+  const int64_t nblocks = (channels + lanes - 1) / lanes;
+  t.blocks.resize(nblocks);
+  for (int64_t b = 0; b < nblocks; ++b) {
+    BlockTaps<opmath_t>& bt = t.blocks[b];
+    std::map<int, int> local;  // global tap -> index in this block
+    for (int64_t lane = 0; lane < lanes && b * lanes + lane < channels; ++lane) {
+      const int64_t c = b * lanes + lane;
+      for (int a = 0; a < corners; ++a) {
+        const Offset d = corner_offset(c, a);
+        auto found = ids.find(d);
+        int id;
+        if (found == ids.end()) {
+          id = static_cast<int>(t.offset.size());
+          ids.emplace(d, id);
+          t.offset.push_back(d);
+        } else {
+          id = found->second;
+        }
+        auto at = local.find(id);
+        int j;
+        if (at == local.end()) {
+          j = static_cast<int>(bt.tap.size());
+          local.emplace(id, j);
+          bt.tap.push_back(id);
+          bt.mask.push_back(0);
+          bt.coef.resize((j + 1) * lanes, opmath_t(0));
+          bt.corner.resize((j + 1) * lanes, int8_t(-1));
+        } else {
+          j = at->second;
+        }
+        bt.mask[j] |= uint64_t(1) << lane;
+        bt.coef[j * lanes + lane] += corner_weight(c, a);
+        bt.corner[j * lanes + lane] = static_cast<int8_t>(a);
+      }
+    }
+  }
+  const size_t taps = t.offset.size();
+  t.src0.resize(taps);
+  t.src1.resize(taps);
+  for (size_t i = 0; i < taps; ++i) {
+    t.src0[i].resize(out_length[0]);
+    t.src1[i].resize(out_length[1]);
+    for (int64_t o = 0; o < out_length[0]; ++o)
+      t.src0[i][o] = source_index(o + before[0] - t.offset[i][0], length[0], padding);
+    for (int64_t o = 0; o < out_length[1]; ++o)
+      t.src1[i][o] = source_index(o + before[1] - t.offset[i][1], length[1], padding);
+  }
+  for (BlockTaps<opmath_t>& bt : t.blocks) {
+    const int64_t O2 = out_length[2], L2 = length[2], b2 = before[2];
+    bt.lo = 0;
+    bt.hi = O2;
+    for (const int id : bt.tap) {
+      const Interior in = interior(O2, L2, b2, t.offset[id][2], 1);
+      bt.lo = std::max(bt.lo, in.lo);
+      bt.hi = std::min(bt.hi, in.hi);
+    }
+    if (bt.hi < bt.lo) bt.hi = bt.lo;
+    const size_t nt = bt.tap.size();
+    for (int64_t w = 0; w < O2; ++w) {
+      if (w >= bt.lo && w < bt.hi) continue;
+      bt.edge_col.push_back(w);
+      for (size_t j = 0; j < nt; ++j)
+        bt.edge_src.push_back(source_index(w + b2 - t.offset[bt.tap[j]][2], L2, padding));
+    }
+  }
+  return t;
+}
+
+// Per output row: the source row of every tap of a block (nullptr: outside, zeros padding).
+// `row_base` gives the address of source row (i0, i1); column w of tap j is then
+// row[j] + (w + before2 - d2) * C, which is what `base` holds at w = 0.
+template <typename T, typename opmath_t>
+int block_rows(const T** base, const T** row, uint64_t* mask, const opmath_t** coef,
+               const int8_t** corner, const TapTable<opmath_t>& t, const BlockTaps<opmath_t>& bt,
+               int64_t o0, int64_t o1, const T* image, int64_t stride0, int64_t stride1,
+               int64_t C, int64_t before2, int64_t block_offset, int* which) {
+  int count = 0;
+  for (size_t j = 0; j < bt.tap.size(); ++j) {
+    const int id = bt.tap[j];
+    const int64_t i0 = t.src0[id][o0], i1 = t.src1[id][o1];
+    if (i0 == kOutside || i1 == kOutside) continue;
+    const T* r = image + i0 * stride0 + i1 * stride1 + block_offset;
+    row[count] = r;
+    base[count] = r + (before2 - t.offset[id][2]) * C;
+    mask[count] = bt.mask[j];
+    coef[count] = bt.coef.data() + j * t.lanes;
+    corner[count] = bt.corner.data() + j * t.lanes;
+    which[count++] = static_cast<int>(j);
+  }
+  return count;
+}
+
+// ---------------------------------------------------------------------------------------
+// Forward.
+
+// The taps of every block for one output row, flattened: block b's entries are
+// [first[b], first[b + 1]). Columns are walked outermost so that the reads and writes of an
+// output row advance through memory together (block-by-block passes over a row read every
+// fourth cache line, which the hardware prefetchers do not follow).
+template <typename T, typename opmath_t>
+struct RowTaps {
+  std::vector<const T*> base, row;
+  std::vector<uint64_t> mask;
+  std::vector<const opmath_t*> coef;
+  std::vector<const int8_t*> corner;
+  std::vector<int> which;
+  std::vector<int> first;
+  std::vector<uint64_t> covered;
+  int64_t lo = 0, hi = 0;  // columns interior for every block
+
+  explicit RowTaps(const TapTable<opmath_t>& t) {
+    size_t total = 0;
+    for (const auto& bt : t.blocks) total += bt.tap.size();
+    base.resize(total);
+    row.resize(total);
+    mask.resize(total);
+    coef.resize(total);
+    corner.resize(total);
+    which.resize(total);
+    first.resize(t.blocks.size() + 1);
+    covered.resize(t.blocks.size());
+  }
+
+  void fill(const TapTable<opmath_t>& t, int64_t o0, int64_t o1, const T* image,
+            int64_t stride0, int64_t stride1, int64_t C, int64_t before2, int64_t O2) {
+    int at = 0;
+    lo = 0;
+    hi = O2;
+    for (size_t b = 0; b < t.blocks.size(); ++b) {
+      const BlockTaps<opmath_t>& bt = t.blocks[b];
+      first[b] = at;
+      const int k = block_rows(base.data() + at, row.data() + at, mask.data() + at,
+                               coef.data() + at, corner.data() + at, t, bt, o0, o1, image,
+                               stride0, stride1, C, before2, static_cast<int64_t>(b) * t.lanes,
+                               which.data() + at);
+      uint64_t cov = 0;
+      for (int j = 0; j < k; ++j) cov |= mask[at + j];
+      covered[b] = cov;
+      at += k;
+      lo = std::max(lo, bt.lo);
+      hi = std::min(hi, bt.hi);
+    }
+    first[t.blocks.size()] = at;
+    if (hi < lo) hi = lo;
+  }
+};
+
+// SSL: each lane takes its channel's tap (a masked move); lanes whose tap reads outside keep
+// `fill`. Zero-masked reads are ORed (the taps of a block cover disjoint lanes), so there is
+// no dependency chain through a merging destination.
+template <typename T>
+void ssl_forward_taps(const T* in, T* out, const Geometry& g, const Strides& is,
+                      const Strides& os, const std::vector<ChannelShift<double>>& shifts,
+                      T fill) {
+  constexpr int E = sizeof(T);
+  constexpr int L = kVectorBytes / E;
+  using B = Bits<E>;
+  using V = typename B::V;
+  const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
+  const int64_t O2 = g.out_length[2];
+  const TapTable<float> t = tap_table<float>(
+      C, L, 1, g.out_length, g.length, g.before, g.padding,
+      [&](int64_t c, int) { return Offset{shifts[c].shift[0], shifts[c].shift[1], shifts[c].shift[2]}; },
+      [](int64_t, int) { return 1.0f; });
+  uint64_t fill_bits = 0;
+  std::memcpy(&fill_bits, &fill, E);
+  const int64_t nblocks = static_cast<int64_t>(t.blocks.size());
+  const int64_t rows = g.batch * O0 * O1;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    RowTaps<T, float> rt(t);
+    const V fillv = B::set1(fill_bits);
+    const V zero = B::set1(0);
+    std::vector<uint64_t> valid(nblocks);
+    for (int64_t b = 0; b < nblocks; ++b)
+      valid[b] = lanes_below(static_cast<int>(std::min<int64_t>(L, C - b * L)));
+    // One column of block b, w interior for the block.
+    // Lanes that no tap of the block reads this row (outside: zeros padding) take fill.
+    auto start = [&](int64_t b) { return B::blend(~rt.covered[b], zero, fillv); };
+    auto column = [&](T* yb, int64_t b, int64_t w) {
+      V a = start(b);
+      for (int j = rt.first[b]; j < rt.first[b + 1]; ++j)
+        a = B::or_(a, B::load_zero(rt.mask[j], rt.base[j] + w * C));
+      B::store(yb + w * C, valid[b], a);
+    };
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
+      rt.fill(t, o0, o1, in + n * is.batch, is.slot[0], is.slot[1], C, g.before[2], O2);
+      T* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
+      int64_t w = rt.lo;
+      const int64_t stride = C;
+      const T* const* bases = rt.base.data();
+      const uint64_t* masks = rt.mask.data();
+      for (; w + 4 <= rt.hi; w += 4)
+        for (int64_t b = 0; b < nblocks; ++b) {
+          T* yb = y + b * L + w * stride;
+          V a0 = start(b), a1 = a0, a2 = a0, a3 = a0;
+          const int j1 = rt.first[b + 1];
+          for (int j = rt.first[b]; j < j1; ++j) {
+            const T* p = bases[j] + w * stride;
+            const uint64_t m = masks[j];
+            a0 = B::or_(a0, B::load_zero(m, p));
+            a1 = B::or_(a1, B::load_zero(m, p + stride));
+            a2 = B::or_(a2, B::load_zero(m, p + 2 * stride));
+            a3 = B::or_(a3, B::load_zero(m, p + 3 * stride));
+          }
+          B::store(yb, valid[b], a0);
+          B::store(yb + stride, valid[b], a1);
+          B::store(yb + 2 * stride, valid[b], a2);
+          B::store(yb + 3 * stride, valid[b], a3);
+        }
+      for (; w < rt.hi; ++w)
+        for (int64_t b = 0; b < nblocks; ++b) column(y + b * L, b, w);
+      // Columns outside the common interior: each block's own interior, then its edges.
+      for (int64_t b = 0; b < nblocks; ++b) {
+        const BlockTaps<float>& bt = t.blocks[b];
+        T* yb = y + b * L;
+        for (int64_t v = bt.lo; v < std::min(rt.lo, bt.hi); ++v) column(yb, b, v);
+        for (int64_t v = std::max(rt.hi, bt.lo); v < bt.hi; ++v) column(yb, b, v);
+        const size_t nt = bt.tap.size();
+        for (size_t e = 0; e < bt.edge_col.size(); ++e) {
+          V a = fillv;
+          for (int j = rt.first[b]; j < rt.first[b + 1]; ++j) {
+            const int64_t m = bt.edge_src[e * nt + rt.which[j]];
+            if (m != kOutside) a = B::load_merge(a, rt.mask[j], rt.row[j] + m * C);
+          }
+          B::store(yb + bt.edge_col[e] * C, valid[b], a);
+        }
+      }
+    }
+  });
+}
+
+// Active Shift: per output row and block, the sum over taps of coefficient x read.
+template <typename scalar_t>
+void active_forward_taps(const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is,
+                         const Strides& os,
+                         const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  using M = Math<scalar_t>;
+  constexpr int L = M::kLanes;
+  const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
+  const int64_t O2 = g.out_length[2];
+  const int corners = (g.real[0] ? 2 : 1) * (g.real[1] ? 2 : 1) * 2;
+  // Corner a: bits (a0, a1, a2) of the slots that exist, a2 lowest.
+  auto corner_bits = [&](int a, int64_t* bits) {
+    int rest = a;
+    for (int s = kSlots - 1; s >= 0; --s) {
+      bits[s] = g.real[s] || s == 2 ? rest & 1 : 0;
+      if (g.real[s] || s == 2) rest >>= 1;
+    }
+  };
+  const TapTable<opmath_t> t = tap_table<opmath_t>(
+      C, L, corners, g.out_length, g.length, g.before, g.padding,
+      [&](int64_t c, int a) {
+        int64_t bits[kSlots];
+        corner_bits(a, bits);
+        return Offset{shifts[c].shift[0] + bits[0], shifts[c].shift[1] + bits[1],
+                      shifts[c].shift[2] + bits[2]};
+      },
+      [&](int64_t c, int a) {
+        int64_t bits[kSlots];
+        corner_bits(a, bits);
+        opmath_t w = 1;
+        for (int s = 0; s < kSlots; ++s)
+          if (g.real[s] || s == 2) w *= bits[s] ? shifts[c].frac[s] : 1 - shifts[c].frac[s];
+        return w;
+      });
+  const int64_t rows = g.batch * O0 * O1;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    const size_t most = t.offset.size();
+    std::vector<const scalar_t*> base(most), row(most);
+    std::vector<uint64_t> mask(most);
+    std::vector<const opmath_t*> coef(most);
+    std::vector<const int8_t*> corner(most);
+    std::vector<int> which(most);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
+      const scalar_t* image = in + n * is.batch;
+      scalar_t* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
+      for (size_t b = 0; b < t.blocks.size(); ++b) {
+        const BlockTaps<opmath_t>& bt = t.blocks[b];
+        const int64_t off = static_cast<int64_t>(b) * L;
+        const uint64_t valid = lanes_below(static_cast<int>(std::min<int64_t>(L, C - off)));
+        const int k = block_rows(base.data(), row.data(), mask.data(), coef.data(),
+                                 corner.data(), t, bt, o0, o1, image, is.slot[0], is.slot[1],
+                                 C, g.before[2], off, which.data());
+        scalar_t* yb = y + off;
+        int64_t w = bt.lo;
+        // Four columns at a time, two partial sums each: eight independent FMA chains.
+        for (; w + 4 <= bt.hi; w += 4) {
+          typename M::V a0 = M::zero(), a1 = M::zero(), a2 = M::zero(), a3 = M::zero();
+          typename M::V b0 = M::zero(), b1 = M::zero(), b2 = M::zero(), b3 = M::zero();
+          int j = 0;
+          for (; j + 2 <= k; j += 2) {
+            const typename M::V cj = M::load(coef[j]), ck = M::load(coef[j + 1]);
+            const scalar_t* p = base[j] + w * C;
+            const scalar_t* q = base[j + 1] + w * C;
+            a0 = M::fma(cj, M::load(mask[j], p), a0);
+            a1 = M::fma(cj, M::load(mask[j], p + C), a1);
+            a2 = M::fma(cj, M::load(mask[j], p + 2 * C), a2);
+            a3 = M::fma(cj, M::load(mask[j], p + 3 * C), a3);
+            b0 = M::fma(ck, M::load(mask[j + 1], q), b0);
+            b1 = M::fma(ck, M::load(mask[j + 1], q + C), b1);
+            b2 = M::fma(ck, M::load(mask[j + 1], q + 2 * C), b2);
+            b3 = M::fma(ck, M::load(mask[j + 1], q + 3 * C), b3);
+          }
+          if (j < k) {
+            const typename M::V cj = M::load(coef[j]);
+            const scalar_t* p = base[j] + w * C;
+            a0 = M::fma(cj, M::load(mask[j], p), a0);
+            a1 = M::fma(cj, M::load(mask[j], p + C), a1);
+            a2 = M::fma(cj, M::load(mask[j], p + 2 * C), a2);
+            a3 = M::fma(cj, M::load(mask[j], p + 3 * C), a3);
+          }
+          M::store(yb + w * C, valid, M::add(a0, b0));
+          M::store(yb + (w + 1) * C, valid, M::add(a1, b1));
+          M::store(yb + (w + 2) * C, valid, M::add(a2, b2));
+          M::store(yb + (w + 3) * C, valid, M::add(a3, b3));
+        }
+        for (; w < bt.hi; ++w) {
+          typename M::V a = M::zero();
+          for (int j = 0; j < k; ++j)
+            a = M::fma(M::load(coef[j]), M::load(mask[j], base[j] + w * C), a);
+          M::store(yb + w * C, valid, a);
+        }
+        const size_t nt = bt.tap.size();
+        for (size_t e = 0; e < bt.edge_col.size(); ++e) {
+          typename M::V a = M::zero();
+          for (int j = 0; j < k; ++j) {
+            const int64_t m = bt.edge_src[e * nt + which[j]];
+            if (m != kOutside) a = M::fma(M::load(coef[j]), M::load(mask[j], row[j] + m * C), a);
+          }
+          M::store(yb + bt.edge_col[e] * C, valid, a);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Indexed gathers. One vector holds one element of each of L consecutive channels; lane c
+// reads its own source position through a 32-bit element index relative to the image.
+// Faster than the taps when the shifts of a block differ (one gather instead of one masked
+// read per distinct shift); used for 4- and 8-byte elements (the gathers that exist).
+
+template <int E>
+struct Gather;
+
+#ifdef TS2_AVX512
+template <>
+struct Gather<4> {
+  static constexpr int kLanes = 16;
+  using I = __m512i;
+  using Bv = __m512i;
+  using Fv = __m512;
+  static I index(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static I add(I i, int32_t v) { return _mm512_add_epi32(i, _mm512_set1_epi32(v)); }
+  static I add(I i, I j) { return _mm512_add_epi32(i, j); }
+  static void store_index(int32_t* p, I i) { _mm512_storeu_si512(p, i); }
+  static Bv bits(Bv src, uint64_t m, I i, const void* base) {
+    return _mm512_mask_i32gather_epi32(src, static_cast<__mmask16>(m), i, base, 4);
+  }
+  static Fv floats(uint64_t m, I i, const float* base) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), static_cast<__mmask16>(m), i, base, 4);
+  }
+};
+template <>
+struct Gather<8> {
+  static constexpr int kLanes = 8;
+  using I = __m256i;
+  using Bv = __m512i;
+  using Fv = __m512d;
+  static I index(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I add(I i, int32_t v) { return _mm256_add_epi32(i, _mm256_set1_epi32(v)); }
+  static I add(I i, I j) { return _mm256_add_epi32(i, j); }
+  static void store_index(int32_t* p, I i) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), i); }
+  static Bv bits(Bv src, uint64_t m, I i, const void* base) {
+    return _mm512_mask_i32gather_epi64(src, static_cast<__mmask8>(m), i, base, 8);
+  }
+  static Fv floats(uint64_t m, I i, const double* base) {
+    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), static_cast<__mmask8>(m), i, base, 8);
+  }
+};
+#else
+template <int E>
+struct Gather {
+  static constexpr int kLanes = kVectorBytes / E;
+  struct I {
+    int32_t v[kLanes];
+  };
+  using Bv = typename Bits<E>::V;
+  using opmath_t = typename std::conditional<E == 8, double, float>::type;
+  using Fv = typename Math<opmath_t>::V;
+  static I index(const int32_t* p) {
+    I r;
+    for (int l = 0; l < kLanes; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static I add(I i, int32_t v) {
+    for (int l = 0; l < kLanes; ++l) i.v[l] += v;
+    return i;
+  }
+  static I add(I i, I j) {
+    for (int l = 0; l < kLanes; ++l) i.v[l] += j.v[l];
+    return i;
+  }
+  static void store_index(int32_t* p, I i) {
+    for (int l = 0; l < kLanes; ++l) p[l] = i.v[l];
+  }
+  static Bv bits(Bv src, uint64_t m, I i, const void* base) {
+    for (int l = 0; l < kLanes; ++l)
+      if (m >> l & 1)
+        std::memcpy(src.b + l * E, static_cast<const uint8_t*>(base) + int64_t(i.v[l]) * E, E);
+    return src;
+  }
+  static Fv floats(uint64_t m, I i, const opmath_t* base) {
+    Fv r;
+    for (int l = 0; l < kLanes; ++l) r.v[l] = m >> l & 1 ? base[i.v[l]] : opmath_t(0);
+    return r;
+  }
+};
+#endif
+
+// Per block of L channels and per interpolation corner (one corner for SSL), all index
+// work of a call: per lane, the element offset of its source row for every slot-0 and
+// slot-1 output (`row0`, `row1`; a lane whose read is outside, zeros padding, is cleared in
+// `mask0` / `mask1`), the column offset of interior columns, and the element offset of
+// each column outside the interior.
+template <typename opmath_t>
+struct GatherCorner {
+  std::vector<int32_t> row0, row1;    // [o * L + lane]
+  std::vector<uint64_t> mask0, mask1; // [o]
+  std::vector<int32_t> col;           // [lane]: (before2 - d2) * C + channel
+  std::vector<int64_t> d0, d1;        // [lane] (for the prefetcher)
+  std::vector<opmath_t> weight;       // [lane]
+  Interior cols{0, 0};                // columns where every lane reads inside
+  std::vector<int64_t> edge_col;      // the other columns, ascending
+  std::vector<int32_t> edge_idx;      // [e * L + lane]: i2 * C + channel
+  std::vector<uint64_t> edge_mask;    // [e]: lanes reading inside
+};
+
+template <typename opmath_t>
+struct GatherPlan {
+  int lanes = 16, corners = 1;
+  int64_t blocks = 0;
+  std::vector<GatherCorner<opmath_t>> corner;  // [block * corners + corner]
+  std::vector<uint64_t> valid;                 // lanes that are channels, per block
+  Interior cols{0, 0};                         // columns interior for every corner
+};
+
+// Whether 32-bit element indices reach every element of a sample.
+inline bool gather_indexable(const Geometry& g, const Strides& s) {
+  int64_t span = g.channels;
+  for (int k = 0; k < kSlots; ++k) {
+    if (s.slot[k] < 0) return false;
+    span += (g.length[k] - 1) * s.slot[k];
+  }
+  return span < (int64_t(1) << 30);
+}
+
+// offset(c, a): the corner's per-slot offset d (output o reads o + before - d), weight(c, a).
+template <typename opmath_t, typename OffsetFn, typename WeightFn>
+GatherPlan<opmath_t> gather_plan(const Geometry& g, const Strides& s, int lanes, int corners,
+                                 const int64_t* out_length, const int64_t* length,
+                                 const int64_t* before, int64_t padding, OffsetFn offset,
+                                 WeightFn weight) {
+  GatherPlan<opmath_t> p;
+  const int64_t C = g.channels;
+  p.lanes = lanes;
+  p.corners = corners;
+  p.blocks = (C + lanes - 1) / lanes;
+  p.corner.resize(p.blocks * corners);
+  p.valid.resize(p.blocks);
+  p.cols = {0, out_length[2]};
+  for (int64_t b = 0; b < p.blocks; ++b) {
+    const int64_t count = std::min<int64_t>(lanes, C - b * lanes);
+    p.valid[b] = lanes_below(static_cast<int>(count));
+    for (int a = 0; a < corners; ++a) {
+      GatherCorner<opmath_t>& k = p.corner[b * corners + a];
+      k.row0.assign(out_length[0] * lanes, 0);
+      k.row1.assign(out_length[1] * lanes, 0);
+      k.mask0.assign(out_length[0], 0);
+      k.mask1.assign(out_length[1], 0);
+      k.col.assign(lanes, 0);
+      k.d0.assign(lanes, 0);
+      k.d1.assign(lanes, 0);
+      k.weight.assign(lanes, opmath_t(0));
+      k.cols = {0, out_length[2]};
+      std::vector<int64_t> d2(lanes, 0);
+      for (int64_t l = 0; l < count; ++l) {
+        const int64_t c = b * lanes + l;
+        const Offset d = offset(c, a);
+        k.d0[l] = d[0];
+        k.d1[l] = d[1];
+        d2[l] = d[2];
+        k.col[l] = static_cast<int32_t>((before[2] - d[2]) * C + c);
+        k.weight[l] = weight(c, a);
+        const Interior in = interior(out_length[2], length[2], before[2], d[2], 1);
+        k.cols.lo = std::max(k.cols.lo, in.lo);
+        k.cols.hi = std::min(k.cols.hi, in.hi);
+        for (int64_t o = 0; o < out_length[0]; ++o) {
+          const int64_t i = source_index(o + before[0] - d[0], length[0], padding);
+          if (i == kOutside) continue;
+          k.row0[o * lanes + l] = static_cast<int32_t>(i * s.slot[0]);
+          k.mask0[o] |= uint64_t(1) << l;
+        }
+        for (int64_t o = 0; o < out_length[1]; ++o) {
+          const int64_t i = source_index(o + before[1] - d[1], length[1], padding);
+          if (i == kOutside) continue;
+          k.row1[o * lanes + l] = static_cast<int32_t>(i * s.slot[1]);
+          k.mask1[o] |= uint64_t(1) << l;
+        }
+      }
+      if (k.cols.hi < k.cols.lo) k.cols.hi = k.cols.lo;
+      for (int64_t w = 0; w < out_length[2]; ++w) {
+        if (w >= k.cols.lo && w < k.cols.hi) continue;
+        k.edge_col.push_back(w);
+        uint64_t m = 0;
+        for (int64_t l = 0; l < lanes; ++l) {
+          const int64_t i2 =
+              l < count ? source_index(w + before[2] - d2[l], length[2], padding) : kOutside;
+          if (i2 != kOutside) m |= uint64_t(1) << l;
+          k.edge_idx.push_back(i2 == kOutside ? 0 : static_cast<int32_t>(i2 * C + b * lanes + l));
+        }
+        k.edge_mask.push_back(m);
+      }
+      p.cols.lo = std::max(p.cols.lo, k.cols.lo);
+      p.cols.hi = std::min(p.cols.hi, k.cols.hi);
+    }
+  }
+  if (p.cols.hi < p.cols.lo) p.cols.hi = p.cols.lo;
+  return p;
+}
+
+// Gathers train no hardware prefetcher, so the source rows an output row reads for the first
+// time (the rows the previous output row did not read) are prefetched during the previous
+// output row, a column chunk at a time. Rows are identified by their element offset.
+struct RowPrefetch {
+  std::vector<std::pair<int64_t, int64_t>> d;  // distinct (d0, d1) of all reads
+  std::vector<int64_t> current, next, fresh;
+  int64_t row_bytes = 0, before[2] = {0, 0}, length[2] = {1, 1}, stride[2] = {0, 0};
+  int64_t padding = 0;
+
+  // The reads of `plan` (made with these before / length / padding) from a tensor with
+  // strides `s`, whose slot-2 rows hold row_elements elements.
+  template <typename opmath_t>
+  void init(const GatherPlan<opmath_t>& plan, const int64_t* before_, const int64_t* length_,
+            int64_t padding_, const Strides& s, int64_t row_elements, int64_t element_size) {
+    std::set<std::pair<int64_t, int64_t>> seen;
+    for (const auto& k : plan.corner)
+      for (size_t l = 0; l < k.d0.size(); ++l) seen.emplace(k.d0[l], k.d1[l]);
+    d.assign(seen.begin(), seen.end());
+    row_bytes = row_elements * element_size;
+    for (int k = 0; k < 2; ++k) {
+      before[k] = before_[k];
+      length[k] = length_[k];
+      stride[k] = s.slot[k];
+    }
+    padding = padding_;
+  }
+  // The rows output row (o0, o1) reads.
+  void rows_of(std::vector<int64_t>& out, int64_t o0, int64_t o1) const {
+    out.clear();
+    for (const auto& p : d) {
+      const int64_t i0 = source_index(o0 + before[0] - p.first, length[0], padding);
+      const int64_t i1 = source_index(o1 + before[1] - p.second, length[1], padding);
+      if (i0 != kOutside && i1 != kOutside) out.push_back(i0 * stride[0] + i1 * stride[1]);
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+  }
+  // Called once per output row before its columns: which rows the next one adds.
+  void plan_next(bool has_next, int64_t o0, int64_t o1, int64_t n0, int64_t n1, bool first) {
+    if (first) {
+      rows_of(current, o0, o1);
+    } else {
+      current.swap(next);  // the previous call's next row is this row
+    }
+    fresh.clear();
+    if (!has_next) return;
+    rows_of(next, n0, n1);
+    std::set_difference(next.begin(), next.end(), current.begin(), current.end(),
+                        std::back_inserter(fresh));
+  }
+  // Columns [w0, w1) of the next output row's fresh rows into L2, and column w1 - 1 +
+  // kNear of this row's rows into L1: a gather whose 16 lanes all miss L1 occupies every
+  // line fill buffer and exposes the whole L2 latency.
+  static constexpr int64_t kNear = 4;
+  template <typename T>
+  void columns(const T* image, int64_t C, int64_t w0, int64_t w1) const {
+    const int64_t esize = static_cast<int64_t>(sizeof(T));
+    const int64_t b0 = w0 * C * esize, b1 = std::min(row_bytes, w1 * C * esize);
+    for (const int64_t r : fresh) {
+      const char* p = reinterpret_cast<const char*>(image + r);
+      for (int64_t b = b0; b < b1; b += 64) __builtin_prefetch(p + b, 0, 2);
+    }
+    const int64_t n0 = (w1 - 1 + kNear) * C * esize, n1 = std::min(row_bytes, n0 + C * esize);
+    for (const int64_t r : current) {
+      const char* p = reinterpret_cast<const char*>(image + r);
+      for (int64_t b = n0; b < n1; b += 64) __builtin_prefetch(p + b, 0, 3);
+    }
+  }
+};
+
+// The index vectors of every (block, corner) for one output row: `rows` (the lane's source
+// row), `idx` (plus the interior column offset, read at image + w * C), `mask`; and, for the
+// columns outside the common interior, a cursor per corner over its edge columns.
+template <typename opmath_t>
+struct RowIndex {
+  std::vector<int32_t> rows, idx;  // [q * L + lane], q = block * corners + corner
+  std::vector<uint64_t> mask;      // [q]
+  std::vector<opmath_t> weight;    // [q * L + lane]
+  std::vector<size_t> cursor;      // [q]
+  explicit RowIndex(const GatherPlan<opmath_t>& p) {
+    const int64_t q = p.blocks * p.corners;
+    rows.resize(q * p.lanes);
+    idx.resize(q * p.lanes);
+    mask.resize(q);
+    cursor.resize(q);
+    weight.resize(q * p.lanes);
+    for (int64_t k = 0; k < q; ++k)
+      std::copy(p.corner[k].weight.begin(), p.corner[k].weight.end(),
+                weight.begin() + k * p.lanes);
+  }
+  template <typename G>
+  void fill(const GatherPlan<opmath_t>& p, int64_t o0, int64_t o1) {
+    const int L = p.lanes;
+    for (int64_t q = 0; q < p.blocks * p.corners; ++q) {
+      const GatherCorner<opmath_t>& k = p.corner[q];
+      const typename G::I r = G::add(G::index(k.row0.data() + o0 * L), G::index(k.row1.data() + o1 * L));
+      G::store_index(rows.data() + q * L, r);
+      G::store_index(idx.data() + q * L, G::add(r, G::index(k.col.data())));
+      mask[q] = k.mask0[o0] & k.mask1[o1];
+      cursor[q] = 0;
+    }
+  }
+  // Column w of corner q (columns visited in ascending order): the mask and index vector,
+  // and whether the index is relative to image + w * C (interior) or to image (edge).
+  template <typename G>
+  bool at_column(const GatherPlan<opmath_t>& p, int64_t q, int64_t w, uint64_t& m,
+                 typename G::I& i) {
+    const GatherCorner<opmath_t>& k = p.corner[q];
+    const int L = p.lanes;
+    if (w >= k.cols.lo && w < k.cols.hi) {
+      m = mask[q];
+      i = G::index(idx.data() + q * L);
+      return true;
+    }
+    size_t& e = cursor[q];
+    while (k.edge_col[e] < w) ++e;
+    m = mask[q] & k.edge_mask[e];
+    i = G::add(G::index(rows.data() + q * L), G::index(k.edge_idx.data() + e * L));
+    return false;
+  }
+};
+
+// SSL forward by gathers (4- and 8-byte elements), columns outermost (the layout's
+// order), every block of a column inside.
+template <typename T>
+void ssl_forward_gather(const T* in, T* out, const Geometry& g, const Strides& is,
+                        const Strides& os, const std::vector<ChannelShift<double>>& shifts,
+                        T fill) {
+  constexpr int E = sizeof(T);
+  using G = Gather<E>;
+  using B = Bits<E>;
+  constexpr int L = G::kLanes;
+  const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
+  const int64_t O2 = g.out_length[2];
+  const GatherPlan<float> plan = gather_plan<float>(
+      g, is, L, 1, g.out_length, g.length, g.before, g.padding,
+      [&](int64_t c, int) { return Offset{shifts[c].shift[0], shifts[c].shift[1], shifts[c].shift[2]}; },
+      [](int64_t, int) { return 1.0f; });
+  uint64_t fill_bits = 0;
+  std::memcpy(&fill_bits, &fill, E);
+  const int64_t nb = plan.blocks;
+  const int64_t rows_total = g.batch * O0 * O1;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
+  at::parallel_for(0, rows_total, grain, [&](int64_t begin, int64_t end) {
+    RowIndex<float> ri(plan);
+    const typename B::V fillv = B::set1(fill_bits);
+    RowPrefetch prefetch;
+    prefetch.init(plan, g.before, g.length, g.padding, is, g.length[2] * C, E);
+    const uint64_t* valid = plan.valid.data();
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
+      const T* image = in + n * is.batch;
+      T* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
+      const bool same_image = r + 1 < end && (r + 1) / (O0 * O1) == n;
+      prefetch.plan_next(same_image, o0, o1, ((r + 1) / O1) % O0, (r + 1) % O1,
+                         r == begin || r % (O0 * O1) == 0);
+      ri.template fill<G>(plan, o0, o1);
+      const int32_t* idx = ri.idx.data();
+      const uint64_t* mask = ri.mask.data();
+      const int64_t lo = plan.cols.lo, hi = plan.cols.hi;
+      if (lo > 0) prefetch.columns(image, C, 0, lo);
+      for (int64_t w = lo; w < hi; ++w) {
+        prefetch.columns(image, C, w, w + 1);
+        const T* base = image + w * C;
+        T* yw = y + w * C;
+        for (int64_t b = 0; b < nb; ++b)
+          B::store(yw + b * L, valid[b], G::bits(fillv, mask[b], G::index(idx + b * L), base));
+      }
+      prefetch.columns(image, C, hi, O2);
+      for (int64_t w = 0; w < O2; ++w) {
+        if (w >= lo && w < hi) continue;
+        for (int64_t b = 0; b < nb; ++b) {
+          uint64_t m;
+          typename G::I i;
+          const bool inside = ri.template at_column<G>(plan, b, w, m, i);
+          B::store(y + w * C + b * L, valid[b],
+                   G::bits(fillv, m, i, inside ? image + w * C : image));
+        }
+      }
+    }
+  });
+}
+
+// Active forward by gathers (float, double): out = sum over corners of weight x read.
+template <int R, typename scalar_t>
+void active_forward_gather_corners(const scalar_t* in, scalar_t* out, const Geometry& g,
+                                   const Strides& is, const Strides& os,
+                                   const GatherPlan<scalar_t>& plan) {
+  using G = Gather<sizeof(scalar_t)>;
+  using M = Math<scalar_t>;
+  constexpr int L = G::kLanes;
+  const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
+  const int64_t O2 = g.out_length[2];
+  const int64_t nb = plan.blocks;
+  const int64_t rows_total = g.batch * O0 * O1;
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
+  at::parallel_for(0, rows_total, grain, [&](int64_t begin, int64_t end) {
+    RowIndex<scalar_t> ri(plan);
+    std::vector<scalar_t> carry_buffer(nb * (R / 2) * L);
+    scalar_t* carry = carry_buffer.data();
+    RowPrefetch prefetch;
+    prefetch.init(plan, g.before, g.length, g.padding, is, g.length[2] * C, sizeof(scalar_t));
+    const uint64_t* valid = plan.valid.data();
+    const scalar_t* weight = ri.weight.data();
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
+      const scalar_t* image = in + n * is.batch;
+      scalar_t* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
+      const bool same_image = r + 1 < end && (r + 1) / (O0 * O1) == n;
+      prefetch.plan_next(same_image, o0, o1, ((r + 1) / O1) % O0, (r + 1) % O1,
+                         r == begin || r % (O0 * O1) == 0);
+      ri.template fill<G>(plan, o0, o1);
+      const int32_t* idx = ri.idx.data();
+      const uint64_t* mask = ri.mask.data();
+      const int64_t lo = plan.cols.lo, hi = plan.cols.hi;
+      if (lo > 0) prefetch.columns(image, C, 0, lo);
+      // Corners come in pairs (a2 = 0, 1) that read adjacent columns: the a2 = 1 read at
+      // column w is the a2 = 0 read at w - 1, carried over, so each column costs R / 2
+      // gathers per block.
+      if (lo < hi)
+        for (int64_t b = 0; b < nb; ++b)
+          for (int o = 0; o < R / 2; ++o) {
+            const int64_t q1 = b * R + 2 * o + 1;
+            uint64_t m;
+            typename G::I i;
+            const bool inside = ri.template at_column<G>(plan, q1, lo, m, i);
+            M::spill(carry + (b * (R / 2) + o) * L,
+                     G::floats(m, i, inside ? image + lo * C : image));
+          }
+      for (int64_t w = lo; w < hi; ++w) {
+        prefetch.columns(image, C, w, w + 1);
+        const scalar_t* base = image + w * C;
+        scalar_t* yw = y + w * C;
+        for (int64_t b = 0; b < nb; ++b) {
+          typename M::V acc = M::zero();
+          for (int o = 0; o < R / 2; ++o) {
+            const int64_t q0 = b * R + 2 * o;
+            scalar_t* cv = carry + (b * (R / 2) + o) * L;
+            const typename M::V cur = G::floats(mask[q0], G::index(idx + q0 * L), base);
+            acc = M::fma(M::load(weight + q0 * L), cur, acc);
+            acc = M::fma(M::load(weight + (q0 + 1) * L), M::load(cv), acc);
+            M::spill(cv, cur);
+          }
+          M::store(yw + b * L, valid[b], acc);
+        }
+      }
+      prefetch.columns(image, C, hi, O2);
+      for (int64_t w = 0; w < O2; ++w) {
+        if (w >= lo && w < hi) continue;
+        for (int64_t b = 0; b < nb; ++b) {
+          typename M::V acc = M::zero();
+          for (int a = 0; a < R; ++a) {
+            uint64_t m;
+            typename G::I i;
+            const bool inside = ri.template at_column<G>(plan, b * R + a, w, m, i);
+            acc = M::fma(M::load(weight + (b * R + a) * L),
+                         G::floats(m, i, inside ? image + w * C : image), acc);
+          }
+          M::store(y + w * C + b * L, valid[b], acc);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void active_forward_gather(const scalar_t* in, scalar_t* out, const Geometry& g,
+                           const Strides& is, const Strides& os,
+                           const std::vector<ChannelShift<scalar_t>>& shifts) {
+  constexpr int L = Gather<sizeof(scalar_t)>::kLanes;
+  const int corners = (g.real[0] ? 2 : 1) * (g.real[1] ? 2 : 1) * 2;
+  auto corner_bits = [&](int a, int64_t* bits) {
+    int rest = a;
+    for (int s = kSlots - 1; s >= 0; --s) {
+      bits[s] = g.real[s] ? rest & 1 : 0;
+      if (g.real[s]) rest >>= 1;
+    }
+  };
+  const GatherPlan<scalar_t> plan = gather_plan<scalar_t>(
+      g, is, L, corners, g.out_length, g.length, g.before, g.padding,
+      [&](int64_t c, int a) {
+        int64_t bits[kSlots];
+        corner_bits(a, bits);
+        return Offset{shifts[c].shift[0] + bits[0], shifts[c].shift[1] + bits[1],
+                      shifts[c].shift[2] + bits[2]};
+      },
+      [&](int64_t c, int a) {
+        int64_t bits[kSlots];
+        corner_bits(a, bits);
+        scalar_t w = 1;
+        for (int s = 0; s < kSlots; ++s)
+          if (g.real[s]) w *= bits[s] ? shifts[c].frac[s] : 1 - shifts[c].frac[s];
+        return w;
+      });
+  switch (corners) {
+    case 2: active_forward_gather_corners<2>(in, out, g, is, os, plan); break;
+    case 4: active_forward_gather_corners<4>(in, out, g, is, os, plan); break;
+    default: active_forward_gather_corners<8>(in, out, g, is, os, plan); break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Backward (float, double) by gathers.
+//
+// grad_input: the adjoint gather: input i gets weight_a * grad_output[i - before + d_a] for
+// every read corner a (d_a = shift + a) whose output exists; the reads that went through
+// padding (non-zeros paddings) are then folded back, a scalar pass over the borders.
+// grad_weight: per channel and corner, D_a = <grad_output, V(o + before - f - a)> at the
+// unrounded weight's floor f (SPEC §4), in per-lane accumulators, summed per chunk of rows
+// (fixed, so the result does not depend on the thread count) and combined afterwards.
+
+// Corner a of the slots that exist as (a0, a1, a2) bits, slot 2 the lowest bit (the order
+// combine_corner_partials expects).
+inline void corner_bits(const Geometry& g, int a, int64_t* bits) {
+  int rest = a;
+  for (int s = kSlots - 1; s >= 0; --s) {
+    bits[s] = g.real[s] ? rest & 1 : 0;
+    if (g.real[s]) rest >>= 1;
+  }
+}
+
+template <typename opmath_t>
+opmath_t corner_weight(const Geometry& g, const ChannelShift<opmath_t>& cs, int a) {
+  int64_t bits[kSlots];
+  corner_bits(g, a, bits);
+  opmath_t w = 1;
+  for (int s = 0; s < kSlots; ++s)
+    if (g.real[s]) w *= bits[s] ? cs.frac[s] : 1 - cs.frac[s];
+  return w;
+}
+
+// Rows of grad_weight partials: per image, chunks of this many output rows.
+constexpr int64_t kChunkRows = 8;
+
+template <int R, int RI, typename scalar_t>
+void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
+                             double* partials, const Geometry& g, const Strides& gos,
+                             const Strides& is, const Strides& gis,
+                             const GatherPlan<scalar_t>& gip, const GatherPlan<scalar_t>& gwp,
+                             int64_t chunks) {
+  using G = Gather<sizeof(scalar_t)>;
+  using M = Math<scalar_t>;
+  constexpr int L = G::kLanes;
+  const int64_t C = g.channels;
+  const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
+  const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
+  const int64_t in_rows = L0 * L1, out_rows = O0 * O1, rows = std::max(in_rows, out_rows);
+  const int64_t nb = gwp.blocks;
+  const int64_t neg_before[kSlots] = {-g.before[0], -g.before[1], -g.before[2]};
+  at::parallel_for(0, g.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    RowIndex<scalar_t> gi_idx(gip), gw_idx(gwp);
+    std::vector<scalar_t> carry_buffer(nb * std::max(1, R / 2) * L), acc_buffer(nb * R * L);
+    scalar_t* carry = carry_buffer.data();
+    scalar_t* acc = acc_buffer.data();
+    RowPrefetch g_prefetch, x_prefetch;
+    g_prefetch.init(gip, neg_before, g.out_length, kZeros, gos, O2 * C, sizeof(scalar_t));
+    x_prefetch.init(gwp, g.before, g.length, g.padding, is, L2 * C, sizeof(scalar_t));
+    const uint64_t* valid = gwp.valid.data();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks, chunk = task % chunks;
+      const int64_t t0 = chunk * kChunkRows, t1 = std::min(rows, t0 + kChunkRows);
+      const scalar_t* go = grad_out + n * gos.batch;
+      const scalar_t* x = in + n * is.batch;
+      scalar_t* gi = grad_in + n * gis.batch;
+      std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
+      for (int64_t t = t0; t < t1; ++t) {
+        // grad_input row t: gathers from grad_output.
+        if (t < in_rows) {
+          const int64_t i0 = t / L1, i1 = t % L1;
+          g_prefetch.plan_next(t + 1 < std::min(t1, in_rows), i0, i1, (t + 1) / L1, (t + 1) % L1,
+                               t == t0);
+          gi_idx.template fill<G>(gip, i0, i1);
+          const int32_t* idx = gi_idx.idx.data();
+          const uint64_t* mask = gi_idx.mask.data();
+          const scalar_t* wt = gi_idx.weight.data();
+          scalar_t* row = gi + i0 * gis.slot[0] + i1 * gis.slot[1];
+          const int64_t lo = gip.cols.lo, hi = gip.cols.hi;
+          if (lo > 0) g_prefetch.columns(go, C, 0, lo);
+          if constexpr (RI == 1) {
+            for (int64_t w = lo; w < hi; ++w) {
+              g_prefetch.columns(go, C, w, w + 1);
+              for (int64_t b = 0; b < nb; ++b)
+                M::store(row + w * C + b * L, valid[b],
+                         M::mul(M::load(wt + b * L),
+                                G::floats(mask[b], G::index(idx + b * L), go + w * C)));
+            }
+          } else {
+            // Pairs (a2 = 0, 1): a2 = 1 reads one column later, so its read at w - 1 is the
+            // a2 = 0 read at w.
+            if (lo < hi)
+              for (int64_t b = 0; b < nb; ++b)
+                for (int o = 0; o < RI / 2; ++o) {
+                  uint64_t m;
+                  typename G::I i;
+                  const int64_t q0 = b * RI + 2 * o;
+                  const bool inside = gi_idx.template at_column<G>(gip, q0, lo, m, i);
+                  M::spill(carry + (b * (RI / 2) + o) * L,
+                           G::floats(m, i, inside ? go + lo * C : go));
+                }
+            for (int64_t w = lo; w < hi; ++w) {
+              g_prefetch.columns(go, C, w, w + 1);
+              const scalar_t* base = go + w * C;
+              for (int64_t b = 0; b < nb; ++b) {
+                typename M::V sum = M::zero();
+                for (int o = 0; o < RI / 2; ++o) {
+                  const int64_t q1 = b * RI + 2 * o + 1;
+                  scalar_t* cv = carry + (b * (RI / 2) + o) * L;
+                  const typename M::V cur = G::floats(mask[q1], G::index(idx + q1 * L), base);
+                  sum = M::fma(M::load(wt + (q1 - 1) * L), M::load(cv), sum);
+                  sum = M::fma(M::load(wt + q1 * L), cur, sum);
+                  M::spill(cv, cur);
+                }
+                M::store(row + w * C + b * L, valid[b], sum);
+              }
+            }
+          }
+          g_prefetch.columns(go, C, hi, O2);
+          for (int64_t w = 0; w < L2; ++w) {
+            if (w >= lo && w < hi) continue;
+            for (int64_t b = 0; b < nb; ++b) {
+              typename M::V sum = M::zero();
+              for (int a = 0; a < RI; ++a) {
+                uint64_t m;
+                typename G::I i;
+                const int64_t q = b * RI + a;
+                const bool inside = gi_idx.template at_column<G>(gip, q, w, m, i);
+                sum = M::fma(M::load(wt + q * L), G::floats(m, i, inside ? go + w * C : go), sum);
+              }
+              M::store(row + w * C + b * L, valid[b], sum);
+            }
+          }
+        }
+        // grad_weight, output row t: grad_output times the gathered reads of every corner.
+        if (t < out_rows) {
+          const int64_t o0 = t / O1, o1 = t % O1;
+          x_prefetch.plan_next(t + 1 < std::min(t1, out_rows), o0, o1, (t + 1) / O1,
+                               (t + 1) % O1, t == t0);
+          gw_idx.template fill<G>(gwp, o0, o1);
+          const int32_t* idx = gw_idx.idx.data();
+          const uint64_t* mask = gw_idx.mask.data();
+          const scalar_t* grow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
+          const int64_t lo = gwp.cols.lo, hi = gwp.cols.hi;
+          if (lo > 0) x_prefetch.columns(x, C, 0, lo);
+          if (lo < hi)
+            for (int64_t b = 0; b < nb; ++b)
+              for (int o = 0; o < R / 2; ++o) {
+                uint64_t m;
+                typename G::I i;
+                const int64_t q1 = b * R + 2 * o + 1;
+                const bool inside = gw_idx.template at_column<G>(gwp, q1, lo, m, i);
+                M::spill(carry + (b * (R / 2) + o) * L, G::floats(m, i, inside ? x + lo * C : x));
+              }
+          for (int64_t w = lo; w < hi; ++w) {
+            x_prefetch.columns(x, C, w, w + 1);
+            const scalar_t* base = x + w * C;
+            for (int64_t b = 0; b < nb; ++b) {
+              const typename M::V gv = M::load(valid[b], grow + w * C + b * L);
+              for (int o = 0; o < R / 2; ++o) {
+                const int64_t q0 = b * R + 2 * o;
+                scalar_t* cv = carry + (b * (R / 2) + o) * L;
+                const typename M::V cur = G::floats(mask[q0], G::index(idx + q0 * L), base);
+                M::spill(acc + q0 * L, M::fma(gv, cur, M::load(acc + q0 * L)));
+                M::spill(acc + (q0 + 1) * L, M::fma(gv, M::load(cv), M::load(acc + (q0 + 1) * L)));
+                M::spill(cv, cur);
+              }
+            }
+          }
+          x_prefetch.columns(x, C, hi, L2);
+          for (int64_t w = 0; w < O2; ++w) {
+            if (w >= lo && w < hi) continue;
+            for (int64_t b = 0; b < nb; ++b) {
+              const typename M::V gv = M::load(valid[b], grow + w * C + b * L);
+              for (int a = 0; a < R; ++a) {
+                uint64_t m;
+                typename G::I i;
+                const int64_t q = b * R + a;
+                const bool inside = gw_idx.template at_column<G>(gwp, q, w, m, i);
+                M::spill(acc + q * L,
+                         M::fma(gv, G::floats(m, i, inside ? x + w * C : x), M::load(acc + q * L)));
+              }
+            }
+          }
+        }
+      }
+      double* part = partials + task * C * R;
+      for (int64_t b = 0; b < nb; ++b)
+        for (int l = 0; l < L && b * L + l < C; ++l)
+          for (int a = 0; a < R; ++a)
+            part[(b * L + l) * R + a] = static_cast<double>(acc[(b * R + a) * L + l]);
+    }
+  });
+}
+
+// The reads that went through padding (non-zeros paddings), folded into grad_input.
+template <typename scalar_t>
+void fold_padded_reads(const scalar_t* grad_out, scalar_t* grad_in, const Geometry& g,
+                       const Strides& gos, const Strides& gis,
+                       const std::vector<ChannelShift<scalar_t>>& read_shifts, int corners) {
+  if (g.padding == kZeros) return;
+  const int64_t C = g.channels;
+  const int64_t L[kSlots] = {g.length[0], g.length[1], g.length[2]};
+  const int64_t O[kSlots] = {g.out_length[0], g.out_length[1], g.out_length[2]};
+  const int64_t* b = g.before;
+  at::parallel_for(0, g.batch * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / C, c = task % C;
+      const scalar_t* go = grad_out + n * gos.batch + c;
+      scalar_t* gi = grad_in + n * gis.batch + c;
+      for (int a = 0; a < corners; ++a) {
+        int64_t bits[kSlots];
+        corner_bits(g, a, bits);
+        const scalar_t w = corners == 1 ? scalar_t(1) : corner_weight(g, read_shifts[c], a);
+        int64_t d[kSlots];
+        for (int s = 0; s < kSlots; ++s) d[s] = read_shifts[c].shift[s] + bits[s];
+        const Interior cols = interior(O[2], L[2], b[2], d[2], 1);
+        for (int64_t o0 = 0; o0 < O[0]; ++o0) {
+          const int64_t k0 = o0 + b[0] - d[0];
+          const bool in0 = k0 >= 0 && k0 < L[0];
+          const int64_t p0 = source_index(k0, L[0], g.padding);
+          for (int64_t o1 = 0; o1 < O[1]; ++o1) {
+            const int64_t k1 = o1 + b[1] - d[1];
+            const bool in1 = k1 >= 0 && k1 < L[1];
+            const int64_t p1 = source_index(k1, L[1], g.padding);
+            const scalar_t* gr = go + o0 * gos.slot[0] + o1 * gos.slot[1];
+            scalar_t* ir = gi + p0 * gis.slot[0] + p1 * gis.slot[1];
+            auto fold = [&](int64_t o2) {
+              const int64_t p2 = source_index(o2 + b[2] - d[2], L[2], g.padding);
+              ir[p2 * gis.slot[2]] += w * gr[o2 * gos.slot[2]];
+            };
+            if (in0 && in1) {
+              for (int64_t o2 = 0; o2 < cols.lo; ++o2) fold(o2);
+              for (int64_t o2 = std::max(cols.hi, cols.lo); o2 < O[2]; ++o2) fold(o2);
+            } else {
+              for (int64_t o2 = 0; o2 < O[2]; ++o2) fold(o2);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_gather(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
+                     double* partials, const Geometry& g, const Strides& gos, const Strides& is,
+                     const Strides& gis, bool active,
+                     const std::vector<ChannelShift<scalar_t>>& read_shifts,
+                     const std::vector<ChannelShift<scalar_t>>& interp_shifts, int64_t chunks) {
+  constexpr int L = Gather<sizeof(scalar_t)>::kLanes;
+  const int R = (g.real[0] ? 2 : 1) * (g.real[1] ? 2 : 1) * 2;
+  const int RI = active ? R : 1;
+  const int64_t neg_before[kSlots] = {-g.before[0], -g.before[1], -g.before[2]};
+  // grad_input reads grad_output: lengths swapped, offsets and before negated; reads
+  // outside grad_output contribute nothing whatever the padding (folds add the rest).
+  const GatherPlan<scalar_t> gip = gather_plan<scalar_t>(
+      g, gos, L, RI, g.length, g.out_length, neg_before, kZeros,
+      [&](int64_t c, int a) {
+        int64_t bits[kSlots];
+        corner_bits(g, a, bits);
+        if (!active) bits[0] = bits[1] = bits[2] = 0;
+        return Offset{-(read_shifts[c].shift[0] + bits[0]), -(read_shifts[c].shift[1] + bits[1]),
+                      -(read_shifts[c].shift[2] + bits[2])};
+      },
+      [&](int64_t c, int a) {
+        return active ? corner_weight(g, read_shifts[c], a) : scalar_t(1);
+      });
+  const GatherPlan<scalar_t> gwp = gather_plan<scalar_t>(
+      g, is, L, R, g.out_length, g.length, g.before, g.padding,
+      [&](int64_t c, int a) {
+        int64_t bits[kSlots];
+        corner_bits(g, a, bits);
+        return Offset{interp_shifts[c].shift[0] + bits[0], interp_shifts[c].shift[1] + bits[1],
+                      interp_shifts[c].shift[2] + bits[2]};
+      },
+      [](int64_t, int) { return scalar_t(1); });
+#define TS2_BACKWARD(R_, RI_)                                                                \
+  backward_gather_corners<R_, RI_>(grad_out, in, grad_in, partials, g, gos, is, gis, gip, gwp, \
+                                   chunks)
+  switch (R * 16 + RI) {
+    case 2 * 16 + 1: TS2_BACKWARD(2, 1); break;
+    case 2 * 16 + 2: TS2_BACKWARD(2, 2); break;
+    case 4 * 16 + 1: TS2_BACKWARD(4, 1); break;
+    case 4 * 16 + 4: TS2_BACKWARD(4, 4); break;
+    case 8 * 16 + 1: TS2_BACKWARD(8, 1); break;
+    default: TS2_BACKWARD(8, 8); break;
+  }
+#undef TS2_BACKWARD
+  fold_padded_reads(grad_out, grad_in, g, gos, gis, read_shifts, RI);
+}
+
+// Channels-last forward for tensors whose rows (n, o0, o1) are W x C blocks: gathers where
+// they exist for the element size (and 32-bit indices reach the sample), taps otherwise.
+template <typename T>
+void ssl_forward_channels_last_rows(const T* in, T* out, const Geometry& g, const Strides& is,
+                                    const Strides& os,
+                                    const std::vector<ChannelShift<double>>& shifts, T fill) {
+  if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
+    if (gather_indexable(g, is)) {
+      ssl_forward_gather(in, out, g, is, os, shifts, fill);
+      return;
+    }
+  }
+  ssl_forward_taps(in, out, g, is, os, shifts, fill);
+}
+
+template <typename scalar_t>
+void active_forward_channels_last_rows(
+    const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is, const Strides& os,
+    const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
+  if constexpr (std::is_same<scalar_t, at::opmath_type<scalar_t>>::value) {
+    if (gather_indexable(g, is)) {
+      active_forward_gather(in, out, g, is, os, shifts);
+      return;
+    }
+  }
+  active_forward_taps(in, out, g, is, os, shifts);
+}
+
+}  // namespace
+}  // namespace torchshift2_cpu

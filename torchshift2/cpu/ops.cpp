@@ -1,0 +1,344 @@
+// torchshift2 CPU: the op kernels (argument checks, output allocation, layout dispatch to
+// the planar / channels-last kernels of shift.cpp and channels_last.cpp), the registrations of
+// the private ops torchshift2_cpu::*, and the eager fast path `shift_autograd`, the forward
+// with a C++ autograd node.
+//
+// Why a fast path: the public custom ops (torchshift2/ops.py) run through torch's Python
+// custom-op and autograd wrappers, which cost 20-120 us per call here (more for big
+// tensors: the wrappers' Python runs from caches the kernel has just streamed through).
+// torchshift2.functional takes this path only for plain eager CPU tensors with the C++
+// backend selected; compile, export, tracing, dispatch modes and tensor subclasses all see
+// the custom ops. Both paths call the same kernels (forward / backward below).
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace torchshift2_cpu {
+
+// output_cache.cpp
+void empty_cache();
+std::vector<int64_t> cache_info();
+
+namespace {
+
+at::ScalarType carrier_type(int64_t element_size) {
+  switch (element_size) {
+    case 1: return at::kByte;
+    case 2: return at::kShort;
+    case 4: return at::kInt;
+    case 8: return at::kLong;
+    default: TORCH_CHECK(false, "input: unsupported element size ", element_size);
+  }
+}
+
+bool channels_inner(const at::Tensor& t) {
+  return t.size(1) > 1 && t.stride(1) == 1 && t.stride(t.dim() - 1) != 1;
+}
+
+void check_common(const at::Tensor& input, const at::Tensor& weight) {
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(),
+              "torchshift2_cpu: expected CPU tensors, got input on ", input.device(),
+              " and weight on ", weight.device());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == input.size(1) &&
+                  weight.size(1) == input.dim() - 2,
+              "weight: expected shape (", input.size(1), ", ", input.dim() - 2, "), got ",
+              weight.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()),
+                   "weight: expected a floating dtype, got ", weight.scalar_type());
+  // SPEC §5: non-finite shifts are refused on CPU, before anything is allocated or read.
+  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const double* data = w.const_data_ptr<double>();
+  for (int64_t i = 0; i < w.numel(); ++i)
+    TORCH_CHECK_VALUE(std::isfinite(data[i]), "weight: expected finite values on CPU, got ",
+                      data[i], " at [", i / std::max<int64_t>(1, w.size(1)), ", ",
+                      i % std::max<int64_t>(1, w.size(1)), "]");
+}
+
+void check_output(const at::Tensor& t, at::IntArrayRef sizes, at::ScalarType dtype,
+                  const char* name) {
+  TORCH_CHECK(t.sizes() == sizes && t.scalar_type() == dtype && t.device().is_cpu(), name,
+              ": expected a CPU tensor of shape ", sizes, " and dtype ", dtype, ", got ",
+              t.sizes(), " ", t.scalar_type());
+}
+
+std::vector<int64_t> output_sizes(const at::Tensor& input, const Geometry& g) {
+  std::vector<int64_t> sizes{input.size(0), input.size(1)};
+  const int64_t ndim = input.dim() - 2;
+  for (int64_t d = 0; d < ndim; ++d) sizes.push_back(g.out_length[kSlots - ndim + d]);
+  return sizes;
+}
+
+}  // namespace
+
+// SPEC §3 into a new tensor from the output cache, contiguous or (channels_last) channels
+// innermost, as torchshift2._spec.is_channels_last decides in Python.
+at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t padding,
+                   bool active, at::IntArrayRef crop, double fill, bool channels_last) {
+  check_common(input_, weight);
+  const Geometry g = geometry_of(input_, padding, crop);
+  at::Tensor out = cached_empty(output_sizes(input_, g), input_.scalar_type(), channels_last);
+  if (out.numel() == 0) return out;
+  // Two layouts have kernels: channels innermost with every row (n, o0, o1) a W x C block
+  // (when the output is channels-last too), and planes with a unit-stride last dim. Other
+  // strides are copied into the nearer of the two first.
+  const bool cl = channels_inner(input_) && channel_rows(out);
+  at::Tensor input = input_;
+  if (cl && !channel_rows(input)) input = channels_last_copy(input);
+  if (!cl && input.size(-1) > 1 && input.stride(-1) != 1) input = input.contiguous();
+  const Strides is = strides_of(input), os = strides_of(out);
+  if (!active) {
+    const auto shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
+    const at::ScalarType carrier = carrier_type(input.element_size());
+    AT_DISPATCH_INTEGRAL_TYPES(carrier, "torchshift2_ssl_forward", [&] {
+      const scalar_t* src = static_cast<const scalar_t*>(input.const_data_ptr());
+      scalar_t* dst = static_cast<scalar_t*>(out.data_ptr());
+      // The bits of `fill` in input's dtype (0 is all-zero bits in every dtype).
+      const scalar_t f =
+          fill == 0 ? scalar_t(0)
+                    : at::full({}, fill, input.options()).view(carrier).item<scalar_t>();
+      if (cl)
+        ssl_forward_channels_last_rows(src, dst, g, is, os, shifts, f);
+      else
+        ssl_forward_planes(src, dst, g, is, os, shifts, f);
+    });
+    return out;
+  }
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "input: active=True needs a floating dtype, got ", input.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "torchshift2_active_forward", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const auto shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
+    const scalar_t* src = input.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    if (cl)
+      active_forward_channels_last_rows(src, dst, g, is, os, shifts);
+    else
+      active_forward_planes(src, dst, g, is, os, shifts);
+  });
+  return out;
+}
+
+// SPEC §4: (grad_input, grad_weight); grad_input from the output cache in the layout that
+// channels_last names (see forward).
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
+                                            const at::Tensor& input_, const at::Tensor& weight,
+                                            int64_t padding, bool active, at::IntArrayRef crop,
+                                            bool channels_last) {
+  check_common(input_, weight);
+  TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()),
+                   "input: gradients need a floating dtype, got ", input_.scalar_type());
+  const Geometry g = geometry_of(input_, padding, crop);
+  check_output(grad_output_, output_sizes(input_, g), input_.scalar_type(), "grad_output");
+  at::Tensor grad_input = cached_empty(input_.sizes(), input_.scalar_type(), channels_last);
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+  if (input_.numel() == 0 || grad_output_.numel() == 0) {
+    grad_input.zero_();
+    grad_weight.zero_();
+    return {grad_input, grad_weight};
+  }
+  if (channels_inner(input_)) {
+    // Channels-last kernel: rows of input and grad_output must be W x C blocks.
+    const at::Tensor input = channel_rows(input_) ? input_ : channels_last_copy(input_);
+    const at::Tensor grad_output =
+        channel_rows(grad_output_) ? grad_output_ : channels_last_copy(grad_output_);
+    at::Tensor cl_grad = grad_input.stride(1) == 1 ? grad_input : channels_last_empty(input);
+    const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(cl_grad);
+    const int64_t corners = int64_t(2) << (input.dim() - 3);
+    const bool gathers = (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble) &&
+                         gather_indexable(g, is) && gather_indexable(g, gos) &&
+                         gather_indexable(g, gis);
+    if (gathers) {
+      const int64_t rows = std::max(g.length[0] * g.length[1], g.out_length[0] * g.out_length[1]);
+      const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
+      at::Tensor partials = at::empty({g.batch * chunks, g.channels, corners}, at::kDouble);
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchshift2_backward_gather", [&] {
+        const auto interp_shifts = channel_shifts<scalar_t>(weight, g, /*rounded=*/false);
+        const auto read_shifts =
+            active ? interp_shifts : channel_shifts<scalar_t>(weight, g, /*rounded=*/true);
+        backward_gather(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                        cl_grad.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
+                        gis, active, read_shifts, interp_shifts, chunks);
+      });
+      if (!cl_grad.is_same(grad_input)) grad_input.copy_(cl_grad);
+      combine_corner_partials(partials.const_data_ptr<double>(), g.batch * chunks, weight,
+                              grad_weight);
+      return {grad_input, grad_weight};
+    }
+    at::Tensor partials = at::empty({g.batch, g.channels, corners}, at::kDouble);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                    "torchshift2_backward_cl", [&] {
+      using opmath_t = at::opmath_type<scalar_t>;
+      const auto interp_shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
+      const auto read_shifts =
+          active ? interp_shifts : channel_shifts<opmath_t>(weight, g, /*rounded=*/true);
+      const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
+      const scalar_t* x = input.const_data_ptr<scalar_t>();
+      scalar_t* gi = cl_grad.data_ptr<scalar_t>();
+      double* part = partials.data_ptr<double>();
+      auto run = [&](auto corners) {
+        constexpr int R = decltype(corners)::value;
+        if (active)
+          backward_cl<scalar_t, R, true>(go, x, gi, part, g, gos, is, gis, read_shifts,
+                                         interp_shifts);
+        else
+          backward_cl<scalar_t, R, false>(go, x, gi, part, g, gos, is, gis, read_shifts,
+                                          interp_shifts);
+      };
+      switch (input.dim()) {
+        case 3: run(std::integral_constant<int, 1>()); break;
+        case 4: run(std::integral_constant<int, 2>()); break;
+        default: run(std::integral_constant<int, 4>()); break;
+      }
+    });
+    if (!cl_grad.is_same(grad_input)) grad_input.copy_(cl_grad);
+    combine_corner_partials(partials.const_data_ptr<double>(), g.batch, weight, grad_weight);
+    return {grad_input, grad_weight};
+  }
+  // The plane kernel wants each (n, c) plane dense: channels-last and other layouts go
+  // through planar copies, which costs less than strided walks over every plane.
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor grad_output = grad_output_.contiguous();
+  at::Tensor planar_grad = grad_input.is_contiguous() ? grad_input : at::empty_like(input);
+  const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(planar_grad);
+  at::Tensor partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
+                                  "torchshift2_backward", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const auto interp_shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
+    const auto read_shifts =
+        active ? interp_shifts : channel_shifts<opmath_t>(weight, g, /*rounded=*/true);
+    backward_planes(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                    planar_grad.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
+                    gis, active, read_shifts, interp_shifts);
+  });
+  if (!planar_grad.is_same(grad_input)) grad_input.copy_(planar_grad);
+  // Serial fixed-order reduction over the batch; slots of missing leading dims are dropped.
+  const int64_t ndim = input.dim() - 2;
+  at::Tensor total = at::zeros({g.channels, ndim}, at::kDouble);
+  const double* part = partials.const_data_ptr<double>();
+  double* sum = total.data_ptr<double>();
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t c = 0; c < g.channels; ++c)
+      for (int64_t d = 0; d < ndim; ++d)
+        sum[c * ndim + d] += part[(n * g.channels + c) * kSlots + kSlots - ndim + d];
+  grad_weight.copy_(total);
+  return {grad_input, grad_weight};
+}
+
+void shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding) {
+  check_common(input, weight);
+  const int64_t ndim = input.dim() - 2;
+  const std::vector<int64_t> no_crop(2 * std::max<int64_t>(ndim, 0), 0);
+  const Geometry g = geometry_of(input, padding, no_crop);
+  TORCH_CHECK(input.is_non_overlapping_and_dense(),
+              "input: shifting in place needs a dense tensor without overlapping memory");
+  if (input.numel() == 0) return;
+  const auto shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
+  const at::ScalarType carrier = carrier_type(input.element_size());
+  const Strides st = strides_of(input);
+  AT_DISPATCH_INTEGRAL_TYPES(carrier, "torchshift2_shift_inplace", [&] {
+    ssl_shift_inplace(static_cast<scalar_t*>(input.data_ptr()), g, st, shifts, scalar_t(0));
+  });
+}
+
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct ShiftFunction : public torch::autograd::Function<ShiftFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
+                            const at::Tensor& weight, const std::string& padding,
+                            int64_t padding_code, bool active, std::vector<int64_t> crop,
+                            bool channels_last) {
+    at::Tensor out;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      out = torchshift2_cpu::forward(input, weight, padding_code, active, crop, 0.0,
+                                     channels_last);
+    }
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["padding_code"] = padding_code;
+    ctx->saved_data["active"] = active;
+    ctx->saved_data["crop"] = crop;
+    ctx->saved_data["channels_last"] = channels_last;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const at::Tensor& weight = saved[1];
+    const bool active = ctx->saved_data["active"].toBool();
+    const std::vector<int64_t> crop = ctx->saved_data["crop"].toIntVector();
+    at::Tensor grad_input, grad_weight;
+    if (at::GradMode::is_enabled()) {
+      // create_graph=True: go through the public op, whose own backward refuses double
+      // backward with a clear error (SPEC §4), instead of returning gradients that would
+      // silently have no graph.
+      static auto op =
+          c10::Dispatcher::singleton()
+              .findSchemaOrThrow("torchshift2::shift_backward", "")
+              .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                        const at::Tensor&, c10::string_view,
+                                                        bool, at::IntArrayRef)>();
+      std::tie(grad_input, grad_weight) =
+          op.call(grads[0], input, weight, ctx->saved_data["padding"].toStringRef(), active,
+                  crop);
+    } else {
+      std::tie(grad_input, grad_weight) = torchshift2_cpu::backward(
+          grads[0], input, weight, ctx->saved_data["padding_code"].toInt(), active, crop,
+          ctx->saved_data["channels_last"].toBool());
+    }
+    return {ctx->needs_input_grad(0) ? grad_input : at::Tensor(),
+            ctx->needs_input_grad(1) ? grad_weight : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor shift_autograd(const at::Tensor& input, const at::Tensor& weight,
+                          c10::string_view padding, int64_t padding_code, bool active,
+                          at::IntArrayRef crop, bool channels_last) {
+  return ShiftFunction::apply(input, weight, std::string(padding), padding_code, active,
+                              crop.vec(), channels_last);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(torchshift2_cpu, m) {
+  m.def("forward(Tensor input, Tensor weight, int padding, bool active, int[] crop, float fill, "
+        "bool channels_last) -> Tensor");
+  m.def("backward(Tensor grad_output, Tensor input, Tensor weight, int padding, bool active, "
+        "int[] crop, bool channels_last) -> (Tensor, Tensor)");
+  m.def("shift_inplace(Tensor(a!) input, Tensor weight, int padding) -> ()");
+  // padding twice: the code for the kernels, the name for torchshift2::shift_backward.
+  m.def("shift_autograd(Tensor input, Tensor weight, str padding, int padding_code, "
+        "bool active, int[] crop, bool channels_last) -> Tensor");
+  m.def("empty_cache() -> ()");
+  m.def("cache_info() -> int[]");
+}
+
+TORCH_LIBRARY_IMPL(torchshift2_cpu, CPU, m) {
+  m.impl("forward", &forward);
+  m.impl("backward", &backward);
+  m.impl("shift_inplace", &shift_inplace);
+}
+
+TORCH_LIBRARY_IMPL(torchshift2_cpu, CompositeImplicitAutograd, m) {
+  m.impl("shift_autograd", &shift_autograd);
+}
+
+TORCH_LIBRARY_IMPL(torchshift2_cpu, CatchAll, m) {
+  m.impl("empty_cache", &empty_cache);
+  m.impl("cache_info", &cache_info);
+}
+
+}  // namespace torchshift2_cpu
