@@ -15,6 +15,9 @@ from typing import Iterator, Optional
 
 import torch
 
+__all__ = ["BACKENDS", "cpu_cache_info", "empty_cpu_cache", "resolve", "selected_backend",
+           "use_backend"]
+
 #: Names accepted by ``TORCHSHIFT2_BACKEND`` and :func:`use_backend`.
 BACKENDS = ("auto", "cpp", "triton", "reference")
 ENV_VAR = "TORCHSHIFT2_BACKEND"
@@ -118,3 +121,43 @@ def resolve(device: torch.device) -> str:
             return "reference"
         return "triton"
     return "reference"
+
+
+def cpu_cache_info() -> dict:
+    """State of the C++ backend's output cache (see :func:`empty_cpu_cache`).
+
+    The C++ kernels allocate their outputs (forward output, ``grad_input``) of 1 MiB and more
+    from a cache of freed blocks, so that a training loop does not page-fault fresh memory
+    in at every step. ``TORCHSHIFT2_CPU_CACHE_MB`` (read when the kernel loads) caps the
+    bytes kept free; the default is an eighth of physical memory, at most 4 GiB; 0 disables
+    the cache.
+
+    Returns:
+        dict with ``free_bytes`` and ``free_blocks`` (cached, not in use), ``limit_bytes``
+        (``None`` before the kernel is built), ``hits`` and ``misses`` (allocations served
+        from the cache / from the system).
+
+    Example:
+        >>> import torchshift2 as ts
+        >>> sorted(ts.backend.cpu_cache_info())
+        ['free_blocks', 'free_bytes', 'hits', 'limit_bytes', 'misses']
+    """
+    from .cpu import loader
+
+    return loader.cache_info()
+
+
+def empty_cpu_cache() -> None:
+    """Return the free blocks of the C++ backend's output cache to the system.
+
+    Tensors still in use keep their memory; it goes back to the cache when they are freed.
+
+    Example:
+        >>> import torchshift2 as ts
+        >>> ts.backend.empty_cpu_cache()
+        >>> ts.backend.cpu_cache_info()["free_bytes"]
+        0
+    """
+    from .cpu import loader
+
+    loader.empty_cache()

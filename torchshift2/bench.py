@@ -6,7 +6,8 @@ For every (shape, memory format, dtype) row it times, in one process and one run
 - the floors ``x.clone()`` (allocates, so page faults included) and ``out.copy_(x)``
   (an existing buffer);
 - our op: SSL and active forward, SSL and active forward+backward (grad_input and
-  grad_weight from a precomputed grad_output);
+  grad_weight from a precomputed grad_output), and ``shift_`` (in place) with 90% of the
+  shifts zero, the inference case of a trained Sparse Shift Layer;
 - the pure-torch reference forward, eager and under ``torch.compile``;
 - a 3x3 (3 or 3x3x3) depthwise convolution forward and forward+backward in the same
   memory format, run at least twice because its speed is allocator-bimodal.
@@ -42,7 +43,7 @@ from torch.utils.benchmark import Timer
 
 from . import backend as _backend
 from . import reference
-from .functional import shift
+from .functional import shift, shift_
 
 __all__ = ["main", "SHAPES", "QUICK_SHAPES", "CASES", "DEFAULT_CASES", "ROW_FIELDS"]
 
@@ -70,6 +71,7 @@ CASES = (
     "active_fwd",
     "ssl_fwdbwd",
     "active_fwdbwd",
+    "ssl_inplace_sparse",
     "ref_ssl_fwd",
     "ref_ssl_compiled",
     "ref_active_fwd",
@@ -99,6 +101,9 @@ _SCALING_CASES = ("clone", "copy", "ssl_fwd", "active_fwd")
 #: Tensor-sized transfers a case must make at least: a forward reads the input and writes
 #: the output; forward+backward adds reading grad_output and input, writing grad_input.
 _FLOOR_TRANSFERS = {case: 5 if case.endswith("fwdbwd") else 2 for case in CASES}
+#: ``ssl_inplace_sparse``: the fraction of channels that move (trained SSL: most shifts are 0).
+SPARSE_MOVING = 0.1
+_FLOOR_TRANSFERS["ssl_inplace_sparse"] = 2 * SPARSE_MOVING
 _SCALING_FACTORS = (1, 4, 16)
 
 #: Columns of the result CSV (the JSON rows have the same keys).
@@ -592,6 +597,21 @@ def run_row(cfg: Config, shape_name: str, shape: Tuple[int, ...], fmt: str,
         for case, active in (("ssl_fwdbwd", False), ("active_fwdbwd", True)):
             if case in cfg.cases:
                 record(case, ours_fwdbwd(active), bwd_sets, runs)
+
+    if "ssl_inplace_sparse" in cfg.cases:
+        # 10% of the channels (a fixed random choice) move by one along every dim.
+        gen = torch.Generator().manual_seed(4321)
+        moving = torch.randperm(channels, generator=gen)[: max(1, round(SPARSE_MOVING * channels))]
+        sparse_w = torch.zeros(channels, ndim)
+        sparse_w[moving] = 1.0
+        sparse_w = sparse_w.to(device)
+
+        def inplace(x):
+            with torch.no_grad():
+                return shift_(x, sparse_w, padding)
+
+        record("ssl_inplace_sparse", inplace, [(x,) for x in sets_x], runs,
+               note=f"{len(moving)} of {channels} channels move")
 
     def ref_fwd(active):
         def fn(x, w):

@@ -171,7 +171,7 @@ def shift_(input: Tensor, weight: Tensor, padding: str = "zeros") -> Tensor:
     padding, _ = check_shift_args(input, weight, padding, False, None)
     if input.is_quantized:
         raise TypeError("input: shift_ does not modify quantized tensors in place; use shift")
-    ops.shift_(input, weight, padding)
+    ops.apply_shift_(input, weight, padding)
     return input
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from . import _spec, backend
 
-__all__ = ["apply_shift", "shift", "shift_", "shift_backward"]
+__all__ = ["apply_shift", "apply_shift_", "shift", "shift_", "shift_backward"]
 
 
 def _backend_module(device: torch.device):
@@ -88,6 +88,16 @@ def apply_shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop:
 
         return loader.shift_autograd(input, weight, padding, active, crop)
     return shift(input, weight, padding, active, crop)
+
+
+def apply_shift_(input: Tensor, weight: Tensor, padding: str) -> None:
+    """:func:`shift_`; plain eager CPU calls go straight to the C++ kernel."""
+    if _eager_cpp(input, weight) and input.numel():
+        from .cpu import loader
+
+        loader.shift_inplace(input, weight, padding)
+        return
+    shift_(input, weight, padding)
 
 
 def _setup_context(ctx, inputs, output):

@@ -14,7 +14,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <map>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -286,37 +288,56 @@ void ssl_forward_planes_strided(const T* in, T* out, const Geometry& g, const St
   });
 }
 
-// In place (the Sparse Shift Layer at inference): after training most rounded shifts are 0,
-// and only the planes of channels that move are touched, each through a plane-sized buffer.
+// In place with channels innermost: the moving channels of every position are copied out
+// (K of C lanes), then written back shifted. Only the cache lines holding a moving channel
+// are read and written, but with channels spread over the lines that is most of them: a
+// 64-byte line holds 16 float32 channels.
 template <typename T>
-void ssl_shift_inplace(T* data, const Geometry& g, const Strides& st,
-                       const std::vector<ChannelShift<double>>& shifts, T fill) {
-  std::vector<int64_t> moving;
-  for (int64_t c = 0; c < g.channels; ++c)
-    if (shifts[c].shift[0] != 0 || shifts[c].shift[1] != 0 || shifts[c].shift[2] != 0)
-      moving.push_back(c);
-  if (moving.empty()) return;
-  const int64_t plane = g.in_plane();
-  const int64_t tasks = g.batch * static_cast<int64_t>(moving.size());
-  const int64_t dense[kSlots] = {g.length[1] * g.length[2], g.length[2], 1};
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, plane));
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer(plane);
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t n = t / static_cast<int64_t>(moving.size());
-      const int64_t c = moving[t % static_cast<int64_t>(moving.size())];
-      T* p = data + n * st.batch + c * st.channel;
-      T* b = buffer.data();
-      for (int64_t i0 = 0; i0 < g.length[0]; ++i0)
-        for (int64_t i1 = 0; i1 < g.length[1]; ++i1) {
-          const T* row = p + i0 * st.slot[0] + i1 * st.slot[1];
-          T* dst = b + i0 * dense[0] + i1 * dense[1];
-          if (st.slot[2] == 1)
-            std::memcpy(dst, row, g.length[2] * sizeof(T));
-          else
-            for (int64_t i2 = 0; i2 < g.length[2]; ++i2) dst[i2] = row[i2 * st.slot[2]];
+void ssl_shift_inplace_channels_last(T* data, const Geometry& g, const Strides& st,
+                                     const std::vector<ChannelShift<double>>& shifts,
+                                     const std::vector<int64_t>& moving, T fill) {
+  const int64_t K = static_cast<int64_t>(moving.size());
+  const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
+  const int64_t rows = g.batch * L0 * L1;
+  std::vector<T> buffer(rows * L2 * K);
+  // src[(k * kSlots + s) * L + o]: source index of output o along slot s, kOutside: fill.
+  const int64_t Lmax = std::max({L0, L1, L2});
+  std::vector<int64_t> src(K * kSlots * Lmax, kOutside);
+  for (int64_t k = 0; k < K; ++k)
+    for (int s = 0; s < kSlots; ++s)
+      for (int64_t o = 0; o < g.length[s]; ++o)
+        src[(k * kSlots + s) * Lmax + o] =
+            source_index(o - shifts[moving[k]].shift[s], g.length[s], g.padding);
+  auto row_ptr = [&](int64_t r) {
+    const int64_t n = r / (L0 * L1), i0 = (r / L1) % L0, i1 = r % L1;
+    return data + n * st.batch + i0 * st.slot[0] + i1 * st.slot[1];
+  };
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, L2 * K));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const T* row = row_ptr(r);
+      T* b = buffer.data() + r * L2 * K;
+      for (int64_t i2 = 0; i2 < L2; ++i2)
+        for (int64_t k = 0; k < K; ++k) b[i2 * K + k] = row[i2 * st.slot[2] + moving[k]];
+    }
+  });
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (L0 * L1), o0 = (r / L1) % L0, o1 = r % L1;
+      T* row = row_ptr(r);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t* s0 = src.data() + (k * kSlots + 0) * Lmax;
+        const int64_t* s1 = src.data() + (k * kSlots + 1) * Lmax;
+        const int64_t* s2 = src.data() + (k * kSlots + 2) * Lmax;
+        T* y = row + moving[k];
+        if (s0[o0] == kOutside || s1[o1] == kOutside) {
+          for (int64_t o2 = 0; o2 < L2; ++o2) y[o2 * st.slot[2]] = fill;
+          continue;
         }
-      ssl_forward_plane(static_cast<const T*>(b), dense, p, st.slot, g, shifts[c], fill);
+        const T* b = buffer.data() + ((n * L0 + s0[o0]) * L1 + s1[o1]) * L2 * K + k;
+        for (int64_t o2 = 0; o2 < L2; ++o2)
+          y[o2 * st.slot[2]] = s2[o2] == kOutside ? fill : b[s2[o2] * K];
+      }
     }
   });
 }
@@ -638,10 +659,33 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
   constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
   const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
   const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
-  std::vector<PlaneAdjoint<opmath_t>> tables;
-  tables.reserve(g.channels);
-  for (int64_t c = 0; c < g.channels; ++c)
-    tables.push_back(plane_adjoint(g, read_shifts[c], interp_shifts[c], active));
+  // The tables depend on a channel's integer shifts and (active) its fractions: SSL channels
+  // with equal shifts share one; the distinct ones are built in parallel.
+  std::vector<int64_t> table_of(g.channels);
+  std::vector<int64_t> first;  // a channel of each distinct table
+  {
+    std::map<std::array<int64_t, 2 * kSlots>, int64_t> ids;
+    for (int64_t c = 0; c < g.channels; ++c) {
+      if (active) {
+        table_of[c] = static_cast<int64_t>(first.size());
+        first.push_back(c);
+        continue;
+      }
+      std::array<int64_t, 2 * kSlots> key;
+      for (int s = 0; s < kSlots; ++s) {
+        key[s] = read_shifts[c].shift[s];
+        key[kSlots + s] = interp_shifts[c].shift[s];
+      }
+      const auto found = ids.emplace(key, static_cast<int64_t>(first.size()));
+      if (found.second) first.push_back(c);
+      table_of[c] = found.first->second;
+    }
+  }
+  std::vector<PlaneAdjoint<opmath_t>> tables(first.size());
+  at::parallel_for(0, static_cast<int64_t>(first.size()), 8, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      tables[i] = plane_adjoint(g, read_shifts[first[i]], interp_shifts[first[i]], active);
+  });
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.in_plane()));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
     std::vector<opmath_t> rowbuf(kDirect ? 0 : L2);
@@ -651,7 +695,7 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
     CornerDots<opmath_t> dots;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
-      const PlaneAdjoint<opmath_t>& t = tables[c];
+      const PlaneAdjoint<opmath_t>& t = tables[table_of[c]];
       const scalar_t* go = grad_out + n * gos.batch + c * gos.channel;
       const scalar_t* x = in + n * is.batch + c * is.channel;
       scalar_t* gi = grad_in + n * gis.batch + c * gis.channel;
@@ -946,6 +990,36 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
   }
 }
 
+FlatSSL flat_ssl_plan(const Geometry& g, const ChannelShift<double>& cs) {
+  FlatSSL f;
+  const int64_t L2 = g.length[2];
+  f.rows = interior(g.out_length[1], g.length[1], g.before[1], cs.shift[1], 1);
+  f.s2 = cs.shift[2];
+  const Interior cols = interior(L2, L2, 0, f.s2, 1);
+  for (int64_t o = 0; o < L2; ++o) {
+    if (o >= cols.lo && o < cols.hi) continue;
+    f.edge_col.push_back(o);
+    f.edge_src.push_back(source_index(o - f.s2, L2, g.padding));
+  }
+  return f;
+}
+
+// One plane whose slabs are flat (see FlatSSL); xs0 / ys0: the slot-0 strides.
+template <typename T>
+void ssl_forward_plane_flat(const T* x, int64_t xs0, T* y, int64_t ys0, const Geometry& g,
+                            const FlatSSL& f, const ChannelShift<double>& cs, T fill) {
+  const int64_t L2 = g.length[2], O1 = g.out_length[1];
+  for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
+    T* ys = y + o0 * ys0;
+    const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
+    if (i0 == kOutside) {
+      std::fill(ys, ys + O1 * L2, fill);
+      continue;
+    }
+    ssl_forward_slab_flat(x + i0 * xs0, ys, g, f, cs.shift[1], fill);
+  }
+}
+
 template <typename T>
 void ssl_forward_planes(const T* in, T* out, const Geometry& g, const Strides& is,
                            const Strides& os, const std::vector<ChannelShift<double>>& shifts,
@@ -959,33 +1033,62 @@ void ssl_forward_planes(const T* in, T* out, const Geometry& g, const Strides& i
     return;
   }
   std::vector<FlatSSL> plans(g.channels);
-  for (int64_t c = 0; c < g.channels; ++c) {
-    FlatSSL& f = plans[c];
-    const auto& cs = shifts[c];
-    f.rows = interior(O1, L1, g.before[1], cs.shift[1], 1);
-    f.s2 = cs.shift[2];
-    const Interior cols = interior(L2, L2, 0, f.s2, 1);
-    for (int64_t o = 0; o < L2; ++o) {
-      if (o >= cols.lo && o < cols.hi) continue;
-      f.edge_col.push_back(o);
-      f.edge_src.push_back(source_index(o - f.s2, L2, g.padding));
-    }
-  }
+  for (int64_t c = 0; c < g.channels; ++c) plans[c] = flat_ssl_plan(g, shifts[c]);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
-      const T* x = in + n * is.batch + c * is.channel;
-      T* y = out + n * os.batch + c * os.channel;
-      for (int64_t o0 = 0; o0 < O0; ++o0) {
-        T* ys = y + o0 * os.slot[0];
-        const int64_t i0 = source_index(o0 + g.before[0] - shifts[c].shift[0], L0, g.padding);
-        if (i0 == kOutside) {
-          for (int64_t o1 = 0; o1 < O1; ++o1) std::fill(ys + o1 * L2, ys + o1 * L2 + L2, fill);
-          continue;
-        }
-        ssl_forward_slab_flat(x + i0 * is.slot[0], ys, g, plans[c], shifts[c].shift[1], fill);
+      ssl_forward_plane_flat(in + n * is.batch + c * is.channel, is.slot[0],
+                             out + n * os.batch + c * os.channel, os.slot[0], g, plans[c],
+                             shifts[c], fill);
+    }
+  });
+}
+
+// In place (the Sparse Shift Layer at inference): after training most rounded shifts are 0,
+// and only the planes of channels that move are touched, each through a plane-sized buffer.
+template <typename T>
+void ssl_shift_inplace(T* data, const Geometry& g, const Strides& st,
+                       const std::vector<ChannelShift<double>>& shifts, T fill) {
+  std::vector<int64_t> moving;
+  for (int64_t c = 0; c < g.channels; ++c)
+    if (shifts[c].shift[0] != 0 || shifts[c].shift[1] != 0 || shifts[c].shift[2] != 0)
+      moving.push_back(c);
+  if (moving.empty()) return;
+  if (st.channel == 1 && g.channels > 1) {
+    ssl_shift_inplace_channels_last(data, g, st, shifts, moving, fill);
+    return;
+  }
+  const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
+  const int64_t plane = g.in_plane();
+  const bool dense = (st.slot[2] == 1 || L2 == 1) && (st.slot[1] == L2 || L1 == 1) &&
+                     (st.slot[0] == L1 * L2 || L0 == 1);
+  std::vector<FlatSSL> plans(moving.size());
+  if (dense)
+    for (size_t k = 0; k < moving.size(); ++k) plans[k] = flat_ssl_plan(g, shifts[moving[k]]);
+  const int64_t tasks = g.batch * static_cast<int64_t>(moving.size());
+  const int64_t packed[kSlots] = {L1 * L2, L2, 1};
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, plane));
+  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(plane);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / static_cast<int64_t>(moving.size());
+      const int64_t k = t % static_cast<int64_t>(moving.size()), c = moving[k];
+      T* p = data + n * st.batch + c * st.channel;
+      T* b = buffer.data();
+      if (dense) {
+        std::memcpy(b, p, plane * sizeof(T));
+        ssl_forward_plane_flat(static_cast<const T*>(b), packed[0], p, st.slot[0], g, plans[k],
+                               shifts[c], fill);
+        continue;
       }
+      for (int64_t i0 = 0; i0 < L0; ++i0)
+        for (int64_t i1 = 0; i1 < L1; ++i1) {
+          const T* row = p + i0 * st.slot[0] + i1 * st.slot[1];
+          T* dst = b + i0 * packed[0] + i1 * packed[1];
+          for (int64_t i2 = 0; i2 < L2; ++i2) dst[i2] = row[i2 * st.slot[2]];
+        }
+      ssl_forward_plane(static_cast<const T*>(b), packed, p, st.slot, g, shifts[c], fill);
     }
   });
 }

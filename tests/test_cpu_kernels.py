@@ -1,0 +1,238 @@
+"""The C++ backend's own machinery: channels-last kernels over many channel blocks, the
+in-place kernel, the output cache and the eager fast path (all against the reference)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import torchshift2 as ts
+from helpers import assert_close
+
+CHANNELS = [1, 15, 16, 17, 40]
+
+
+def channels_inner(x, gapped=False):
+    """x with channels innermost; gapped: rows are not W x C blocks (a channel stride of 1 in
+    a wider buffer), which the kernels first copy."""
+    order = [0] + list(range(2, x.dim())) + [1]
+    inverse = [order.index(i) for i in range(x.dim())]
+    dense = x.permute(order).contiguous()
+    if gapped:
+        wide = torch.zeros(*dense.shape[:-1], dense.shape[-1] + 3, dtype=x.dtype)
+        wide[..., : dense.shape[-1]] = dense
+        dense = wide[..., : dense.shape[-1]]
+    return dense.permute(inverse)
+
+
+def grads(backend, x, weight, padding, active, crop, grad_output):
+    x = x.detach().clone().requires_grad_()
+    weight = weight.detach().clone().requires_grad_()
+    with ts.use_backend(backend):
+        out = ts.shift(x, weight, padding, active, crop)
+        return (out, *torch.autograd.grad(out, (x, weight), grad_output))
+
+
+@given(
+    ndim=st.integers(1, 3),
+    channels=st.sampled_from(CHANNELS),
+    dtype=st.sampled_from([torch.float64, torch.float32, torch.bfloat16]),
+    padding=st.sampled_from(ts.PADDINGS),
+    active=st.booleans(),
+    gapped=st.booleans(),
+    scale=st.sampled_from([0.7, 2.5, 9.0]),
+    data=st.data(),
+)
+def test_channels_last_kernels_match_oracle(ndim, channels, dtype, padding, active, gapped,
+                                            scale, data):
+    # Channel blocks (16 float32 / 8 float64 lanes per vector), partial blocks, many distinct
+    # shifts per block, reads through every padding, crops.
+    sizes = [data.draw(st.integers(1, 6)) for _ in range(ndim)]
+    seed = data.draw(st.integers(0, 2**31 - 1))
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, channels, *sizes, generator=generator, dtype=torch.float64)
+    x = channels_inner(x.to(dtype), gapped)
+    weight = torch.randn(channels, ndim, generator=generator, dtype=torch.float64) * scale
+    crop = None
+    if data.draw(st.booleans()):
+        crop = [(data.draw(st.integers(0, s // 2)), data.draw(st.integers(0, s // 2)))
+                for s in sizes]
+    out_shape = ts._spec.output_shape(x.shape, ts._spec.normalize_crop(crop, sizes))
+    grad_output = torch.randn(out_shape, generator=generator, dtype=torch.float64).to(dtype)
+    out, grad_input, grad_weight = grads("cpp", x, weight, padding, active, crop, grad_output)
+    ref, ref_input, ref_weight = grads("reference", x, weight, padding, active, crop,
+                                       grad_output)
+    if not active:
+        assert torch.equal(out, ref)
+    assert_close(out, ref, dtype)
+    assert_close(grad_input, ref_input, dtype)
+    scale_w = max(1.0, float(ref_weight.abs().max()))
+    assert_close(grad_weight / scale_w, ref_weight / scale_w,
+                 torch.float64 if dtype == torch.float64 else dtype)
+    assert out.stride() == ref.stride() and grad_input.stride() == ref_input.stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8, torch.int16,
+                                   torch.float64])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+def test_inplace_matches_oracle(dtype, layout, padding):
+    torch.manual_seed(0)
+    for shape in [(2, 20, 9), (2, 33, 5, 7), (1, 17, 3, 4, 5)]:
+        ndim = len(shape) - 2
+        x = (torch.randn(shape) * 9).to(dtype)
+        if layout == "channels_last":
+            x = channels_inner(x)
+        elif layout == "strided":
+            x = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+        weight = torch.zeros(shape[1], ndim)
+        moving = torch.rand(shape[1]) < 0.3
+        weight[moving] = torch.randn(int(moving.sum()), ndim) * 4
+        expected = ts.reference.shift(x, weight, padding)
+        y = x.clone(memory_format=torch.preserve_format)
+        assert ts.shift_(y, weight, padding) is y
+        assert torch.equal(y, expected)
+
+
+# --- output cache ----------------------------------------------------------------------
+
+def test_output_cache_reuses_freed_blocks_and_empties():
+    from torchshift2.cpu import loader
+
+    x = torch.randn(4, 16, 64, 64)  # 1 MiB: above the cache's threshold
+    weight = torch.randn(16, 2)
+    expected = ts.reference.shift(x, weight, "border")
+    ts.shift(x, weight, "border")
+    before = loader.cache_info()
+    for _ in range(3):
+        out = ts.shift(x, weight, "border")
+        assert torch.equal(out, expected)  # a reused block never leaks old values
+        del out
+    after = loader.cache_info()
+    assert after["hits"] >= before["hits"] + 3
+    assert after["free_bytes"] >= x.numel() * 4
+    ts.backend.empty_cpu_cache()
+    assert loader.cache_info()["free_bytes"] == 0
+    assert ts.backend.cpu_cache_info()["free_blocks"] == 0
+
+
+CACHE_RUN = """
+import torch, torchshift2 as ts
+x = torch.randn(4, 16, 64, 64); w = torch.randn(16, 2)
+outs = [ts.shift(x, w) for _ in range(4)]  # four 1 MiB blocks live at once
+expected = ts.reference.shift(x, w)
+assert all(torch.equal(o, expected) for o in outs)
+del outs
+info = ts.backend.cpu_cache_info()
+print("FREE", info["free_bytes"], "LIMIT", info["limit_bytes"])
+"""
+
+
+@pytest.mark.parametrize("megabytes", [0, 2])
+def test_output_cache_limit(megabytes):
+    env = dict(os.environ, TORCHSHIFT2_CPU_CACHE_MB=str(megabytes))
+    result = subprocess.run([sys.executable, "-c", CACHE_RUN], capture_output=True, text=True,
+                            env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    free, limit = (int(v) for v in result.stdout.split()[1::2])
+    assert limit == megabytes << 20
+    assert free <= limit  # the oldest free blocks were released (all of them when disabled)
+
+
+# --- eager fast path -------------------------------------------------------------------
+
+class OpLog(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("active", [False, True])
+def test_fast_path_equals_custom_op(memory_format, active):
+    torch.manual_seed(1)
+    x = torch.randn(2, 20, 6, 7)
+    if memory_format == "channels_last":
+        x = channels_inner(x)
+    weight = torch.randn(20, 2) * 2
+    grad_output = torch.randn(2, 20, 5, 7)
+    crop = [(1, 0), (0, 0)]
+    results = []
+    for fast in (True, False):
+        xr = x.clone().requires_grad_()
+        wr = weight.clone().requires_grad_()
+        if fast:
+            out = ts.shift(xr, wr, "reflect", active, crop)
+            assert "ShiftFunction" in out.grad_fn.name()
+        else:
+            out = ts.ops.shift(xr, wr, "reflect", active, [1, 0, 0, 0])
+        results.append((out, *torch.autograd.grad(out, (xr, wr), grad_output)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+
+
+def test_fast_path_is_skipped_when_ops_are_intercepted():
+    x = torch.randn(1, 3, 5)
+    weight = torch.randn(3, 1)
+    with OpLog() as log:
+        ts.shift(x, weight, "zeros", True)
+        ts.shift_(x.clone(), weight)
+    assert "torchshift2.shift.default" in log.ops and "torchshift2.shift_.default" in log.ops
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        fake = ts.shift(torch.empty(2, 3, 5, 6), torch.empty(3, 2), "periodic", True)
+    assert fake.shape == (2, 3, 5, 6)
+    with ts.use_backend("reference"):
+        out = ts.shift(x.requires_grad_(), weight, "zeros", True)
+    assert "ShiftFunction" not in out.grad_fn.name()
+
+
+def test_fast_path_gradients_only_where_asked():
+    x = torch.randn(1, 3, 5, requires_grad=True)
+    weight = torch.randn(3, 1)
+    out = ts.shift(x, weight, "border", True)
+    (grad_x,) = torch.autograd.grad(out.sum(), x)
+    assert grad_x.shape == x.shape and weight.grad is None
+    weight.requires_grad_()
+    out = ts.shift(x.detach(), weight, "border", True)
+    (grad_w,) = torch.autograd.grad(out.sum(), weight)
+    assert grad_w.shape == weight.shape
+    with torch.inference_mode():
+        assert ts.shift(x, weight).grad_fn is None
+
+
+def test_fast_path_under_checkpoint_and_first_order_create_graph():
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 1, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w):
+        return ts.shift(x, w, "symmetric", True).sin()
+
+    direct = torch.autograd.grad(f(x, weight).sum(), (x, weight))
+    checkpointed = torch.utils.checkpoint.checkpoint(f, x, weight, use_reentrant=False)
+    again = torch.autograd.grad(checkpointed.sum(), (x, weight))
+    for a, b in zip(direct, again):
+        assert_close(a, b)
+    # create_graph=True for an unrelated reason: first-order gradients are still right.
+    graph = torch.autograd.grad(f(x, weight).sum(), (x, weight), create_graph=True)
+    for a, b in zip(direct, graph):
+        assert_close(a.detach(), b.detach())
+
+
+def test_nonfinite_weight_is_a_value_error_from_the_kernel():
+    x = torch.randn(1, 2, 5)
+    with pytest.raises(ValueError, match="weight"):
+        torch.ops.torchshift2.shift(x, torch.tensor([[0.0], [float("nan")]]), "zeros", False,
+                                    [0, 0])
+    with pytest.raises(ValueError, match="weight"):
+        ts.shift_(x, torch.tensor([[0.0], [float("inf")]]))
