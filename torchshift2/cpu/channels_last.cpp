@@ -45,70 +45,31 @@ template <int E>
 struct Bits;
 
 #ifdef TS2_AVX512
-template <>
-struct Bits<1> {
-  using V = __m512i;
-  static V or_(V a, V b) { return _mm512_or_si512(a, b); }
-  static V set1(uint64_t v) { return _mm512_set1_epi8(static_cast<char>(v)); }
-  static V load_merge(V acc, uint64_t m, const void* p) {
-    return _mm512_mask_loadu_epi8(acc, static_cast<__mmask64>(m), p);
-  }
-  static V load_zero(uint64_t m, const void* p) {
-    return _mm512_maskz_loadu_epi8(static_cast<__mmask64>(m), p);
-  }
-  static V blend(uint64_t m, V a, V b) { return _mm512_mask_blend_epi8(static_cast<__mmask64>(m), a, b); }
-  static void store(void* p, uint64_t m, V v) {
-    _mm512_mask_storeu_epi8(p, static_cast<__mmask64>(m), v);
-  }
-};
-template <>
-struct Bits<2> {
-  using V = __m512i;
-  static V or_(V a, V b) { return _mm512_or_si512(a, b); }
-  static V set1(uint64_t v) { return _mm512_set1_epi16(static_cast<short>(v)); }
-  static V load_merge(V acc, uint64_t m, const void* p) {
-    return _mm512_mask_loadu_epi16(acc, static_cast<__mmask32>(m), p);
-  }
-  static V load_zero(uint64_t m, const void* p) {
-    return _mm512_maskz_loadu_epi16(static_cast<__mmask32>(m), p);
-  }
-  static V blend(uint64_t m, V a, V b) { return _mm512_mask_blend_epi16(static_cast<__mmask32>(m), a, b); }
-  static void store(void* p, uint64_t m, V v) {
-    _mm512_mask_storeu_epi16(p, static_cast<__mmask32>(m), v);
-  }
-};
-template <>
-struct Bits<4> {
-  using V = __m512i;
-  static V or_(V a, V b) { return _mm512_or_si512(a, b); }
-  static V set1(uint64_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
-  static V load_merge(V acc, uint64_t m, const void* p) {
-    return _mm512_mask_loadu_epi32(acc, static_cast<__mmask16>(m), p);
-  }
-  static V load_zero(uint64_t m, const void* p) {
-    return _mm512_maskz_loadu_epi32(static_cast<__mmask16>(m), p);
-  }
-  static V blend(uint64_t m, V a, V b) { return _mm512_mask_blend_epi32(static_cast<__mmask16>(m), a, b); }
-  static void store(void* p, uint64_t m, V v) {
-    _mm512_mask_storeu_epi32(p, static_cast<__mmask16>(m), v);
-  }
-};
-template <>
-struct Bits<8> {
-  using V = __m512i;
-  static V or_(V a, V b) { return _mm512_or_si512(a, b); }
-  static V set1(uint64_t v) { return _mm512_set1_epi64(static_cast<long long>(v)); }
-  static V load_merge(V acc, uint64_t m, const void* p) {
-    return _mm512_mask_loadu_epi64(acc, static_cast<__mmask8>(m), p);
-  }
-  static V load_zero(uint64_t m, const void* p) {
-    return _mm512_maskz_loadu_epi64(static_cast<__mmask8>(m), p);
-  }
-  static V blend(uint64_t m, V a, V b) { return _mm512_mask_blend_epi64(static_cast<__mmask8>(m), a, b); }
-  static void store(void* p, uint64_t m, V v) {
-    _mm512_mask_storeu_epi64(p, static_cast<__mmask8>(m), v);
-  }
-};
+// One specialisation per element size: the intrinsics differ only in their suffix.
+#define TS2_BITS(E, MASK, SUFFIX, LANE)                                                     \
+  template <>                                                                               \
+  struct Bits<E> {                                                                          \
+    using V = __m512i;                                                                      \
+    static V or_(V a, V b) { return _mm512_or_si512(a, b); }                                \
+    static V set1(uint64_t v) { return _mm512_set1_##SUFFIX(static_cast<LANE>(v)); }       \
+    static V load_merge(V acc, uint64_t m, const void* p) {                                 \
+      return _mm512_mask_loadu_##SUFFIX(acc, static_cast<MASK>(m), p);                      \
+    }                                                                                       \
+    static V load_zero(uint64_t m, const void* p) {                                         \
+      return _mm512_maskz_loadu_##SUFFIX(static_cast<MASK>(m), p);                          \
+    }                                                                                       \
+    static V blend(uint64_t m, V a, V b) {                                                  \
+      return _mm512_mask_blend_##SUFFIX(static_cast<MASK>(m), a, b);                        \
+    }                                                                                       \
+    static void store(void* p, uint64_t m, V v) {                                           \
+      _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);                              \
+    }                                                                                       \
+  };
+TS2_BITS(1, __mmask64, epi8, char)
+TS2_BITS(2, __mmask32, epi16, short)
+TS2_BITS(4, __mmask16, epi32, int)
+TS2_BITS(8, __mmask8, epi64, long long)
+#undef TS2_BITS
 #else
 template <int E>
 struct Bits {
@@ -153,40 +114,27 @@ template <typename scalar_t>
 struct Math;
 
 #ifdef TS2_AVX512
-template <>
-struct Math<float> {
-  using V = __m512;
-  static constexpr int kLanes = 16;
-  static V zero() { return _mm512_setzero_ps(); }
-  static V load(const float* c) { return _mm512_loadu_ps(c); }
-  static V load(uint64_t m, const float* p) {
-    return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p);
-  }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  static V add(V a, V b) { return _mm512_add_ps(a, b); }
-  static void store(float* p, uint64_t m, V v) {
-    _mm512_mask_storeu_ps(p, static_cast<__mmask16>(m), v);
-  }
-  static void spill(float* p, V v) { _mm512_storeu_ps(p, v); }
-};
-template <>
-struct Math<double> {
-  using V = __m512d;
-  static constexpr int kLanes = 8;
-  static V zero() { return _mm512_setzero_pd(); }
-  static V load(const double* c) { return _mm512_loadu_pd(c); }
-  static V load(uint64_t m, const double* p) {
-    return _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p);
-  }
-  static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
-  static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
-  static V add(V a, V b) { return _mm512_add_pd(a, b); }
-  static void store(double* p, uint64_t m, V v) {
-    _mm512_mask_storeu_pd(p, static_cast<__mmask8>(m), v);
-  }
-  static void spill(double* p, V v) { _mm512_storeu_pd(p, v); }
-};
+#define TS2_MATH(T, VEC, LANES, MASK, SUFFIX)                                               \
+  template <>                                                                               \
+  struct Math<T> {                                                                          \
+    using V = VEC;                                                                          \
+    static constexpr int kLanes = LANES;                                                    \
+    static V zero() { return _mm512_setzero_##SUFFIX(); }                                   \
+    static V load(const T* c) { return _mm512_loadu_##SUFFIX(c); }                          \
+    static V load(uint64_t m, const T* p) {                                                 \
+      return _mm512_maskz_loadu_##SUFFIX(static_cast<MASK>(m), p);                          \
+    }                                                                                       \
+    static V fma(V a, V b, V c) { return _mm512_fmadd_##SUFFIX(a, b, c); }                  \
+    static V mul(V a, V b) { return _mm512_mul_##SUFFIX(a, b); }                            \
+    static V add(V a, V b) { return _mm512_add_##SUFFIX(a, b); }                            \
+    static void store(T* p, uint64_t m, V v) {                                              \
+      _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);                              \
+    }                                                                                       \
+    static void spill(T* p, V v) { _mm512_storeu_##SUFFIX(p, v); }                          \
+  };
+TS2_MATH(float, __m512, 16, __mmask16, ps)
+TS2_MATH(double, __m512d, 8, __mmask8, pd)
+#undef TS2_MATH
 template <>
 struct Math<c10::BFloat16> : Math<float> {
   using Math<float>::load;
@@ -278,6 +226,36 @@ inline uint64_t lanes_below(int n) { return n >= 64 ? ~uint64_t(0) : (uint64_t(1
 // A tap: the per-slot offset d of its reads (output o reads source o + before - d).
 using Offset = std::array<int64_t, kSlots>;
 
+// Corner a of the slots that exist as (a0, a1, a2) bits, slot 2 the lowest bit (the order
+// combine_corner_partials expects).
+inline void corner_bits(const Geometry& g, int a, int64_t* bits) {
+  int rest = a;
+  for (int s = kSlots - 1; s >= 0; --s) {
+    bits[s] = g.real[s] ? rest & 1 : 0;
+    if (g.real[s]) rest >>= 1;
+  }
+}
+
+// The offset corner a reads at: the channel's integer shift plus the corner bits.
+template <typename opmath_t>
+Offset corner_offset(const Geometry& g, const ChannelShift<opmath_t>& cs, int a) {
+  int64_t bits[kSlots];
+  corner_bits(g, a, bits);
+  return Offset{cs.shift[0] + bits[0], cs.shift[1] + bits[1], cs.shift[2] + bits[2]};
+}
+
+template <typename opmath_t>
+opmath_t corner_weight(const Geometry& g, const ChannelShift<opmath_t>& cs, int a) {
+  int64_t bits[kSlots];
+  corner_bits(g, a, bits);
+  opmath_t w = 1;
+  for (int s = 0; s < kSlots; ++s)
+    if (g.real[s]) w *= bits[s] ? cs.frac[s] : 1 - cs.frac[s];
+  return w;
+}
+
+
+
 // The taps of one block of channels: which lanes each covers, and (Active Shift, backward)
 // the per-lane coefficient; `corner` is, per lane, which interpolation corner the tap is
 // (grad_weight needs it).
@@ -303,14 +281,14 @@ struct TapTable {
 };
 
 // Builds the taps of `channels` channels whose corners (SPEC §3) are given by
-// corner_offset(c, a) and corner_weight(c, a), a in [0, corners). The geometry is that of
+// offset_of(c, a) and weight_of(c, a), a in [0, corners). The geometry is that of
 // the forward (out_length outputs reading `length` sources with `before` cropped) or, for
 // grad_input, its adjoint (the caller swaps lengths and negates offsets and before).
 template <typename opmath_t, typename OffsetFn, typename WeightFn>
 TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners,
                              const int64_t* out_length, const int64_t* length,
-                             const int64_t* before, int64_t padding, OffsetFn corner_offset,
-                             WeightFn corner_weight) {
+                             const int64_t* before, int64_t padding, OffsetFn offset_of,
+                             WeightFn weight_of) {
   TapTable<opmath_t> t;
   t.lanes = lanes;
   std::map<Offset, int> ids;
@@ -322,7 +300,7 @@ TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners,
     for (int64_t lane = 0; lane < lanes && b * lanes + lane < channels; ++lane) {
       const int64_t c = b * lanes + lane;
       for (int a = 0; a < corners; ++a) {
-        const Offset d = corner_offset(c, a);
+        const Offset d = offset_of(c, a);
         auto found = ids.find(d);
         int id;
         if (found == ids.end()) {
@@ -345,7 +323,7 @@ TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners,
           j = at->second;
         }
         bt.mask[j] |= uint64_t(1) << lane;
-        bt.coef[j * lanes + lane] += corner_weight(c, a);
+        bt.coef[j * lanes + lane] += weight_of(c, a);
         bt.corner[j * lanes + lane] = static_cast<int8_t>(a);
       }
     }
@@ -558,30 +536,10 @@ void active_forward_taps(const scalar_t* in, scalar_t* out, const Geometry& g, c
   const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
   const int64_t O2 = g.out_length[2];
   const int corners = (g.real[0] ? 2 : 1) * (g.real[1] ? 2 : 1) * 2;
-  // Corner a: bits (a0, a1, a2) of the slots that exist, a2 lowest.
-  auto corner_bits = [&](int a, int64_t* bits) {
-    int rest = a;
-    for (int s = kSlots - 1; s >= 0; --s) {
-      bits[s] = g.real[s] || s == 2 ? rest & 1 : 0;
-      if (g.real[s] || s == 2) rest >>= 1;
-    }
-  };
   const TapTable<opmath_t> t = tap_table<opmath_t>(
       C, L, corners, g.out_length, g.length, g.before, g.padding,
-      [&](int64_t c, int a) {
-        int64_t bits[kSlots];
-        corner_bits(a, bits);
-        return Offset{shifts[c].shift[0] + bits[0], shifts[c].shift[1] + bits[1],
-                      shifts[c].shift[2] + bits[2]};
-      },
-      [&](int64_t c, int a) {
-        int64_t bits[kSlots];
-        corner_bits(a, bits);
-        opmath_t w = 1;
-        for (int s = 0; s < kSlots; ++s)
-          if (g.real[s] || s == 2) w *= bits[s] ? shifts[c].frac[s] : 1 - shifts[c].frac[s];
-        return w;
-      });
+      [&](int64_t c, int a) { return corner_offset(g, shifts[c], a); },
+      [&](int64_t c, int a) { return corner_weight(g, shifts[c], a); });
   const int64_t rows = g.batch * O0 * O1;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
@@ -900,10 +858,8 @@ struct RowPrefetch {
     std::set_difference(next.begin(), next.end(), current.begin(), current.end(),
                         std::back_inserter(fresh));
   }
-  // Columns [w0, w1) of the next output row's fresh rows into L2, and column w1 - 1 +
-  // kNear of this row's rows into L1: a gather whose 16 lanes all miss L1 occupies every
-  // line fill buffer and exposes the whole L2 latency.
-  static constexpr int64_t kNear = 4;
+  // Columns [w0, w1) of the next output row's fresh rows (into L2: by the time that row
+  // is read they would have left L1).
   template <typename T>
   void columns(const T* image, int64_t C, int64_t w0, int64_t w1) const {
     const int64_t esize = static_cast<int64_t>(sizeof(T));
@@ -911,11 +867,6 @@ struct RowPrefetch {
     for (const int64_t r : fresh) {
       const char* p = reinterpret_cast<const char*>(image + r);
       for (int64_t b = b0; b < b1; b += 64) __builtin_prefetch(p + b, 0, 2);
-    }
-    const int64_t n0 = (w1 - 1 + kNear) * C * esize, n1 = std::min(row_bytes, n0 + C * esize);
-    for (const int64_t r : current) {
-      const char* p = reinterpret_cast<const char*>(image + r);
-      for (int64_t b = n0; b < n1; b += 64) __builtin_prefetch(p + b, 0, 3);
     }
   }
 };
@@ -972,6 +923,36 @@ struct RowIndex {
   }
 };
 
+// Walks the output rows of a channels-last forward in parallel: per row, the index vectors
+// of every (block, corner) and the prefetch plan of the next row, then
+// row(image, y, ri, prefetch) writes it. make_row() is called once per task (per-task
+// scratch lives in the closure it returns).
+template <typename T, typename opmath_t, typename MakeRow>
+void for_each_gather_row(const T* in, T* out, const Geometry& g, const Strides& is,
+                         const Strides& os, const GatherPlan<opmath_t>& plan,
+                         MakeRow make_row) {
+  using G = Gather<sizeof(T)>;
+  const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
+  const int64_t rows_total = g.batch * O0 * O1;
+  const int64_t grain =
+      std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_length[2] * C));
+  at::parallel_for(0, rows_total, grain, [&](int64_t begin, int64_t end) {
+    RowIndex<opmath_t> ri(plan);
+    RowPrefetch prefetch;
+    prefetch.init(plan, g.before, g.length, g.padding, is, g.length[2] * C, sizeof(T));
+    auto row = make_row();
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
+      const bool same_image = r + 1 < end && (r + 1) / (O0 * O1) == n;
+      prefetch.plan_next(same_image, o0, o1, ((r + 1) / O1) % O0, (r + 1) % O1,
+                         r == begin || r % (O0 * O1) == 0);
+      ri.template fill<G>(plan, o0, o1);
+      row(in + n * is.batch, out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1], ri,
+          prefetch);
+    }
+  });
+}
+
 // SSL forward by gathers (4- and 8-byte elements), columns outermost (the layout's
 // order), every block of a column inside.
 template <typename T>
@@ -982,31 +963,18 @@ void ssl_forward_gather(const T* in, T* out, const Geometry& g, const Strides& i
   using G = Gather<E>;
   using B = Bits<E>;
   constexpr int L = G::kLanes;
-  const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
-  const int64_t O2 = g.out_length[2];
+  const int64_t C = g.channels, O2 = g.out_length[2];
   const GatherPlan<float> plan = gather_plan<float>(
       g, is, L, 1, g.out_length, g.length, g.before, g.padding,
-      [&](int64_t c, int) { return Offset{shifts[c].shift[0], shifts[c].shift[1], shifts[c].shift[2]}; },
+      [&](int64_t c, int) { return corner_offset(g, shifts[c], 0); },
       [](int64_t, int) { return 1.0f; });
   uint64_t fill_bits = 0;
   std::memcpy(&fill_bits, &fill, E);
   const int64_t nb = plan.blocks;
-  const int64_t rows_total = g.batch * O0 * O1;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
-  at::parallel_for(0, rows_total, grain, [&](int64_t begin, int64_t end) {
-    RowIndex<float> ri(plan);
-    const typename B::V fillv = B::set1(fill_bits);
-    RowPrefetch prefetch;
-    prefetch.init(plan, g.before, g.length, g.padding, is, g.length[2] * C, E);
-    const uint64_t* valid = plan.valid.data();
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
-      const T* image = in + n * is.batch;
-      T* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
-      const bool same_image = r + 1 < end && (r + 1) / (O0 * O1) == n;
-      prefetch.plan_next(same_image, o0, o1, ((r + 1) / O1) % O0, (r + 1) % O1,
-                         r == begin || r % (O0 * O1) == 0);
-      ri.template fill<G>(plan, o0, o1);
+  const uint64_t* valid = plan.valid.data();
+  for_each_gather_row(in, out, g, is, os, plan, [&] {
+    return [&, fillv = B::set1(fill_bits)](const T* image, T* y, RowIndex<float>& ri,
+                                            RowPrefetch& prefetch) {
       const int32_t* idx = ri.idx.data();
       const uint64_t* mask = ri.mask.data();
       const int64_t lo = plan.cols.lo, hi = plan.cols.hi;
@@ -1029,7 +997,7 @@ void ssl_forward_gather(const T* in, T* out, const Geometry& g, const Strides& i
                    G::bits(fillv, m, i, inside ? image + w * C : image));
         }
       }
-    }
+    };
   });
 }
 
@@ -1041,27 +1009,15 @@ void active_forward_gather_corners(const scalar_t* in, scalar_t* out, const Geom
   using G = Gather<sizeof(scalar_t)>;
   using M = Math<scalar_t>;
   constexpr int L = G::kLanes;
-  const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
-  const int64_t O2 = g.out_length[2];
+  const int64_t C = g.channels, O2 = g.out_length[2];
   const int64_t nb = plan.blocks;
-  const int64_t rows_total = g.batch * O0 * O1;
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
-  at::parallel_for(0, rows_total, grain, [&](int64_t begin, int64_t end) {
-    RowIndex<scalar_t> ri(plan);
-    std::vector<scalar_t> carry_buffer(nb * (R / 2) * L);
-    scalar_t* carry = carry_buffer.data();
-    RowPrefetch prefetch;
-    prefetch.init(plan, g.before, g.length, g.padding, is, g.length[2] * C, sizeof(scalar_t));
-    const uint64_t* valid = plan.valid.data();
-    const scalar_t* weight = ri.weight.data();
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
-      const scalar_t* image = in + n * is.batch;
-      scalar_t* y = out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1];
-      const bool same_image = r + 1 < end && (r + 1) / (O0 * O1) == n;
-      prefetch.plan_next(same_image, o0, o1, ((r + 1) / O1) % O0, (r + 1) % O1,
-                         r == begin || r % (O0 * O1) == 0);
-      ri.template fill<G>(plan, o0, o1);
+  const uint64_t* valid = plan.valid.data();
+  for_each_gather_row(in, out, g, is, os, plan, [&] {
+    return [&, carry_buffer = std::vector<scalar_t>(nb * (R / 2) * L)](
+               const scalar_t* image, scalar_t* y, RowIndex<scalar_t>& ri,
+               RowPrefetch& prefetch) mutable {
+      scalar_t* carry = carry_buffer.data();
+      const scalar_t* weight = ri.weight.data();
       const int32_t* idx = ri.idx.data();
       const uint64_t* mask = ri.mask.data();
       const int64_t lo = plan.cols.lo, hi = plan.cols.hi;
@@ -1111,7 +1067,7 @@ void active_forward_gather_corners(const scalar_t* in, scalar_t* out, const Geom
           M::store(y + w * C + b * L, valid[b], acc);
         }
       }
-    }
+    };
   });
 }
 
@@ -1121,29 +1077,10 @@ void active_forward_gather(const scalar_t* in, scalar_t* out, const Geometry& g,
                            const std::vector<ChannelShift<scalar_t>>& shifts) {
   constexpr int L = Gather<sizeof(scalar_t)>::kLanes;
   const int corners = (g.real[0] ? 2 : 1) * (g.real[1] ? 2 : 1) * 2;
-  auto corner_bits = [&](int a, int64_t* bits) {
-    int rest = a;
-    for (int s = kSlots - 1; s >= 0; --s) {
-      bits[s] = g.real[s] ? rest & 1 : 0;
-      if (g.real[s]) rest >>= 1;
-    }
-  };
   const GatherPlan<scalar_t> plan = gather_plan<scalar_t>(
       g, is, L, corners, g.out_length, g.length, g.before, g.padding,
-      [&](int64_t c, int a) {
-        int64_t bits[kSlots];
-        corner_bits(a, bits);
-        return Offset{shifts[c].shift[0] + bits[0], shifts[c].shift[1] + bits[1],
-                      shifts[c].shift[2] + bits[2]};
-      },
-      [&](int64_t c, int a) {
-        int64_t bits[kSlots];
-        corner_bits(a, bits);
-        scalar_t w = 1;
-        for (int s = 0; s < kSlots; ++s)
-          if (g.real[s]) w *= bits[s] ? shifts[c].frac[s] : 1 - shifts[c].frac[s];
-        return w;
-      });
+      [&](int64_t c, int a) { return corner_offset(g, shifts[c], a); },
+      [&](int64_t c, int a) { return corner_weight(g, shifts[c], a); });
   switch (corners) {
     case 2: active_forward_gather_corners<2>(in, out, g, is, os, plan); break;
     case 4: active_forward_gather_corners<4>(in, out, g, is, os, plan); break;
@@ -1160,26 +1097,6 @@ void active_forward_gather(const scalar_t* in, scalar_t* out, const Geometry& g,
 // grad_weight: per channel and corner, D_a = <grad_output, V(o + before - f - a)> at the
 // unrounded weight's floor f (SPEC §4), in per-lane accumulators, summed per chunk of rows
 // (fixed, so the result does not depend on the thread count) and combined afterwards.
-
-// Corner a of the slots that exist as (a0, a1, a2) bits, slot 2 the lowest bit (the order
-// combine_corner_partials expects).
-inline void corner_bits(const Geometry& g, int a, int64_t* bits) {
-  int rest = a;
-  for (int s = kSlots - 1; s >= 0; --s) {
-    bits[s] = g.real[s] ? rest & 1 : 0;
-    if (g.real[s]) rest >>= 1;
-  }
-}
-
-template <typename opmath_t>
-opmath_t corner_weight(const Geometry& g, const ChannelShift<opmath_t>& cs, int a) {
-  int64_t bits[kSlots];
-  corner_bits(g, a, bits);
-  opmath_t w = 1;
-  for (int s = 0; s < kSlots; ++s)
-    if (g.real[s]) w *= bits[s] ? cs.frac[s] : 1 - cs.frac[s];
-  return w;
-}
 
 // Rows of grad_weight partials: per image, chunks of this many output rows.
 constexpr int64_t kChunkRows = 8;
@@ -1418,12 +1335,7 @@ void backward_gather(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
       });
   const GatherPlan<scalar_t> gwp = gather_plan<scalar_t>(
       g, is, L, R, g.out_length, g.length, g.before, g.padding,
-      [&](int64_t c, int a) {
-        int64_t bits[kSlots];
-        corner_bits(g, a, bits);
-        return Offset{interp_shifts[c].shift[0] + bits[0], interp_shifts[c].shift[1] + bits[1],
-                      interp_shifts[c].shift[2] + bits[2]};
-      },
+      [&](int64_t c, int a) { return corner_offset(g, interp_shifts[c], a); },
       [](int64_t, int) { return scalar_t(1); });
 #define TS2_BACKWARD(R_, RI_)                                                                \
   backward_gather_corners<R_, RI_>(grad_out, in, grad_in, partials, g, gos, is, gis, gip, gwp, \
