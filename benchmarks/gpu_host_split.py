@@ -40,9 +40,9 @@ def main():
             "op bwd": lambda: torch.ops.torchshift2.shift_backward(g, xd, wd, "zeros", False,
                                                                     crop),
             "backend fwd + bwd": lambda: (
-                backend.forward(out, xd, wd, "zeros", False, crop, 0),
-                backend.backward(gi, gw, g, xd, wd, "zeros", False, crop)),
-            "backend bwd": lambda: backend.backward(gi, gw, g, xd, wd, "zeros", False, crop),
+                backend.forward_into(out, xd, wd, "zeros", False, crop, 0),
+                backend.backward_into(gi, gw, g, xd, wd, "zeros", False, crop)),
+            "backend bwd": lambda: backend.backward_into(gi, gw, g, xd, wd, "zeros", False, crop),
             "autograd of x * 2 (engine only)": lambda: torch.autograd.grad(x * 2, x, g),
         }
         print(f"shape {shape}")

@@ -53,8 +53,8 @@ def _call(case, x, w, out, grad_input, grad_weight):
 
     crop = [0, 0, 0, 0]
     if case.endswith("fwd"):
-        return lambda: backend.forward(out, x, w, "zeros", case == "active_fwd", crop, 0)
-    return lambda: backend.backward(grad_input, grad_weight, out, x, w, "zeros",
+        return lambda: backend.forward_into(out, x, w, "zeros", case == "active_fwd", crop, 0)
+    return lambda: backend.backward_into(grad_input, grad_weight, out, x, w, "zeros",
                                     case == "active_bwd", crop)
 
 
@@ -134,7 +134,7 @@ def host_profile(log):
             ts.shift(x, w)
 
     def raw_fwd():
-        backend.forward(out, x.detach(), w.detach(), "zeros", False, [0, 0, 0, 0], 0)
+        backend.forward_into(out, x.detach(), w.detach(), "zeros", False, [0, 0, 0, 0], 0)
 
     def fwdbwd():
         torch.autograd.grad(ts.shift(x, w), (x, w), g)
