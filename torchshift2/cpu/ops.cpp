@@ -40,7 +40,9 @@ bool channels_inner(const at::Tensor& t) {
   return t.size(1) > 1 && t.stride(1) == 1 && t.stride(t.dim() - 1) != 1;
 }
 
-void check_common(const at::Tensor& input, const at::Tensor& weight) {
+// The argument checks every op shares; returns the weight as contiguous float64, the form
+// channel_shifts reads (converted once per call).
+at::Tensor check_common(const at::Tensor& input, const at::Tensor& weight) {
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(),
               "torchshift2_cpu: expected CPU tensors, got input on ", input.device(),
               " and weight on ", weight.device());
@@ -57,6 +59,7 @@ void check_common(const at::Tensor& input, const at::Tensor& weight) {
     TORCH_CHECK_VALUE(std::isfinite(data[i]), "weight: expected finite values on CPU, got ",
                       data[i], " at [", i / std::max<int64_t>(1, w.size(1)), ", ",
                       i % std::max<int64_t>(1, w.size(1)), "]");
+  return w;
 }
 
 void check_output(const at::Tensor& t, at::IntArrayRef sizes, at::ScalarType dtype,
@@ -79,7 +82,7 @@ std::vector<int64_t> output_sizes(const at::Tensor& input, const Geometry& g) {
 // innermost, as torchshift2._spec.is_channels_last decides in Python.
 at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t padding,
                    bool active, at::IntArrayRef crop, double fill, bool channels_last) {
-  check_common(input_, weight);
+  const at::Tensor weight64 = check_common(input_, weight);
   const Geometry g = geometry_of(input_, padding, crop);
   at::Tensor out = cached_empty(output_sizes(input_, g), input_.scalar_type(), channels_last);
   if (out.numel() == 0) return out;
@@ -92,7 +95,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t p
   if (!cl && input.size(-1) > 1 && input.stride(-1) != 1) input = input.contiguous();
   const Strides is = strides_of(input), os = strides_of(out);
   if (!active) {
-    const auto shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
+    const auto shifts = channel_shifts<double>(weight64, g, /*rounded=*/true);
     const at::ScalarType carrier = carrier_type(input.element_size());
     AT_DISPATCH_INTEGRAL_TYPES(carrier, "torchshift2_ssl_forward", [&] {
       const scalar_t* src = static_cast<const scalar_t*>(input.const_data_ptr());
@@ -113,7 +116,7 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t p
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "torchshift2_active_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const auto shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
+    const auto shifts = channel_shifts<opmath_t>(weight64, g, /*rounded=*/false);
     const scalar_t* src = input.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
     if (cl)
@@ -130,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
                                             const at::Tensor& input_, const at::Tensor& weight,
                                             int64_t padding, bool active, at::IntArrayRef crop,
                                             bool channels_last) {
-  check_common(input_, weight);
+  const at::Tensor weight64 = check_common(input_, weight);
   TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()),
                    "input: gradients need a floating dtype, got ", input_.scalar_type());
   const Geometry g = geometry_of(input_, padding, crop);
@@ -158,9 +161,9 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
       const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
       at::Tensor partials = at::empty({g.batch * chunks, g.channels, corners}, at::kDouble);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchshift2_backward_gather", [&] {
-        const auto interp_shifts = channel_shifts<scalar_t>(weight, g, /*rounded=*/false);
+        const auto interp_shifts = channel_shifts<scalar_t>(weight64, g, /*rounded=*/false);
         const auto read_shifts =
-            active ? interp_shifts : channel_shifts<scalar_t>(weight, g, /*rounded=*/true);
+            active ? interp_shifts : channel_shifts<scalar_t>(weight64, g, /*rounded=*/true);
         backward_gather(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                         cl_grad.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
                         gis, active, read_shifts, interp_shifts, chunks);
@@ -174,9 +177,9 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "torchshift2_backward_cl", [&] {
       using opmath_t = at::opmath_type<scalar_t>;
-      const auto interp_shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
+      const auto interp_shifts = channel_shifts<opmath_t>(weight64, g, /*rounded=*/false);
       const auto read_shifts =
-          active ? interp_shifts : channel_shifts<opmath_t>(weight, g, /*rounded=*/true);
+          active ? interp_shifts : channel_shifts<opmath_t>(weight64, g, /*rounded=*/true);
       const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
       const scalar_t* x = input.const_data_ptr<scalar_t>();
       scalar_t* gi = cl_grad.data_ptr<scalar_t>();
@@ -210,9 +213,9 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "torchshift2_backward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const auto interp_shifts = channel_shifts<opmath_t>(weight, g, /*rounded=*/false);
+    const auto interp_shifts = channel_shifts<opmath_t>(weight64, g, /*rounded=*/false);
     const auto read_shifts =
-        active ? interp_shifts : channel_shifts<opmath_t>(weight, g, /*rounded=*/true);
+        active ? interp_shifts : channel_shifts<opmath_t>(weight64, g, /*rounded=*/true);
     backward_planes(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                     planar_grad.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
                     gis, active, read_shifts, interp_shifts);
@@ -232,14 +235,14 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
 }
 
 void shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding) {
-  check_common(input, weight);
+  const at::Tensor weight64 = check_common(input, weight);
   const int64_t ndim = input.dim() - 2;
   const std::vector<int64_t> no_crop(2 * std::max<int64_t>(ndim, 0), 0);
   const Geometry g = geometry_of(input, padding, no_crop);
   TORCH_CHECK(input.is_non_overlapping_and_dense(),
               "input: shifting in place needs a dense tensor without overlapping memory");
   if (input.numel() == 0) return;
-  const auto shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
+  const auto shifts = channel_shifts<double>(weight64, g, /*rounded=*/true);
   const at::ScalarType carrier = carrier_type(input.element_size());
   const Strides st = strides_of(input);
   AT_DISPATCH_INTEGRAL_TYPES(carrier, "torchshift2_shift_inplace", [&] {
