@@ -60,6 +60,10 @@ def _(grad_output, input, weight, padding, active, crop):
     return _spec.empty_grads(input, weight)
 
 
+# Parameters are plain tensors to dispatch (no __torch_function__ of their own).
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def _eager_cpp(input: Tensor, weight: Tensor) -> bool:
     """Whether a call may bypass the custom ops: plain CPU tensors, nothing tracing or
     intercepting ops, and the C++ backend selected (see ``cpu/ops.cpp`` for why)."""
@@ -75,9 +79,6 @@ def _eager_cpp(input: Tensor, weight: Tensor) -> bool:
         and not torch._C._are_functorch_transforms_active()
         and backend.resolve(input.device) == "cpp"
     )
-
-
-_PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def apply_shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]) -> Tensor:

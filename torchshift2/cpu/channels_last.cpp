@@ -256,15 +256,13 @@ opmath_t corner_weight(const Geometry& g, const ChannelShift<opmath_t>& cs, int 
 
 
 
-// The taps of one block of channels: which lanes each covers, and (Active Shift, backward)
-// the per-lane coefficient; `corner` is, per lane, which interpolation corner the tap is
-// (grad_weight needs it).
+// The taps of one block of channels: which lanes each covers, and (Active Shift) the
+// per-lane coefficient.
 template <typename opmath_t>
 struct BlockTaps {
   std::vector<int> tap;             // index into TapTable::offset
   std::vector<uint64_t> mask;
   std::vector<opmath_t> coef;       // [j * lanes + lane]
-  std::vector<int8_t> corner;       // [j * lanes + lane], -1 where the lane is not covered
   int64_t lo = 0, hi = 0;           // slot-2 outputs where every tap of the block reads inside
   std::vector<int64_t> edge_col;    // the other slot-2 outputs
   std::vector<int64_t> edge_src;    // [e * taps + j]: source column of tap j, or kOutside
@@ -318,13 +316,11 @@ TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners,
           bt.tap.push_back(id);
           bt.mask.push_back(0);
           bt.coef.resize((j + 1) * lanes, opmath_t(0));
-          bt.corner.resize((j + 1) * lanes, int8_t(-1));
         } else {
           j = at->second;
         }
         bt.mask[j] |= uint64_t(1) << lane;
         bt.coef[j * lanes + lane] += weight_of(c, a);
-        bt.corner[j * lanes + lane] = static_cast<int8_t>(a);
       }
     }
   }
@@ -365,7 +361,7 @@ TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners,
 // row[j] + (w + before2 - d2) * C, which is what `base` holds at w = 0.
 template <typename T, typename opmath_t>
 int block_rows(const T** base, const T** row, uint64_t* mask, const opmath_t** coef,
-               const int8_t** corner, const TapTable<opmath_t>& t, const BlockTaps<opmath_t>& bt,
+               const TapTable<opmath_t>& t, const BlockTaps<opmath_t>& bt,
                int64_t o0, int64_t o1, const T* image, int64_t stride0, int64_t stride1,
                int64_t C, int64_t before2, int64_t block_offset, int* which) {
   int count = 0;
@@ -378,7 +374,6 @@ int block_rows(const T** base, const T** row, uint64_t* mask, const opmath_t** c
     base[count] = r + (before2 - t.offset[id][2]) * C;
     mask[count] = bt.mask[j];
     coef[count] = bt.coef.data() + j * t.lanes;
-    corner[count] = bt.corner.data() + j * t.lanes;
     which[count++] = static_cast<int>(j);
   }
   return count;
@@ -396,7 +391,6 @@ struct RowTaps {
   std::vector<const T*> base, row;
   std::vector<uint64_t> mask;
   std::vector<const opmath_t*> coef;
-  std::vector<const int8_t*> corner;
   std::vector<int> which;
   std::vector<int> first;
   std::vector<uint64_t> covered;
@@ -409,7 +403,6 @@ struct RowTaps {
     row.resize(total);
     mask.resize(total);
     coef.resize(total);
-    corner.resize(total);
     which.resize(total);
     first.resize(t.blocks.size() + 1);
     covered.resize(t.blocks.size());
@@ -424,7 +417,7 @@ struct RowTaps {
       const BlockTaps<opmath_t>& bt = t.blocks[b];
       first[b] = at;
       const int k = block_rows(base.data() + at, row.data() + at, mask.data() + at,
-                               coef.data() + at, corner.data() + at, t, bt, o0, o1, image,
+                               coef.data() + at, t, bt, o0, o1, image,
                                stride0, stride1, C, before2, static_cast<int64_t>(b) * t.lanes,
                                which.data() + at);
       uint64_t cov = 0;
@@ -547,7 +540,6 @@ void active_forward_taps(const scalar_t* in, scalar_t* out, const Geometry& g, c
     std::vector<const scalar_t*> base(most), row(most);
     std::vector<uint64_t> mask(most);
     std::vector<const opmath_t*> coef(most);
-    std::vector<const int8_t*> corner(most);
     std::vector<int> which(most);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / (O0 * O1), o0 = (r / O1) % O0, o1 = r % O1;
@@ -558,7 +550,7 @@ void active_forward_taps(const scalar_t* in, scalar_t* out, const Geometry& g, c
         const int64_t off = static_cast<int64_t>(b) * L;
         const uint64_t valid = lanes_below(static_cast<int>(std::min<int64_t>(L, C - off)));
         const int k = block_rows(base.data(), row.data(), mask.data(), coef.data(),
-                                 corner.data(), t, bt, o0, o1, image, is.slot[0], is.slot[1],
+                                 t, bt, o0, o1, image, is.slot[0], is.slot[1],
                                  C, g.before[2], off, which.data());
         scalar_t* yb = y + off;
         int64_t w = bt.lo;
@@ -1350,6 +1342,39 @@ void backward_gather(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
   }
 #undef TS2_BACKWARD
   fold_padded_reads(grad_out, grad_in, g, gos, gis, read_shifts, RI);
+}
+
+// Channels-last backward: the gather kernels (float, double; `gathers` says whether 32-bit
+// indices reach every element, and then `chunks` rows of grad_weight partials per sample),
+// else backward_cl (one row of partials per sample).
+template <typename scalar_t>
+void backward_channels_last(
+    const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in, double* partials,
+    const Geometry& g, const Strides& gos, const Strides& is, const Strides& gis, bool active,
+    const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
+    const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts, bool gathers,
+    int64_t chunks) {
+  if constexpr (std::is_same<scalar_t, at::opmath_type<scalar_t>>::value) {
+    if (gathers) {
+      backward_gather(grad_out, in, grad_in, partials, g, gos, is, gis, active, read_shifts,
+                      interp_shifts, chunks);
+      return;
+    }
+  }
+  auto run = [&](auto corners) {
+    constexpr int R = decltype(corners)::value;
+    if (active)
+      backward_cl<scalar_t, R, true>(grad_out, in, grad_in, partials, g, gos, is, gis,
+                                     read_shifts, interp_shifts);
+    else
+      backward_cl<scalar_t, R, false>(grad_out, in, grad_in, partials, g, gos, is, gis,
+                                      read_shifts, interp_shifts);
+  };
+  switch (g.real[0] ? 3 : g.real[1] ? 2 : 1) {
+    case 1: run(std::integral_constant<int, 1>()); break;
+    case 2: run(std::integral_constant<int, 2>()); break;
+    default: run(std::integral_constant<int, 4>()); break;
+  }
 }
 
 // Channels-last forward for tensors whose rows (n, o0, o1) are W x C blocks: gathers where

@@ -153,54 +153,28 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
     at::Tensor cl_grad = grad_input.stride(1) == 1 ? grad_input : channels_last_empty(input);
     const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(cl_grad);
     const int64_t corners = int64_t(2) << (input.dim() - 3);
+    // Gathers (float / double, 32-bit indices) keep grad_weight partials per chunk of rows;
+    // the other kernel per sample.
     const bool gathers = (input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble) &&
                          gather_indexable(g, is) && gather_indexable(g, gos) &&
                          gather_indexable(g, gis);
-    if (gathers) {
-      const int64_t rows = std::max(g.length[0] * g.length[1], g.out_length[0] * g.out_length[1]);
-      const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
-      at::Tensor partials = at::empty({g.batch * chunks, g.channels, corners}, at::kDouble);
-      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchshift2_backward_gather", [&] {
-        const auto interp_shifts = channel_shifts<scalar_t>(weight64, g, /*rounded=*/false);
-        const auto read_shifts =
-            active ? interp_shifts : channel_shifts<scalar_t>(weight64, g, /*rounded=*/true);
-        backward_gather(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
-                        cl_grad.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
-                        gis, active, read_shifts, interp_shifts, chunks);
-      });
-      if (!cl_grad.is_same(grad_input)) grad_input.copy_(cl_grad);
-      combine_corner_partials(partials.const_data_ptr<double>(), g.batch * chunks, weight,
-                              grad_weight);
-      return {grad_input, grad_weight};
-    }
-    at::Tensor partials = at::empty({g.batch, g.channels, corners}, at::kDouble);
+    const int64_t rows = std::max(g.length[0] * g.length[1], g.out_length[0] * g.out_length[1]);
+    const int64_t chunks = gathers ? (rows + kChunkRows - 1) / kChunkRows : 1;
+    at::Tensor partials = at::empty({g.batch * chunks, g.channels, corners}, at::kDouble);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "torchshift2_backward_cl", [&] {
       using opmath_t = at::opmath_type<scalar_t>;
       const auto interp_shifts = channel_shifts<opmath_t>(weight64, g, /*rounded=*/false);
       const auto read_shifts =
           active ? interp_shifts : channel_shifts<opmath_t>(weight64, g, /*rounded=*/true);
-      const scalar_t* go = grad_output.const_data_ptr<scalar_t>();
-      const scalar_t* x = input.const_data_ptr<scalar_t>();
-      scalar_t* gi = cl_grad.data_ptr<scalar_t>();
-      double* part = partials.data_ptr<double>();
-      auto run = [&](auto corners) {
-        constexpr int R = decltype(corners)::value;
-        if (active)
-          backward_cl<scalar_t, R, true>(go, x, gi, part, g, gos, is, gis, read_shifts,
-                                         interp_shifts);
-        else
-          backward_cl<scalar_t, R, false>(go, x, gi, part, g, gos, is, gis, read_shifts,
-                                          interp_shifts);
-      };
-      switch (input.dim()) {
-        case 3: run(std::integral_constant<int, 1>()); break;
-        case 4: run(std::integral_constant<int, 2>()); break;
-        default: run(std::integral_constant<int, 4>()); break;
-      }
+      backward_channels_last(grad_output.const_data_ptr<scalar_t>(),
+                             input.const_data_ptr<scalar_t>(), cl_grad.data_ptr<scalar_t>(),
+                             partials.data_ptr<double>(), g, gos, is, gis, active, read_shifts,
+                             interp_shifts, gathers, chunks);
     });
     if (!cl_grad.is_same(grad_input)) grad_input.copy_(cl_grad);
-    combine_corner_partials(partials.const_data_ptr<double>(), g.batch, weight, grad_weight);
+    combine_corner_partials(partials.const_data_ptr<double>(), g.batch * chunks, weight,
+                            grad_weight);
     return {grad_input, grad_weight};
   }
   // The plane kernel wants each (n, c) plane dense: channels-last and other layouts go

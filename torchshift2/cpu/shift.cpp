@@ -241,35 +241,17 @@ void copy_row(const T* x, int64_t xs, T* y, int64_t ys, const Geometry& g, int64
 template <typename T>
 void ssl_forward_plane(const T* x, const int64_t* xs, T* y, const int64_t* ys, const Geometry& g,
                        const ChannelShift<double>& cs, T fill) {
-  // Whole rows moved unchanged (no shift or crop along slot 2, rows dense in both tensors):
-  // the rows whose slot-1 source is inside are one contiguous block in both, so they are one
-  // memcpy (a zero-shift plane is a single memcpy) instead of a call per row.
-  const bool whole_rows = cs.shift[2] == 0 && g.before[2] == 0 &&
-                          g.out_length[2] == g.length[2] && xs[2] == 1 && ys[2] == 1 &&
-                          xs[1] == g.length[2] && ys[1] == g.length[2];
-  const Interior rows = whole_rows ? interior(g.out_length[1], g.length[1], g.before[1],
-                                              cs.shift[1], 1)
-                                   : Interior{0, 0};
   for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
     const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
-    auto row = [&](int64_t o1) {
+    for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) {
       const int64_t i1 = source_index(o1 + g.before[1] - cs.shift[1], g.length[1], g.padding);
       T* yrow = y + o0 * ys[0] + o1 * ys[1];
       if (i0 == kOutside || i1 == kOutside) {
         for (int64_t o = 0; o < g.out_length[2]; ++o) yrow[o * ys[2]] = fill;
-        return;
+        continue;
       }
       copy_row(x + i0 * xs[0] + i1 * xs[1], xs[2], yrow, ys[2], g, cs.shift[2], fill);
-    };
-    if (i0 == kOutside || rows.hi <= rows.lo) {
-      for (int64_t o1 = 0; o1 < g.out_length[1]; ++o1) row(o1);
-      continue;
     }
-    for (int64_t o1 = 0; o1 < rows.lo; ++o1) row(o1);
-    std::memcpy(y + o0 * ys[0] + rows.lo * ys[1],
-                x + i0 * xs[0] + (rows.lo + g.before[1] - cs.shift[1]) * xs[1],
-                (rows.hi - rows.lo) * g.length[2] * sizeof(T));
-    for (int64_t o1 = rows.hi; o1 < g.out_length[1]; ++o1) row(o1);
   }
 }
 
@@ -950,6 +932,11 @@ template <typename T>
 void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f, int64_t s1,
                            T fill) {
   const int64_t L1 = g.length[1], L2 = g.length[2], O1 = g.out_length[1], b1 = g.before[1];
+  // The columns of output row yr that read through padding, from source row xr.
+  auto edges = [&](T* yr, const T* xr) {
+    for (size_t e = 0; e < f.edge_col.size(); ++e)
+      yr[f.edge_col[e]] = f.edge_src[e] == kOutside ? fill : xr[f.edge_src[e]];
+  };
   auto row_from = [&](int64_t o1, const T* src) {
     T* yr = y + o1 * L2;
     if (src == nullptr) {
@@ -958,8 +945,7 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
     }
     const int64_t lo = clamp(f.s2, 0, L2), hi = clamp(L2 + f.s2, lo, L2);
     if (hi > lo) std::memcpy(yr + lo, src + lo - f.s2, (hi - lo) * sizeof(T));
-    for (size_t e = 0; e < f.edge_col.size(); ++e)
-      yr[f.edge_col[e]] = f.edge_src[e] == kOutside ? fill : src[f.edge_src[e]];
+    edges(yr, src);
   };
   for (int64_t o1 = 0; o1 < f.rows.lo; ++o1) {
     const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
@@ -977,12 +963,7 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
     }
     n = std::min(n, L1 * L2 - src);
     if (n > 0) std::memcpy(y + dst, x + src, n * sizeof(T));
-    for (int64_t o1 = f.rows.lo; o1 < f.rows.hi; ++o1) {
-      T* yr = y + o1 * L2;
-      const T* xr = x + (o1 + b1 - s1) * L2;
-      for (size_t e = 0; e < f.edge_col.size(); ++e)
-        yr[f.edge_col[e]] = f.edge_src[e] == kOutside ? fill : xr[f.edge_src[e]];
-    }
+    for (int64_t o1 = f.rows.lo; o1 < f.rows.hi; ++o1) edges(y + o1 * L2, x + (o1 + b1 - s1) * L2);
   }
   for (int64_t o1 = std::max(f.rows.hi, f.rows.lo); o1 < O1; ++o1) {
     const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
