@@ -77,6 +77,29 @@ def test_channels_last_kernels_match_oracle(ndim, channels, dtype, padding, acti
     assert out.stride() == ref.stride() and grad_input.stride() == ref_input.stride()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+@pytest.mark.parametrize("active", [False, True])
+def test_channels_last_3d_through_planes_matches_oracle(dtype, padding, active):
+    # 3 spatial dims go through transposed planes: 16-position tiles and a remainder
+    # (5 x 6 x 7 = 210 positions), two whole channel blocks and a partial one (40 channels),
+    # a crop, shifts beyond the size.
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 5, 6, 7, generator=generator, dtype=torch.float64)
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    weight = torch.randn(40, 3, generator=generator, dtype=torch.float64) * 4
+    crop = [(1, 0), (0, 2), (1, 1)]
+    out_shape = ts._spec.output_shape(x.shape, ts._spec.normalize_crop(crop, [5, 6, 7]))
+    grad_output = torch.randn(out_shape, generator=generator, dtype=torch.float64).to(dtype)
+    grad_output = grad_output.contiguous(memory_format=torch.channels_last_3d)
+    got = grads("cpp", x, weight, padding, active, crop, grad_output)
+    want = grads("reference", x, weight, padding, active, crop, grad_output)
+    for a, b in zip(got, want):
+        assert_close(a, b, dtype)
+    assert got[0].is_contiguous(memory_format=torch.channels_last_3d)
+    assert got[1].is_contiguous(memory_format=torch.channels_last_3d)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8, torch.int16,
                                    torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])

@@ -28,6 +28,7 @@
 #include <cstring>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <set>
 #include <vector>
 
@@ -1344,6 +1345,192 @@ void backward_gather(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
   fold_padded_reads(grad_out, grad_in, g, gos, gis, read_shifts, RI);
 }
 
+// ---------------------------------------------------------------------------------------
+// Channels-last through L2-resident planes. A task (n, block of one vector of channels)
+// transposes its input blocks into dense planes in a per-thread buffer, runs the planar
+// kernel on them while they sit in L2, and transposes the result back: each tensor is read
+// or written once in memory, with whole cache lines, and the per-element work is the planar
+// kernel's (no gathers, whose lanes miss L1 one by one).
+
+// Whether a channels-last tensor's samples are dense: slot strides (L1 L2 C, L2 C, C) on
+// the slots that exist, channel stride 1.
+inline bool dense_channels_last(const Strides& s, const int64_t* length, int64_t channels) {
+  if (s.channel != 1 && channels > 1) return false;
+  int64_t expected = channels;
+  for (int slot = kSlots - 1; slot >= 0; --slot) {
+    if (length[slot] > 1 && s.slot[slot] != expected) return false;
+    expected *= length[slot];
+  }
+  return true;
+}
+
+// Whether a channels-last kernel goes through planes (float / double, dense samples): for
+// three spatial dims, where a gather per interpolation corner (8 of them) costs more than
+// the transposes (measured in benchmarks/NOTES.md, v8); with fewer dims it does not.
+inline bool through_planes(const Geometry& g, const Strides& input, const Strides& output,
+                           const Strides& input_sized) {
+  return g.real[0] && dense_channels_last(input, g.length, g.channels) &&
+         dense_channels_last(output, g.out_length, g.channels) &&
+         dense_channels_last(input_sized, g.length, g.channels);
+}
+
+// Channels per block: one 64-byte vector of elements.
+template <typename T>
+constexpr int64_t kTransposeLanes = kVectorBytes / sizeof(T);
+
+#ifdef TS2_AVX512
+// r[i] (16 lanes) becomes column i of the 16 x 16 matrix whose rows were r: 32-bit, then
+// 64-bit interleaves transpose the 4 x 4 blocks inside each 128-bit lane, two 128-bit
+// shuffles transpose the 4 x 4 matrix of lanes.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  __m512d u[16];
+  for (int j = 0; j < 4; ++j) {
+    const __m512d a = _mm512_castps_pd(t[4 * j]), b = _mm512_castps_pd(t[4 * j + 1]),
+                  c = _mm512_castps_pd(t[4 * j + 2]), d = _mm512_castps_pd(t[4 * j + 3]);
+    u[4 * j] = _mm512_unpacklo_pd(a, c);
+    u[4 * j + 1] = _mm512_unpackhi_pd(a, c);
+    u[4 * j + 2] = _mm512_unpacklo_pd(b, d);
+    u[4 * j + 3] = _mm512_unpackhi_pd(b, d);
+  }
+  // u[4 j + m], lane k: column 4 k + m of rows 4 j .. 4 j + 3.
+  for (int m = 0; m < 4; ++m) {
+    const __m512 u0 = _mm512_castpd_ps(u[m]), u1 = _mm512_castpd_ps(u[4 + m]),
+                 u2 = _mm512_castpd_ps(u[8 + m]), u3 = _mm512_castpd_ps(u[12 + m]);
+    const __m512 s0 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 s1 = _mm512_shuffle_f32x4(u0, u1, _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512 s2 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512 s3 = _mm512_shuffle_f32x4(u2, u3, _MM_SHUFFLE(3, 2, 3, 2));
+    r[m] = _mm512_shuffle_f32x4(s0, s2, _MM_SHUFFLE(2, 0, 2, 0));
+    r[4 + m] = _mm512_shuffle_f32x4(s0, s2, _MM_SHUFFLE(3, 1, 3, 1));
+    r[8 + m] = _mm512_shuffle_f32x4(s1, s3, _MM_SHUFFLE(2, 0, 2, 0));
+    r[12 + m] = _mm512_shuffle_f32x4(s1, s3, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+}
+#endif
+
+// planes[c * plane + p] = rows[p * channels + c] for c < lanes, p < positions. Tiles of 16
+// positions take all lanes before moving on, so the rows are read front to back.
+template <typename T>
+void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions, T* planes,
+               int64_t plane) {
+  int64_t p0 = 0;
+#ifdef TS2_AVX512
+  if constexpr (std::is_same<T, float>::value) {
+    __m512 r[16];
+    for (; p0 + 16 <= positions; p0 += 16)
+      for (int64_t c0 = 0; c0 < lanes; c0 += 16) {
+        const int64_t nb = std::min<int64_t>(16, lanes - c0);
+        const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(nb)));
+        const T* src = rows + p0 * channels + c0;
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_ps(m, src + i * channels);
+        transpose16(r);
+        T* dst = planes + c0 * plane + p0;
+        for (int64_t c = 0; c < nb; ++c) _mm512_storeu_ps(dst + c * plane, r[c]);
+      }
+  }
+#endif
+  for (; p0 < positions; ++p0)
+    for (int64_t c = 0; c < lanes; ++c) planes[c * plane + p0] = rows[p0 * channels + c];
+}
+
+// rows[p * channels + c] = planes[c * plane + p] for c < lanes, p < positions.
+template <typename T>
+void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t positions, T* rows,
+                 int64_t channels) {
+  int64_t p0 = 0;
+#ifdef TS2_AVX512
+  if constexpr (std::is_same<T, float>::value) {
+    __m512 r[16];
+    for (; p0 + 16 <= positions; p0 += 16)
+      for (int64_t c0 = 0; c0 < lanes; c0 += 16) {
+        const int64_t nb = std::min<int64_t>(16, lanes - c0);
+        const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(nb)));
+        const T* src = planes + c0 * plane + p0;
+        for (int64_t c = 0; c < 16; ++c)
+          r[c] = c < nb ? _mm512_loadu_ps(src + c * plane) : _mm512_setzero_ps();
+        transpose16(r);
+        T* dst = rows + p0 * channels + c0;
+        for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(dst + i * channels, m, r[i]);
+      }
+  }
+#endif
+  for (; p0 < positions; ++p0)
+    for (int64_t c = 0; c < lanes; ++c) rows[p0 * channels + c] = planes[c * plane + p0];
+}
+
+// Dense planes of a geometry's input and output sizes.
+inline Strides plane_strides(const int64_t* length) {
+  Strides s;
+  s.slot[0] = length[1] * length[2], s.slot[1] = length[2], s.slot[2] = 1;
+  return s;
+}
+
+// Tasks (n, block of kTransposeLanes channels), each given per-thread plane buffers of
+// `buffers` elements: fn(n, c0, lanes, buffer).
+template <typename T, typename F>
+void for_each_channel_block(const Geometry& g, int64_t buffers, F fn) {
+  constexpr int64_t CB = kTransposeLanes<T>;
+  const int64_t blocks = (g.channels + CB - 1) / CB;
+  at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::unique_ptr<T[]> buffer(new T[CB * buffers]);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c0 = (t % blocks) * CB;
+      fn(t / blocks, c0, std::min(CB, g.channels - c0), buffer.get());
+    }
+  });
+}
+
+// Channels-last backward through planes (dense channels-last samples, see
+// dense_channels_last); partials: kSlots per (n, c) as backward_planes writes them.
+template <typename scalar_t>
+void backward_transposed(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
+                         double* partials, const Geometry& g, const Strides& gos,
+                         const Strides& is, const Strides& gis, bool active,
+                         const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
+                         const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts) {
+  constexpr int64_t CB = kTransposeLanes<scalar_t>;
+  const PlaneBackward<scalar_t> kernel(g, active, read_shifts, interp_shifts);
+  const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
+  const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
+  for_each_channel_block<scalar_t>(g, 2 * P + Q, [&](int64_t n, int64_t c0, int64_t lanes,
+                                                      scalar_t* buffer) {
+    thread_local typename PlaneBackward<scalar_t>::Scratch scratch;
+    scalar_t* x = buffer;
+    scalar_t* gi = buffer + CB * P;
+    scalar_t* go = buffer + 2 * CB * P;
+    to_planes(in + n * is.batch + c0, C, lanes, P, x, P);
+    to_planes(grad_out + n * gos.batch + c0, C, lanes, Q, go, Q);
+    for (int64_t c = 0; c < lanes; ++c)
+      kernel.plane(scratch, c0 + c, go + c * Q, x + c * P, gi + c * P, qs, ps, ps, nullptr,
+                   partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
+    from_planes(gi, P, lanes, P, grad_in + n * gis.batch + c0, C);
+  });
+}
+
+// Channels-last Active Shift forward through planes (dense channels-last samples).
+template <typename scalar_t>
+void active_forward_transposed(const scalar_t* in, scalar_t* out, const Geometry& g,
+                               const Strides& is, const Strides& os,
+                               const std::vector<ChannelShift<scalar_t>>& shifts) {
+  constexpr int64_t CB = kTransposeLanes<scalar_t>;
+  const ActiveForwardPlanes<scalar_t> kernel(g, shifts);
+  const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
+  const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
+  for_each_channel_block<scalar_t>(g, P + Q, [&](int64_t n, int64_t c0, int64_t lanes,
+                                                  scalar_t* buffer) {
+    scalar_t* x = buffer;
+    scalar_t* y = buffer + CB * P;
+    to_planes(in + n * is.batch + c0, C, lanes, P, x, P);
+    for (int64_t c = 0; c < lanes; ++c) kernel.plane(c0 + c, x + c * P, ps, y + c * Q, qs, nullptr);
+    from_planes(y, Q, lanes, Q, out + n * os.batch + c0, C);
+  });
+}
+
 // Channels-last backward: the gather kernels (float, double; `gathers` says whether 32-bit
 // indices reach every element, and then `chunks` rows of grad_weight partials per sample),
 // else backward_cl (one row of partials per sample).
@@ -1397,6 +1584,10 @@ void active_forward_channels_last_rows(
     const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is, const Strides& os,
     const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
   if constexpr (std::is_same<scalar_t, at::opmath_type<scalar_t>>::value) {
+    if (through_planes(g, is, os, os)) {
+      active_forward_transposed(in, out, g, is, os, shifts);
+      return;
+    }
     if (gather_indexable(g, is)) {
       active_forward_gather(in, out, g, is, os, shifts);
       return;

@@ -127,6 +127,20 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t p
   return out;
 }
 
+// grad_weight from per-(n, c) plane partials (kSlots each): a serial fixed-order sum over
+// the batch; slots of missing leading dims are dropped.
+void reduce_plane_partials(const at::Tensor& partials, const Geometry& g, at::Tensor grad_weight) {
+  const int64_t ndim = grad_weight.size(1);
+  at::Tensor total = at::zeros({g.channels, ndim}, at::kDouble);
+  const double* part = partials.const_data_ptr<double>();
+  double* sum = total.data_ptr<double>();
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t c = 0; c < g.channels; ++c)
+      for (int64_t d = 0; d < ndim; ++d)
+        sum[c * ndim + d] += part[(n * g.channels + c) * kSlots + kSlots - ndim + d];
+  grad_weight.copy_(total);
+}
+
 // SPEC §4: (grad_input, grad_weight); grad_input from the output cache in the layout that
 // channels_last names (see forward).
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
@@ -152,6 +166,23 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
         channel_rows(grad_output_) ? grad_output_ : channels_last_copy(grad_output_);
     at::Tensor cl_grad = grad_input.stride(1) == 1 ? grad_input : channels_last_empty(input);
     const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(cl_grad);
+    // Through L2-resident planes where that is faster (through_planes).
+    if ((input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble) &&
+        through_planes(g, is, gos, gis)) {
+      at::Tensor partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchshift2_backward_transposed", [&] {
+        const auto interp_shifts = channel_shifts<scalar_t>(weight64, g, /*rounded=*/false);
+        const auto read_shifts =
+            active ? interp_shifts : channel_shifts<scalar_t>(weight64, g, /*rounded=*/true);
+        backward_transposed(grad_output.const_data_ptr<scalar_t>(),
+                            input.const_data_ptr<scalar_t>(), cl_grad.data_ptr<scalar_t>(),
+                            partials.data_ptr<double>(), g, gos, is, gis, active, read_shifts,
+                            interp_shifts);
+      });
+      if (!cl_grad.is_same(grad_input)) grad_input.copy_(cl_grad);
+      reduce_plane_partials(partials, g, grad_weight);
+      return {grad_input, grad_weight};
+    }
     const int64_t corners = int64_t(2) << (input.dim() - 3);
     // Gathers (float / double, 32-bit indices) keep grad_weight partials per chunk of rows;
     // the other kernel per sample.
@@ -195,16 +226,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
                     gis, active, read_shifts, interp_shifts);
   });
   if (!planar_grad.is_same(grad_input)) grad_input.copy_(planar_grad);
-  // Serial fixed-order reduction over the batch; slots of missing leading dims are dropped.
-  const int64_t ndim = input.dim() - 2;
-  at::Tensor total = at::zeros({g.channels, ndim}, at::kDouble);
-  const double* part = partials.const_data_ptr<double>();
-  double* sum = total.data_ptr<double>();
-  for (int64_t n = 0; n < g.batch; ++n)
-    for (int64_t c = 0; c < g.channels; ++c)
-      for (int64_t d = 0; d < ndim; ++d)
-        sum[c * ndim + d] += part[(n * g.channels + c) * kSlots + kSlots - ndim + d];
-  grad_weight.copy_(total);
+  reduce_plane_partials(partials, g, grad_weight);
   return {grad_input, grad_weight};
 }
 

@@ -629,23 +629,38 @@ void combine_plane_dots(opmath_t* sum, const CornerDots<opmath_t>& dots, const G
     }
 }
 
-// Dense (n, c) planes only: slot 2 of grad_output, input and grad_input is unit-stride (or
-// of length 1), as backward() guarantees with contiguous copies.
+// The planar backward of single (n, c) planes: per-channel tables built once, then plane()
+// per plane. Dense planes only: slot 2 of grad_output, input and grad_input is unit-stride
+// (or of length 1), as backward() guarantees with contiguous copies and the channels-last
+// path with its transposed blocks.
 template <typename scalar_t>
-void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
-                     double* partials, const Geometry& g, const Strides& gos,
-                     const Strides& is, const Strides& gis, bool active,
-                     const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
-                     const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts) {
+struct PlaneBackward {
   using opmath_t = at::opmath_type<scalar_t>;
-  constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
-  const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
-  const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
-  // The tables depend on a channel's integer shifts and (active) its fractions: SSL channels
-  // with equal shifts share one; the distinct ones are built in parallel.
-  std::vector<int64_t> table_of(g.channels);
-  std::vector<int64_t> first;  // a channel of each distinct table
-  {
+  static constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
+  // Per-thread working memory of plane().
+  struct Scratch {
+    std::vector<opmath_t> rowbuf;
+    std::vector<const scalar_t*> src;
+    std::vector<opmath_t> cf, p0, p1;
+    Row<opmath_t> rows[kMaxRows];
+    CornerDots<opmath_t> dots;
+  };
+
+  const Geometry& g;
+  bool active;
+  const std::vector<ChannelShift<opmath_t>>& read_shifts;
+  const std::vector<ChannelShift<opmath_t>>& interp_shifts;
+  std::vector<int64_t> table_of;
+  std::vector<PlaneAdjoint<opmath_t>> tables;
+
+  PlaneBackward(const Geometry& g_, bool active_,
+                const std::vector<ChannelShift<opmath_t>>& read_shifts_,
+                const std::vector<ChannelShift<opmath_t>>& interp_shifts_)
+      : g(g_), active(active_), read_shifts(read_shifts_), interp_shifts(interp_shifts_),
+        table_of(g_.channels) {
+    // The tables depend on a channel's integer shifts and (active) its fractions: SSL
+    // channels with equal shifts share one; the distinct ones are built in parallel.
+    std::vector<int64_t> first;  // a channel of each distinct table
     std::map<std::array<int64_t, 2 * kSlots>, int64_t> ids;
     for (int64_t c = 0; c < g.channels; ++c) {
       if (active) {
@@ -662,119 +677,137 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
       if (found.second) first.push_back(c);
       table_of[c] = found.first->second;
     }
+    tables.resize(first.size());
+    at::parallel_for(0, static_cast<int64_t>(first.size()), 8, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        tables[i] = plane_adjoint(g, read_shifts[first[i]], interp_shifts[first[i]], active);
+    });
   }
-  std::vector<PlaneAdjoint<opmath_t>> tables(first.size());
-  at::parallel_for(0, static_cast<int64_t>(first.size()), 8, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i)
-      tables[i] = plane_adjoint(g, read_shifts[first[i]], interp_shifts[first[i]], active);
-  });
+
+  // One plane of channel c: grad_input into gi and, when partial is not null, its kSlots
+  // grad_weight terms. next_go (or null): the grad_output plane to prefetch meanwhile.
+  void plane(Scratch& s, int64_t c, const scalar_t* go, const scalar_t* x, scalar_t* gi,
+             const Strides& gos, const Strides& is, const Strides& gis, const scalar_t* next_go,
+             double* partial) const {
+    const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
+    const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
+    const PlaneAdjoint<opmath_t>& t = tables[table_of[c]];
+    const auto& ws = interp_shifts[c];
+    const int64_t read_offset = g.before[2] - ws.shift[2];
+    const bool weights = partial != nullptr;
+    if (!kDirect) s.rowbuf.resize(L2);
+    const bool dense_rows = gos.slot[2] == 1 || O2 == 1;
+    if (!dense_rows) next_go = nullptr;
+    const int64_t row_bytes = O2 * static_cast<int64_t>(sizeof(scalar_t));
+    // Input-sized rows (input, grad_input): dense, see the precondition above.
+    const int64_t in_row_bytes =
+        is.slot[2] == 1 || L2 == 1 ? L2 * static_cast<int64_t>(sizeof(scalar_t)) : 0;
+    // Output rows along slot 1 whose grad_weight source rows need no padding rule.
+    const Interior w1 = interior(O1, L1, g.before[1], ws.shift[1], g.real[1] ? 2 : 1);
+
+    // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
+    // read them. A run of rows with regular slot-1 lists (t.run1) reads the same outputs
+    // shifted by one row per row, so its pointers just advance.
+    auto grad_input_rows = [&](int64_t j0, int64_t j1, int64_t count_rows) {
+      auto& src = s.src;
+      auto& cf = s.cf;
+      src.clear();
+      cf.clear();
+      for (int64_t e0 = t.start[0][j0]; e0 < t.start[0][j0 + 1]; ++e0)
+        for (int64_t e1 = t.start[1][j1]; e1 < t.start[1][j1 + 1]; ++e1) {
+          src.push_back(go + t.out[0][e0] * gos.slot[0] + t.out[1][e1] * gos.slot[1]);
+          cf.push_back(t.coef[0][e0] * t.coef[1][e1]);
+        }
+      const int count = static_cast<int>(src.size());
+      s.p0.resize(count);
+      s.p1.resize(count);
+      for (int k = 0; k < count; ++k) {
+        s.p0[k] = cf[k] * t.tap[0];
+        s.p1[k] = cf[k] * t.tap[1];
+      }
+      const size_t extras = t.extra_o.size();
+      for (int64_t r = 0; r < count_rows; ++r) {
+        if (weights) prefetch_row(x + j0 * is.slot[0] + (j1 + r) * is.slot[1], in_row_bytes);
+        if (j1 + r + kAhead < L1)
+          prefetch_row_for_write(gi + j0 * gis.slot[0] + (j1 + r + kAhead) * gis.slot[1],
+                                 in_row_bytes);
+        scalar_t* girow = gi + j0 * gis.slot[0] + (j1 + r) * gis.slot[1];
+        opmath_t* dst = kDirect ? reinterpret_cast<opmath_t*>(girow) : s.rowbuf.data();
+        if (count == 0) {
+          std::fill(dst, dst + L2, opmath_t(0));
+        } else {
+          for (int q = 0; q < count; q += 4) {
+            const int m = std::min(4, count - q);
+            if (active)
+              adjoint_chunk<2>(dst, q > 0, m, src.data() + q, s.p0.data() + q, s.p1.data() + q,
+                               t.offset, L2, O2);
+            else
+              adjoint_chunk<1>(dst, q > 0, m, src.data() + q, s.p0.data() + q, s.p1.data() + q,
+                               t.offset, L2, O2);
+          }
+          for (int k = 0; k < count; ++k)
+            for (size_t e = 0; e < extras; ++e)
+              dst[t.extra_j[e]] +=
+                  cf[k] * t.extra_c[e] * static_cast<opmath_t>(src[k][t.extra_o[e]]);
+          for (int k = 0; k < count; ++k) src[k] += gos.slot[1];
+        }
+        if (!kDirect)
+          for (int64_t i2 = 0; i2 < L2; ++i2) girow[i2] = static_cast<scalar_t>(dst[i2]);
+      }
+    };
+    // grad_weight, output rows (o0, o1 .. o1 + count_rows - 1): the interpolation
+    // derivative at the unrounded weight (SPEC §4).
+    auto grad_weight_rows = [&](int64_t o0, int64_t o1, int64_t count_rows) {
+      const int count = outer_rows(s.rows, g, ws, o0, o1, is.slot[0], is.slot[1], true);
+      const int64_t at = o0 * gos.slot[0] + o1 * gos.slot[1];
+      weight_grad_rows(s.dots, s.rows, count, x, go + at, count_rows, is.slot[1], gos.slot[1],
+                       t, read_offset, next_go == nullptr ? nullptr : next_go + at, row_bytes);
+    };
+
+    // Slab by slab along slot 0 (the whole plane for D <= 2): grad_input rows, then the
+    // grad_weight rows of the same slab while its grad_output rows are still in L1 / L2.
+    if (weights) s.dots.clear();
+    for (int64_t i = 0; i < std::max(L0, O0); ++i) {
+      if (i < L0)
+        for (int64_t j1 = 0; j1 < L1;) {
+          const int64_t rows_run = std::max<int64_t>(1, t.run1[j1]);
+          grad_input_rows(i, j1, rows_run);
+          j1 += rows_run;
+        }
+      if (!weights || i >= O0) continue;
+      for (int64_t o1 = 0; o1 < w1.lo; ++o1) grad_weight_rows(i, o1, 1);
+      if (w1.hi > w1.lo) grad_weight_rows(i, w1.lo, w1.hi - w1.lo);
+      for (int64_t o1 = std::max(w1.hi, w1.lo); o1 < O1; ++o1) grad_weight_rows(i, o1, 1);
+    }
+    if (!weights) return;
+    opmath_t sum[kSlots] = {0, 0, 0};
+    combine_plane_dots(sum, s.dots, g, ws);
+    for (int k = 0; k < kSlots; ++k) partial[k] = static_cast<double>(sum[k]);
+  }
+};
+
+// Dense (n, c) planes (see PlaneBackward); partials: kSlots per plane, or null.
+template <typename scalar_t>
+void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
+                     double* partials, const Geometry& g, const Strides& gos,
+                     const Strides& is, const Strides& gis, bool active,
+                     const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
+                     const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts) {
+  const PlaneBackward<scalar_t> kernel(g, active, read_shifts, interp_shifts);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.in_plane()));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> rowbuf(kDirect ? 0 : L2);
-    std::vector<const scalar_t*> src;
-    std::vector<opmath_t> cf, p0, p1;
-    Row<opmath_t> rows[kMaxRows];
-    CornerDots<opmath_t> dots;
+    typename PlaneBackward<scalar_t>::Scratch scratch;
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
-      const PlaneAdjoint<opmath_t>& t = tables[table_of[c]];
-      const scalar_t* go = grad_out + n * gos.batch + c * gos.channel;
-      const scalar_t* x = in + n * is.batch + c * is.channel;
-      scalar_t* gi = grad_in + n * gis.batch + c * gis.channel;
-      const auto& ws = interp_shifts[c];
-      const int64_t read_offset = g.before[2] - ws.shift[2];
-      const bool weights = partials != nullptr;
-      // The next plane's grad_output is prefetched during this plane's grad_weight phase,
-      // this plane's input during its grad_input phase (dense rows only).
-      const bool dense_rows = gos.slot[2] == 1 || O2 == 1;
+      // The next plane's grad_output is prefetched during this plane's grad_weight phase.
       const scalar_t* next_go = nullptr;
-      if (dense_rows && p + 1 < end) {
+      if (p + 1 < end) {
         const int64_t nn = (p + 1) / g.channels, nc = (p + 1) % g.channels;
         next_go = grad_out + nn * gos.batch + nc * gos.channel;
       }
-      const int64_t row_bytes = O2 * static_cast<int64_t>(sizeof(scalar_t));
-      // Input-sized rows (input, grad_input): dense, see the precondition above.
-      const int64_t in_row_bytes =
-          is.slot[2] == 1 || L2 == 1 ? L2 * static_cast<int64_t>(sizeof(scalar_t)) : 0;
-      // Output rows along slot 1 whose grad_weight source rows need no padding rule.
-      const Interior w1 = interior(O1, L1, g.before[1], ws.shift[1], g.real[1] ? 2 : 1);
-
-      // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
-      // read them. A run of rows with regular slot-1 lists (t.run1) reads the same outputs
-      // shifted by one row per row, so its pointers just advance.
-      auto grad_input_rows = [&](int64_t j0, int64_t j1, int64_t count_rows) {
-        src.clear();
-        cf.clear();
-        for (int64_t e0 = t.start[0][j0]; e0 < t.start[0][j0 + 1]; ++e0)
-          for (int64_t e1 = t.start[1][j1]; e1 < t.start[1][j1 + 1]; ++e1) {
-            src.push_back(go + t.out[0][e0] * gos.slot[0] + t.out[1][e1] * gos.slot[1]);
-            cf.push_back(t.coef[0][e0] * t.coef[1][e1]);
-          }
-        const int count = static_cast<int>(src.size());
-        p0.resize(count);
-        p1.resize(count);
-        for (int k = 0; k < count; ++k) {
-          p0[k] = cf[k] * t.tap[0];
-          p1[k] = cf[k] * t.tap[1];
-        }
-        const size_t extras = t.extra_o.size();
-        for (int64_t r = 0; r < count_rows; ++r) {
-          if (weights) prefetch_row(x + j0 * is.slot[0] + (j1 + r) * is.slot[1], in_row_bytes);
-          if (j1 + r + kAhead < L1)
-            prefetch_row_for_write(gi + j0 * gis.slot[0] + (j1 + r + kAhead) * gis.slot[1],
-                                   in_row_bytes);
-          scalar_t* girow = gi + j0 * gis.slot[0] + (j1 + r) * gis.slot[1];
-          opmath_t* dst = kDirect ? reinterpret_cast<opmath_t*>(girow) : rowbuf.data();
-          if (count == 0) {
-            std::fill(dst, dst + L2, opmath_t(0));
-          } else {
-            for (int q = 0; q < count; q += 4) {
-              const int m = std::min(4, count - q);
-              if (active)
-                adjoint_chunk<2>(dst, q > 0, m, src.data() + q, p0.data() + q, p1.data() + q,
-                                 t.offset, L2, O2);
-              else
-                adjoint_chunk<1>(dst, q > 0, m, src.data() + q, p0.data() + q, p1.data() + q,
-                                 t.offset, L2, O2);
-            }
-            for (int k = 0; k < count; ++k)
-              for (size_t e = 0; e < extras; ++e)
-                dst[t.extra_j[e]] +=
-                    cf[k] * t.extra_c[e] * static_cast<opmath_t>(src[k][t.extra_o[e]]);
-            for (int k = 0; k < count; ++k) src[k] += gos.slot[1];
-          }
-          if (!kDirect)
-            for (int64_t i2 = 0; i2 < L2; ++i2) girow[i2] = static_cast<scalar_t>(dst[i2]);
-        }
-      };
-      // grad_weight, output rows (o0, o1 .. o1 + count_rows - 1): the interpolation
-      // derivative at the unrounded weight (SPEC §4).
-      auto grad_weight_rows = [&](int64_t o0, int64_t o1, int64_t count_rows) {
-        const int count = outer_rows(rows, g, ws, o0, o1, is.slot[0], is.slot[1], true);
-        const int64_t at = o0 * gos.slot[0] + o1 * gos.slot[1];
-        weight_grad_rows(dots, rows, count, x, go + at, count_rows, is.slot[1], gos.slot[1], t,
-                         read_offset, next_go == nullptr ? nullptr : next_go + at, row_bytes);
-      };
-
-      // Slab by slab along slot 0 (the whole plane for D <= 2): grad_input rows, then the
-      // grad_weight rows of the same slab while its grad_output rows are still in L1 / L2.
-      if (weights) dots.clear();
-      for (int64_t i = 0; i < std::max(L0, O0); ++i) {
-        if (i < L0)
-          for (int64_t j1 = 0; j1 < L1;) {
-            const int64_t rows_run = std::max<int64_t>(1, t.run1[j1]);
-            grad_input_rows(i, j1, rows_run);
-            j1 += rows_run;
-          }
-        if (!weights || i >= O0) continue;
-        for (int64_t o1 = 0; o1 < w1.lo; ++o1) grad_weight_rows(i, o1, 1);
-        if (w1.hi > w1.lo) grad_weight_rows(i, w1.lo, w1.hi - w1.lo);
-        for (int64_t o1 = std::max(w1.hi, w1.lo); o1 < O1; ++o1) grad_weight_rows(i, o1, 1);
-      }
-      if (!weights) continue;
-      opmath_t sum[kSlots] = {0, 0, 0};
-      combine_plane_dots(sum, dots, g, ws);
-      for (int s = 0; s < kSlots; ++s) partials[p * kSlots + s] = static_cast<double>(sum[s]);
+      kernel.plane(scratch, c, grad_out + n * gos.batch + c * gos.channel,
+                   in + n * is.batch + c * is.channel, grad_in + n * gis.batch + c * gis.channel,
+                   gos, is, gis, next_go, partials == nullptr ? nullptr : partials + p * kSlots);
     }
   });
 }
@@ -1083,61 +1116,88 @@ struct ForwardPlan {
   RowPlan row;
 };
 
+// Active Shift forward of single planes (unit stride along slot 2 of the input): per-channel
+// plans built once, then plane() per plane.
+template <typename scalar_t>
+struct ActiveForwardPlanes {
+  using opmath_t = at::opmath_type<scalar_t>;
+  static constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
+  const Geometry& g;
+  std::vector<ForwardPlan<opmath_t>> plans;
+
+  ActiveForwardPlanes(const Geometry& g_, const std::vector<ChannelShift<opmath_t>>& shifts)
+      : g(g_), plans(g_.channels) {
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const auto& cs = shifts[c];
+      ForwardPlan<opmath_t>& f = plans[c];
+      f.w0 = tap_weights<opmath_t>(true, g.real[0], cs.frac[0]);
+      f.w1 = tap_weights<opmath_t>(true, g.real[1], cs.frac[1]);
+      f.w2 = tap_weights<opmath_t>(true, g.real[2], cs.frac[2]);
+      f.t0 = slot_taps(g.out_length[0], g.length[0], g.before[0], cs.shift[0], f.w0.taps,
+                       g.padding);
+      f.t1 = slot_taps(g.out_length[1], g.length[1], g.before[1], cs.shift[1], f.w1.taps,
+                       g.padding);
+      f.row = forward_row_plan(g.out_length[2], g.length[2], g.before[2], cs.shift[2],
+                               f.w2.taps, g.padding);
+    }
+  }
+
+  // Whether plane() needs a row buffer (out_length[2] op-math values) for outputs with
+  // these strides.
+  bool buffered(const Strides& os) const {
+    return !(kDirect && (os.slot[2] == 1 || g.out_length[2] == 1));
+  }
+
+  void plane(int64_t c, const scalar_t* x, const Strides& is, scalar_t* y, const Strides& os,
+             opmath_t* buffer) const {
+    const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
+    const ForwardPlan<opmath_t>& f = plans[c];
+    const bool dense_out = os.slot[2] == 1 || O2 == 1;
+    const scalar_t* src[4];
+    opmath_t coef[4];
+    for (int64_t o0 = 0; o0 < O0; ++o0)
+      for (int64_t o1 = 0; o1 < O1; ++o1) {
+        int count = 0;
+        for (int a0 = 0; a0 < f.w0.taps; ++a0) {
+          const int64_t i0 = f.t0.src[o0 * f.w0.taps + a0];
+          if (i0 == kOutside) continue;
+          for (int a1 = 0; a1 < f.w1.taps; ++a1) {
+            const int64_t i1 = f.t1.src[o1 * f.w1.taps + a1];
+            if (i1 == kOutside) continue;
+            src[count] = x + i0 * is.slot[0] + i1 * is.slot[1];
+            coef[count++] = f.w0.w[a0] * f.w1.w[a1];
+          }
+        }
+        scalar_t* yr = y + o0 * os.slot[0] + o1 * os.slot[1];
+        opmath_t* dst = buffer == nullptr ? reinterpret_cast<opmath_t*>(yr) : buffer;
+        if (f.w2.taps == 2)
+          stencil_rows<2>(dst, count, src, coef, f.w2.w, f.row);
+        else
+          stencil_rows<1>(dst, count, src, coef, f.w2.w, f.row);
+        if (buffer == nullptr) continue;
+        if (dense_out)
+          store_row(yr, dst, O2);
+        else
+          for (int64_t o = 0; o < O2; ++o) yr[o * os.slot[2]] = static_cast<scalar_t>(dst[o]);
+      }
+  }
+};
+
 template <typename scalar_t>
 void active_forward_planes(const scalar_t* in, scalar_t* out, const Geometry& g,
                               const Strides& is, const Strides& os,
                               const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
   using opmath_t = at::opmath_type<scalar_t>;
-  constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
   TORCH_INTERNAL_ASSERT(is.slot[2] == 1 || g.length[2] == 1, "planar input must be unit-stride");
-  const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
-  std::vector<ForwardPlan<opmath_t>> plans(g.channels);
-  for (int64_t c = 0; c < g.channels; ++c) {
-    const auto& cs = shifts[c];
-    ForwardPlan<opmath_t>& f = plans[c];
-    f.w0 = tap_weights<opmath_t>(true, g.real[0], cs.frac[0]);
-    f.w1 = tap_weights<opmath_t>(true, g.real[1], cs.frac[1]);
-    f.w2 = tap_weights<opmath_t>(true, g.real[2], cs.frac[2]);
-    f.t0 = slot_taps(O0, g.length[0], g.before[0], cs.shift[0], f.w0.taps, g.padding);
-    f.t1 = slot_taps(O1, g.length[1], g.before[1], cs.shift[1], f.w1.taps, g.padding);
-    f.row = forward_row_plan(O2, g.length[2], g.before[2], cs.shift[2], f.w2.taps, g.padding);
-  }
-  const bool dense_out = os.slot[2] == 1 || O2 == 1;
+  const ActiveForwardPlanes<scalar_t> kernel(g, shifts);
+  const bool buffered = kernel.buffered(os);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> buffer(kDirect && dense_out ? 0 : O2);
+    std::vector<opmath_t> buffer(buffered ? g.out_length[2] : 0);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
-      const ForwardPlan<opmath_t>& f = plans[c];
-      const scalar_t* x = in + n * is.batch + c * is.channel;
-      scalar_t* y = out + n * os.batch + c * os.channel;
-      const scalar_t* src[4];
-      opmath_t coef[4];
-      for (int64_t o0 = 0; o0 < O0; ++o0)
-        for (int64_t o1 = 0; o1 < O1; ++o1) {
-          int count = 0;
-          for (int a0 = 0; a0 < f.w0.taps; ++a0) {
-            const int64_t i0 = f.t0.src[o0 * f.w0.taps + a0];
-            if (i0 == kOutside) continue;
-            for (int a1 = 0; a1 < f.w1.taps; ++a1) {
-              const int64_t i1 = f.t1.src[o1 * f.w1.taps + a1];
-              if (i1 == kOutside) continue;
-              src[count] = x + i0 * is.slot[0] + i1 * is.slot[1];
-              coef[count++] = f.w0.w[a0] * f.w1.w[a1];
-            }
-          }
-          scalar_t* yr = y + o0 * os.slot[0] + o1 * os.slot[1];
-          opmath_t* dst = buffer.empty() ? reinterpret_cast<opmath_t*>(yr) : buffer.data();
-          if (f.w2.taps == 2)
-            stencil_rows<2>(dst, count, src, coef, f.w2.w, f.row);
-          else
-            stencil_rows<1>(dst, count, src, coef, f.w2.w, f.row);
-          if (buffer.empty()) continue;
-          if (dense_out)
-            store_row(yr, dst, O2);
-          else
-            for (int64_t o = 0; o < O2; ++o) yr[o * os.slot[2]] = static_cast<scalar_t>(dst[o]);
-        }
+      kernel.plane(c, in + n * is.batch + c * is.channel, is, out + n * os.batch + c * os.channel,
+                   os, buffered ? buffer.data() : nullptr);
     }
   });
 }
