@@ -1413,50 +1413,41 @@ inline void transpose16(__m512 r[16]) {
 }
 #endif
 
-// planes[c * plane + p] = rows[p * channels + c] for c < lanes, p < positions. Tiles of 16
-// positions take all lanes before moving on, so the rows are read front to back.
+// planes[c * plane + p] = rows[p * channels + c] for c < lanes <= 16, p < positions.
 template <typename T>
 void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions, T* planes,
                int64_t plane) {
   int64_t p0 = 0;
 #ifdef TS2_AVX512
   if constexpr (std::is_same<T, float>::value) {
+    const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(lanes)));
     __m512 r[16];
-    for (; p0 + 16 <= positions; p0 += 16)
-      for (int64_t c0 = 0; c0 < lanes; c0 += 16) {
-        const int64_t nb = std::min<int64_t>(16, lanes - c0);
-        const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(nb)));
-        const T* src = rows + p0 * channels + c0;
-        for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_ps(m, src + i * channels);
-        transpose16(r);
-        T* dst = planes + c0 * plane + p0;
-        for (int64_t c = 0; c < nb; ++c) _mm512_storeu_ps(dst + c * plane, r[c]);
-      }
+    for (; p0 + 16 <= positions; p0 += 16) {
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_ps(m, rows + (p0 + i) * channels);
+      transpose16(r);
+      for (int64_t c = 0; c < lanes; ++c) _mm512_storeu_ps(planes + c * plane + p0, r[c]);
+    }
   }
 #endif
   for (; p0 < positions; ++p0)
     for (int64_t c = 0; c < lanes; ++c) planes[c * plane + p0] = rows[p0 * channels + c];
 }
 
-// rows[p * channels + c] = planes[c * plane + p] for c < lanes, p < positions.
+// rows[p * channels + c] = planes[c * plane + p] for c < lanes <= 16, p < positions.
 template <typename T>
 void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t positions, T* rows,
                  int64_t channels) {
   int64_t p0 = 0;
 #ifdef TS2_AVX512
   if constexpr (std::is_same<T, float>::value) {
+    const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(lanes)));
     __m512 r[16];
-    for (; p0 + 16 <= positions; p0 += 16)
-      for (int64_t c0 = 0; c0 < lanes; c0 += 16) {
-        const int64_t nb = std::min<int64_t>(16, lanes - c0);
-        const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(nb)));
-        const T* src = planes + c0 * plane + p0;
-        for (int64_t c = 0; c < 16; ++c)
-          r[c] = c < nb ? _mm512_loadu_ps(src + c * plane) : _mm512_setzero_ps();
-        transpose16(r);
-        T* dst = rows + p0 * channels + c0;
-        for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(dst + i * channels, m, r[i]);
-      }
+    for (; p0 + 16 <= positions; p0 += 16) {
+      for (int64_t c = 0; c < 16; ++c)
+        r[c] = c < lanes ? _mm512_loadu_ps(planes + c * plane + p0) : _mm512_setzero_ps();
+      transpose16(r);
+      for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(rows + (p0 + i) * channels, m, r[i]);
+    }
   }
 #endif
   for (; p0 < positions; ++p0)
