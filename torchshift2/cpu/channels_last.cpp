@@ -1367,11 +1367,12 @@ inline bool dense_channels_last(const Strides& s, const int64_t* length, int64_t
 // Whether a channels-last kernel goes through planes (float / double, dense samples): for
 // three spatial dims, where a gather per interpolation corner (8 of them) costs more than
 // the transposes (measured in benchmarks/NOTES.md, v8); with fewer dims it does not.
+// grad_input: the strides of a backward's grad_input, null for a forward.
 inline bool through_planes(const Geometry& g, const Strides& input, const Strides& output,
-                           const Strides& input_sized) {
+                           const Strides* grad_input) {
   return g.real[0] && dense_channels_last(input, g.length, g.channels) &&
          dense_channels_last(output, g.out_length, g.channels) &&
-         dense_channels_last(input_sized, g.length, g.channels);
+         (grad_input == nullptr || dense_channels_last(*grad_input, g.length, g.channels));
 }
 
 // Channels per block: one 64-byte vector of elements.
@@ -1575,7 +1576,7 @@ void active_forward_channels_last_rows(
     const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is, const Strides& os,
     const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
   if constexpr (std::is_same<scalar_t, at::opmath_type<scalar_t>>::value) {
-    if (through_planes(g, is, os, os)) {
+    if (through_planes(g, is, os, nullptr)) {
       active_forward_transposed(in, out, g, is, os, shifts);
       return;
     }

@@ -168,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
     const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(cl_grad);
     // Through L2-resident planes where that is faster (through_planes).
     if ((input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble) &&
-        through_planes(g, is, gos, gis)) {
+        through_planes(g, is, gos, &gis)) {
       at::Tensor partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchshift2_backward_transposed", [&] {
         const auto interp_shifts = channel_shifts<scalar_t>(weight64, g, /*rounded=*/false);
