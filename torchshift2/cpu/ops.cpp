@@ -127,6 +127,16 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t p
   return out;
 }
 
+// SPEC §4: the backward's shifts: interpolation (floor + fraction, for grad_weight) and read
+// (SSL: rounded; active: the same).
+template <typename opmath_t>
+std::pair<std::vector<ChannelShift<opmath_t>>, std::vector<ChannelShift<opmath_t>>>
+backward_shifts(const at::Tensor& weight64, const Geometry& g, bool active) {
+  auto interp = channel_shifts<opmath_t>(weight64, g, /*rounded=*/false);
+  auto read = active ? interp : channel_shifts<opmath_t>(weight64, g, /*rounded=*/true);
+  return {std::move(interp), std::move(read)};
+}
+
 // grad_weight from per-(n, c) plane partials (kSlots each): a serial fixed-order sum over
 // the batch; slots of missing leading dims are dropped.
 void reduce_plane_partials(const at::Tensor& partials, const Geometry& g, at::Tensor grad_weight) {
@@ -171,9 +181,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
         through_planes(g, is, gos, &gis)) {
       at::Tensor partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchshift2_backward_transposed", [&] {
-        const auto interp_shifts = channel_shifts<scalar_t>(weight64, g, /*rounded=*/false);
-        const auto read_shifts =
-            active ? interp_shifts : channel_shifts<scalar_t>(weight64, g, /*rounded=*/true);
+        const auto [interp_shifts, read_shifts] = backward_shifts<scalar_t>(weight64, g, active);
         backward_transposed(grad_output.const_data_ptr<scalar_t>(),
                             input.const_data_ptr<scalar_t>(), cl_grad.data_ptr<scalar_t>(),
                             partials.data_ptr<double>(), g, gos, is, gis, active, read_shifts,
@@ -195,9 +203,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                     "torchshift2_backward_cl", [&] {
       using opmath_t = at::opmath_type<scalar_t>;
-      const auto interp_shifts = channel_shifts<opmath_t>(weight64, g, /*rounded=*/false);
-      const auto read_shifts =
-          active ? interp_shifts : channel_shifts<opmath_t>(weight64, g, /*rounded=*/true);
+      const auto [interp_shifts, read_shifts] = backward_shifts<opmath_t>(weight64, g, active);
       backward_channels_last(grad_output.const_data_ptr<scalar_t>(),
                              input.const_data_ptr<scalar_t>(), cl_grad.data_ptr<scalar_t>(),
                              partials.data_ptr<double>(), g, gos, is, gis, active, read_shifts,
@@ -218,9 +224,7 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "torchshift2_backward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    const auto interp_shifts = channel_shifts<opmath_t>(weight64, g, /*rounded=*/false);
-    const auto read_shifts =
-        active ? interp_shifts : channel_shifts<opmath_t>(weight64, g, /*rounded=*/true);
+    const auto [interp_shifts, read_shifts] = backward_shifts<opmath_t>(weight64, g, active);
     backward_planes(grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                     planar_grad.data_ptr<scalar_t>(), partials.data_ptr<double>(), g, gos, is,
                     gis, active, read_shifts, interp_shifts);
