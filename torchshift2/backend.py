@@ -15,6 +15,8 @@ from typing import Iterator, Optional
 
 import torch
 
+from .cpu import loader as _cpu_loader
+
 __all__ = ["BACKENDS", "cpu_cache_info", "empty_cpu_cache", "resolve", "selected_backend",
            "use_backend"]
 
@@ -104,9 +106,7 @@ def resolve(device: torch.device) -> str:
     if name != "auto":
         return name
     if device.type == "cpu":
-        from .cpu import loader
-
-        reason = loader.unavailable_reason()
+        reason = _cpu_loader.unavailable_reason()
         if reason is None:
             return "cpp"
         warn_once("cpp", f"torchshift2: the C++ CPU kernel is unavailable ({reason}); "
@@ -142,9 +142,7 @@ def cpu_cache_info() -> dict:
         >>> sorted(ts.backend.cpu_cache_info())
         ['free_blocks', 'free_bytes', 'hits', 'limit_bytes', 'misses']
     """
-    from .cpu import loader
-
-    return loader.cache_info()
+    return _cpu_loader.cache_info()
 
 
 def empty_cpu_cache() -> None:
@@ -158,6 +156,4 @@ def empty_cpu_cache() -> None:
         >>> ts.backend.cpu_cache_info()["free_bytes"]
         0
     """
-    from .cpu import loader
-
-    loader.empty_cache()
+    _cpu_loader.empty_cache()
