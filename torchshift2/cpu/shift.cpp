@@ -436,22 +436,25 @@ inline void prefetch_row_for_write(const void* p, int64_t bytes) {
 // grad_input rows are prefetched for writing this many rows ahead.
 constexpr int64_t kAhead = 4;
 
-// Per channel: the adjoint of the forward's per-slot maps and the grad_weight row ends.
+// Per distinct integer shifts: the adjoint of the forward's per-slot maps and the
+// grad_weight row ends. Interpolation weights are not stored, only which corner (0: weight
+// 1 - frac, 1: frac) each entry is, so Active Shift channels whose shifts have the same
+// integer parts share a table too.
 template <typename opmath_t>
 struct PlaneAdjoint {
-  // Outer slots 0, 1: input index j receives output index out[d][e] with weight coef[d][e],
-  // e in [start[d][j], start[d][j + 1]), in increasing (o, corner) order.
+  // Outer slots 0, 1: input index j receives output index out[d][e] from corner
+  // corner[d][e], e in [start[d][j], start[d][j + 1]), in increasing (o, corner) order.
   Table<int64_t> start[2], out[2];
-  Table<opmath_t> coef[2];
+  Table<int8_t> corner[2];
   // run1[j]: how many rows from j on (slot 1) have the regular list out = j + offset1 + a
   // for every corner a (no padding involved), 0 if row j is not regular.
   Table<int64_t> run1;
-  // Slot 2: input j2 reads output j2 + offset + a2 with weight tap[a2] where that output
-  // exists; the outputs whose reads were padded add extra_c * g[extra_o] to input extra_j.
+  // Slot 2: input j2 reads output j2 + offset + a2 with the weight of corner a2 where that
+  // output exists; the outputs whose reads were padded add (weight of corner extra_a)
+  // * g[extra_o] to input extra_j.
   int64_t offset = 0;
-  opmath_t tap[2] = {1, 0};
   Table<int64_t> extra_o, extra_j;
-  Table<opmath_t> extra_c;
+  Table<int8_t> extra_a;
   // grad_weight (floor shifts): slot-2 columns outside the interior and the source indices
   // of their two taps (k, k - 1), kOutside for padding.
   Interior wmid{0, 0};
@@ -466,7 +469,7 @@ PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmat
     const int corners = active && g.real[d] ? 2 : 1;
     const int64_t L = g.length[d], O = g.out_length[d];
     Table<int64_t> target, outs;
-    Table<opmath_t> cs;
+    Table<int8_t> cs;
     t.start[d].assign(L + 1, 0);
     for (int64_t o = 0; o < O; ++o)
       for (int a = 0; a < corners; ++a) {
@@ -474,17 +477,17 @@ PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmat
         if (j == kOutside) continue;
         target.push_back(j);
         outs.push_back(o);
-        cs.push_back(corners == 1 ? opmath_t(1) : (a ? rs.frac[d] : 1 - rs.frac[d]));
+        cs.push_back(static_cast<int8_t>(a));
         ++t.start[d][j + 1];
       }
     for (int64_t j = 0; j < L; ++j) t.start[d][j + 1] += t.start[d][j];
     Table<int64_t> fill(t.start[d].begin(), t.start[d].end() - 1);
     t.out[d].resize(outs.size());
-    t.coef[d].resize(outs.size());
+    t.corner[d].resize(outs.size());
     for (size_t e = 0; e < outs.size(); ++e) {
       const int64_t pos = fill[target[e]]++;
       t.out[d][pos] = outs[e];
-      t.coef[d][pos] = cs[e];
+      t.corner[d][pos] = cs[e];
     }
   }
   {
@@ -501,10 +504,6 @@ PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmat
   const int64_t L2 = g.length[2], O2 = g.out_length[2], b2 = g.before[2];
   const int A2 = active ? 2 : 1;
   t.offset = rs.shift[2] - b2;
-  if (active) {
-    t.tap[0] = 1 - rs.frac[2];
-    t.tap[1] = rs.frac[2];
-  }
   for (int64_t o = 0; o < O2; ++o)
     for (int a = 0; a < A2; ++a) {
       const int64_t k = o + b2 - rs.shift[2] - a;
@@ -513,7 +512,7 @@ PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmat
       if (j == kOutside) continue;
       t.extra_o.push_back(o);
       t.extra_j.push_back(j);
-      t.extra_c.push_back(t.tap[a]);
+      t.extra_a.push_back(static_cast<int8_t>(a));
     }
   t.wmid = interior(O2, L2, b2, ws.shift[2], 2);
   auto wedge = [&](int64_t o) {
@@ -745,16 +744,11 @@ struct PlaneBackward {
                 const std::vector<ChannelShift<opmath_t>>& interp_shifts_)
       : g(g_), active(active_), read_shifts(read_shifts_), interp_shifts(interp_shifts_),
         table_of(g_.channels) {
-    // The tables depend on a channel's integer shifts and (active) its fractions: SSL
-    // channels with equal shifts share one; the distinct ones are built in parallel.
+    // The tables depend on a channel's integer shifts only: channels with equal ones share
+    // a table; the distinct ones are built in parallel.
     Table<int64_t> first;  // a channel of each distinct table
     std::map<std::array<int64_t, 2 * kSlots>, int64_t> ids;
     for (int64_t c = 0; c < g.channels; ++c) {
-      if (active) {
-        table_of[c] = static_cast<int64_t>(first.size());
-        first.push_back(c);
-        continue;
-      }
       std::array<int64_t, 2 * kSlots> key;
       for (int s = 0; s < kSlots; ++s) {
         key[s] = read_shifts[c].shift[s];
@@ -765,7 +759,7 @@ struct PlaneBackward {
       table_of[c] = found.first->second;
     }
     tables.resize(first.size());
-    at::parallel_for(0, static_cast<int64_t>(first.size()), 8, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, static_cast<int64_t>(first.size()), 64, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         tables[i] = plane_adjoint(g, read_shifts[first[i]], interp_shifts[first[i]], active);
     });
@@ -780,6 +774,15 @@ struct PlaneBackward {
     const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
     const PlaneAdjoint<opmath_t>& t = tables[table_of[c]];
     const auto& ws = interp_shifts[c];
+    // The corner weights (SPEC §4 interpolation of the read shifts): slots 0 / 1 and slot 2.
+    const auto& rs = read_shifts[c];
+    opmath_t corner_weight[kSlots][2];
+    for (int d = 0; d < kSlots; ++d) {
+      const bool interpolates = active && (g.real[d] || d == 2);
+      corner_weight[d][0] = interpolates ? 1 - rs.frac[d] : opmath_t(1);
+      corner_weight[d][1] = interpolates ? rs.frac[d] : opmath_t(0);
+    }
+    const opmath_t* tap = corner_weight[2];
     const int64_t read_offset = g.before[2] - ws.shift[2];
     const bool weights = partial != nullptr;
     if (!kDirect) s.rowbuf.resize(L2);
@@ -803,14 +806,14 @@ struct PlaneBackward {
       for (int64_t e0 = t.start[0][j0]; e0 < t.start[0][j0 + 1]; ++e0)
         for (int64_t e1 = t.start[1][j1]; e1 < t.start[1][j1 + 1]; ++e1) {
           src.push_back(go + t.out[0][e0] * gos.slot[0] + t.out[1][e1] * gos.slot[1]);
-          cf.push_back(t.coef[0][e0] * t.coef[1][e1]);
+          cf.push_back(corner_weight[0][t.corner[0][e0]] * corner_weight[1][t.corner[1][e1]]);
         }
       const int count = static_cast<int>(src.size());
       s.p0.resize(count);
       s.p1.resize(count);
       for (int k = 0; k < count; ++k) {
-        s.p0[k] = cf[k] * t.tap[0];
-        s.p1[k] = cf[k] * t.tap[1];
+        s.p0[k] = cf[k] * tap[0];
+        s.p1[k] = cf[k] * tap[1];
       }
       const size_t extras = t.extra_o.size();
       for (int64_t r = 0; r < count_rows; ++r) {
@@ -835,7 +838,7 @@ struct PlaneBackward {
           for (int k = 0; k < count; ++k)
             for (size_t e = 0; e < extras; ++e)
               dst[t.extra_j[e]] +=
-                  cf[k] * t.extra_c[e] * static_cast<opmath_t>(src[k][t.extra_o[e]]);
+                  cf[k] * tap[t.extra_a[e]] * static_cast<opmath_t>(src[k][t.extra_o[e]]);
           for (int k = 0; k < count; ++k) src[k] += gos.slot[1];
         }
         if (!kDirect)
