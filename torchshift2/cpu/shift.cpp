@@ -1199,13 +1199,19 @@ void ssl_shift_inplace(T* data, const Geometry& g, const Strides& st,
   });
 }
 
-// Active forward: per channel the taps of slots 0 / 1 and the slot-2 row plan; per output
-// row the up to four source rows it interpolates between, then one stencil row.
+// Active forward: per channel the tap weights, and the index tables of its integer shifts
+// (the taps of slots 0 / 1 and the slot-2 row plan; channels with equal integer shifts share
+// them); per output row the up to four source rows it interpolates between, then one
+// stencil row.
+struct ForwardTables {
+  SlotTaps t0, t1;
+  RowPlan row;
+};
+
 template <typename opmath_t>
 struct ForwardPlan {
-  SlotTaps t0, t1;
   TapWeights<opmath_t> w0, w1, w2;
-  RowPlan row;
+  int64_t tables = 0;  // index into ActiveForwardPlanes::tables
 };
 
 // Active Shift forward of single planes (unit stride along slot 2 of the input): per-channel
@@ -1216,20 +1222,27 @@ struct ActiveForwardPlanes {
   static constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
   const Geometry& g;
   Table<ForwardPlan<opmath_t>> plans;
+  Table<ForwardTables> tables;
 
   ActiveForwardPlanes(const Geometry& g_, const std::vector<ChannelShift<opmath_t>>& shifts)
       : g(g_), plans(g_.channels) {
+    std::map<std::array<int64_t, kSlots>, int64_t> ids;
     for (int64_t c = 0; c < g.channels; ++c) {
       const auto& cs = shifts[c];
       ForwardPlan<opmath_t>& f = plans[c];
       f.w0 = tap_weights<opmath_t>(true, g.real[0], cs.frac[0]);
       f.w1 = tap_weights<opmath_t>(true, g.real[1], cs.frac[1]);
       f.w2 = tap_weights<opmath_t>(true, g.real[2], cs.frac[2]);
-      f.t0 = slot_taps(g.out_length[0], g.length[0], g.before[0], cs.shift[0], f.w0.taps,
+      const std::array<int64_t, kSlots> key{cs.shift[0], cs.shift[1], cs.shift[2]};
+      const auto found = ids.emplace(key, static_cast<int64_t>(tables.size()));
+      f.tables = found.first->second;
+      if (!found.second) continue;
+      ForwardTables& t = tables.emplace_back();
+      t.t0 = slot_taps(g.out_length[0], g.length[0], g.before[0], cs.shift[0], f.w0.taps,
                        g.padding);
-      f.t1 = slot_taps(g.out_length[1], g.length[1], g.before[1], cs.shift[1], f.w1.taps,
+      t.t1 = slot_taps(g.out_length[1], g.length[1], g.before[1], cs.shift[1], f.w1.taps,
                        g.padding);
-      f.row = forward_row_plan(g.out_length[2], g.length[2], g.before[2], cs.shift[2],
+      t.row = forward_row_plan(g.out_length[2], g.length[2], g.before[2], cs.shift[2],
                                f.w2.taps, g.padding);
     }
   }
@@ -1244,6 +1257,7 @@ struct ActiveForwardPlanes {
              opmath_t* buffer) const {
     const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
     const ForwardPlan<opmath_t>& f = plans[c];
+    const ForwardTables& t = tables[f.tables];
     const bool dense_out = os.slot[2] == 1 || O2 == 1;
     const scalar_t* src[4];
     opmath_t coef[4];
@@ -1251,10 +1265,10 @@ struct ActiveForwardPlanes {
       for (int64_t o1 = 0; o1 < O1; ++o1) {
         int count = 0;
         for (int a0 = 0; a0 < f.w0.taps; ++a0) {
-          const int64_t i0 = f.t0.src[o0 * f.w0.taps + a0];
+          const int64_t i0 = t.t0.src[o0 * f.w0.taps + a0];
           if (i0 == kOutside) continue;
           for (int a1 = 0; a1 < f.w1.taps; ++a1) {
-            const int64_t i1 = f.t1.src[o1 * f.w1.taps + a1];
+            const int64_t i1 = t.t1.src[o1 * f.w1.taps + a1];
             if (i1 == kOutside) continue;
             src[count] = x + i0 * is.slot[0] + i1 * is.slot[1];
             coef[count++] = f.w0.w[a0] * f.w1.w[a1];
@@ -1263,9 +1277,9 @@ struct ActiveForwardPlanes {
         scalar_t* yr = y + o0 * os.slot[0] + o1 * os.slot[1];
         opmath_t* dst = buffer == nullptr ? reinterpret_cast<opmath_t*>(yr) : buffer;
         if (f.w2.taps == 2)
-          stencil_rows<2>(dst, count, src, coef, f.w2.w, f.row);
+          stencil_rows<2>(dst, count, src, coef, f.w2.w, t.row);
         else
-          stencil_rows<1>(dst, count, src, coef, f.w2.w, f.row);
+          stencil_rows<1>(dst, count, src, coef, f.w2.w, t.row);
         if (buffer == nullptr) continue;
         if (dense_out)
           store_row(yr, dst, O2);
