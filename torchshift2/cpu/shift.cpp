@@ -562,6 +562,63 @@ void adjoint_row(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
   for (int64_t j = hi; j < L2; ++j) edge(j);
 }
 
+// adjoint_row (dst =, K <= 4 source rows) for `rows` consecutive grad_input rows that are one
+// flat run of length L2 rows, as are their grad_output rows (slot 2 not cropped: O2 == L2):
+// the interior of every row and the wrapped columns between them are one vector loop, the
+// columns outside each row's interior are then redone per row (as stencil_run).
+template <int K, int A2, typename scalar_t, typename opmath_t>
+void adjoint_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const opmath_t* p0,
+                 const opmath_t* p1, int64_t offset, int64_t L2, int64_t rows) {
+  const int64_t lo = clamp(-offset, 0, L2);
+  const int64_t hi = clamp(L2 - offset - (A2 - 1), lo, L2);
+  const scalar_t* s[K];
+  opmath_t c0[K], c1[K];
+  for (int k = 0; k < K; ++k) {
+    s[k] = src[k] + offset;
+    c0[k] = p0[k];
+    c1[k] = p1[k];
+  }
+  if (hi > lo) {
+    const int64_t end = (rows - 1) * L2 + hi;
+#pragma omp simd
+    for (int64_t j = lo; j < end; ++j) {
+      opmath_t v = 0;
+      for (int k = 0; k < K; ++k) {
+        v += c0[k] * static_cast<opmath_t>(s[k][j]);
+        if (A2 == 2) v += c1[k] * static_cast<opmath_t>(s[k][j + 1]);
+      }
+      dst[j] = v;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    opmath_t* d = dst + r * L2;
+    auto edge = [&](int64_t j) {
+      const int64_t o = j + offset;
+      opmath_t v = 0;
+      for (int k = 0; k < K; ++k) {
+        const scalar_t* row = src[k] + r * L2;
+        if (o >= 0 && o < L2) v += p0[k] * static_cast<opmath_t>(row[o]);
+        if (A2 == 2 && o + 1 >= 0 && o + 1 < L2) v += p1[k] * static_cast<opmath_t>(row[o + 1]);
+      }
+      d[j] = v;
+    };
+    for (int64_t j = 0; j < lo; ++j) edge(j);
+    for (int64_t j = hi; j < L2; ++j) edge(j);
+  }
+}
+
+template <int A2, typename scalar_t, typename opmath_t>
+void adjoint_run_any(opmath_t* dst, int count, const scalar_t* const* src, const opmath_t* p0,
+                     const opmath_t* p1, int64_t offset, int64_t L2, int64_t rows) {
+  switch (count) {
+    case 1: adjoint_run<1, A2>(dst, src, p0, p1, offset, L2, rows); break;
+    case 2: adjoint_run<2, A2>(dst, src, p0, p1, offset, L2, rows); break;
+    case 3: adjoint_run<3, A2>(dst, src, p0, p1, offset, L2, rows); break;
+    case 4: adjoint_run<4, A2>(dst, src, p0, p1, offset, L2, rows); break;
+    default: TORCH_INTERNAL_ASSERT(false, "adjoint_run: 1 to 4 source rows, got ", count);
+  }
+}
+
 template <int A2, typename scalar_t, typename opmath_t>
 void adjoint_chunk(opmath_t* dst, bool add, int count, const scalar_t* const* src,
                    const opmath_t* p0, const opmath_t* p1, int64_t offset, int64_t L2,
@@ -795,6 +852,11 @@ struct PlaneBackward {
     // Output rows along slot 1 whose grad_weight source rows need no padding rule.
     const Interior w1 = interior(O1, L1, g.before[1], ws.shift[1], g.real[1] ? 2 : 1);
 
+    // Flat planes of grad_input and grad_output (slot 2 not cropped): a run of regular rows
+    // is one adjoint_run.
+    const bool flat_rows = kDirect && O2 == L2 && (gis.slot[2] == 1 || L2 == 1) &&
+                           (gos.slot[2] == 1 || L2 == 1) && (gis.slot[1] == L2 || L1 == 1) &&
+                           (gos.slot[1] == L2 || O1 == 1);
     // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
     // read them. A run of rows with regular slot-1 lists (t.run1) reads the same outputs
     // shifted by one row per row, so its pointers just advance.
@@ -816,6 +878,24 @@ struct PlaneBackward {
         s.p1[k] = cf[k] * tap[1];
       }
       const size_t extras = t.extra_o.size();
+      if (flat_rows && count_rows > 1 && count >= 1 && count <= 4) {
+        if (weights)
+          for (int64_t r = 0; r < count_rows; ++r)
+            prefetch_row(x + j0 * is.slot[0] + (j1 + r) * L2, in_row_bytes);
+        opmath_t* dst = reinterpret_cast<opmath_t*>(gi + j0 * gis.slot[0] + j1 * L2);
+        if (active)
+          adjoint_run_any<2>(dst, count, src.data(), s.p0.data(), s.p1.data(), t.offset, L2,
+                             count_rows);
+        else
+          adjoint_run_any<1>(dst, count, src.data(), s.p0.data(), s.p1.data(), t.offset, L2,
+                             count_rows);
+        for (int64_t r = 0; r < count_rows; ++r, dst += L2)
+          for (int k = 0; k < count; ++k)
+            for (size_t e = 0; e < extras; ++e)
+              dst[t.extra_j[e]] += cf[k] * tap[t.extra_a[e]] *
+                                   static_cast<opmath_t>(src[k][r * L2 + t.extra_o[e]]);
+        return;
+      }
       for (int64_t r = 0; r < count_rows; ++r) {
         if (weights) prefetch_row(x + j0 * is.slot[0] + (j1 + r) * is.slot[1], in_row_bytes);
         if (j1 + r + kAhead < L1)
