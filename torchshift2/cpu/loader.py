@@ -39,7 +39,7 @@ _SOURCE_PATHS = [
 # -march=native is safe because every machine builds its own library: the cache key
 # includes this CPU's identity (see _cpu_identity).
 # -fno-tree-loop-distribute-patterns: short fill loops stay loops (not memset calls).
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-DNDEBUG"]
+_CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-DNDEBUG"]
 _LDFLAGS = ["-fopenmp"]
 #: A lock file older than this was left by a killed build (a normal build takes ~1 min).
 STALE_LOCK_SECONDS = 600
