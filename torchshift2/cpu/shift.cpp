@@ -459,6 +459,8 @@ struct PlaneAdjoint {
   // of their two taps (k, k - 1), kOutside for padding.
   Interior wmid{0, 0};
   Table<int64_t> wcol, widx0, widx1;
+  // wmask[i] = 1 where column i mod L2 is in wmid, else 0; i < L2 + 16 (run_dots_flat).
+  Table<opmath_t> wmask;
 };
 
 template <typename opmath_t>
@@ -523,6 +525,9 @@ PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmat
   };
   for (int64_t o = 0; o < t.wmid.lo; ++o) wedge(o);
   for (int64_t o = t.wmid.hi; o < O2; ++o) wedge(o);
+  t.wmask.resize(L2 + 16);
+  for (int64_t i = 0; i < L2 + 16; ++i)
+    t.wmask[i] = i % L2 >= t.wmid.lo && i % L2 < t.wmid.hi ? opmath_t(1) : opmath_t(0);
   return t;
 }
 
@@ -737,12 +742,91 @@ void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scala
   }
 }
 
+// run_dots for a run whose rows are one flat run in x and grad_output (slot 2 not cropped:
+// row stride L2 in both): the interiors of all rows are one vector loop over the run, with
+// grad_output zeroed outside each row's interior by t.wmask (the wrapped columns read the
+// neighbouring row); the row ends are then added per row as in run_dots.
+template <int K, typename scalar_t, typename opmath_t>
+void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scalar_t* x,
+                   const scalar_t* go, int64_t count_rows, int64_t L2,
+                   const PlaneAdjoint<opmath_t>& t, int64_t read_offset, const scalar_t* pf) {
+  opmath_t d0[K][kLanes], d1[K][kLanes], e0[K], e1[K];
+  const scalar_t* base[K];
+  const scalar_t* s[K];
+  for (int k = 0; k < K; ++k) {
+    base[k] = x + rows[k].offset;
+    s[k] = base[k] + read_offset;
+    e0[k] = e1[k] = opmath_t(0);
+    for (int j = 0; j < kLanes; ++j) d0[k][j] = d1[k][j] = opmath_t(0);
+  }
+  const int64_t lo = t.wmid.lo, hi = t.wmid.hi;
+  const opmath_t* mask = t.wmask.data();
+  if (hi > lo) {
+    const int64_t end = (count_rows - 1) * L2 + hi;
+    int64_t o = lo, column = lo;  // column = o mod L2
+    for (; o + kLanes <= end; o += kLanes) {
+      if (pf != nullptr) __builtin_prefetch(pf + o, 0, 3);
+      const opmath_t* m = mask + column;
+      for (int k = 0; k < K; ++k) {
+#pragma omp simd
+        for (int j = 0; j < kLanes; ++j) {
+          const opmath_t grad = static_cast<opmath_t>(go[o + j]) * m[j];
+          d0[k][j] += grad * static_cast<opmath_t>(s[k][o + j]);
+          d1[k][j] += grad * static_cast<opmath_t>(s[k][o + j - 1]);
+        }
+      }
+      column += kLanes;
+      while (column >= L2) column -= L2;
+    }
+    for (; o < end; ++o, column = column + 1 == L2 ? 0 : column + 1) {
+      const opmath_t grad = static_cast<opmath_t>(go[o]) * mask[column];
+      for (int k = 0; k < K; ++k) {
+        e0[k] += grad * static_cast<opmath_t>(s[k][o]);
+        e1[k] += grad * static_cast<opmath_t>(s[k][o - 1]);
+      }
+    }
+  }
+  const size_t edges = t.wcol.size();
+  for (int64_t row = 0; row < count_rows; ++row, go += L2)
+    for (size_t e = 0; e < edges; ++e) {
+      const opmath_t grad = static_cast<opmath_t>(go[t.wcol[e]]);
+      const int64_t i0 = t.widx0[e], i1 = t.widx1[e];
+      for (int k = 0; k < K; ++k) {
+        const scalar_t* r = base[k] + row * L2;
+        if (i0 != kOutside) e0[k] += grad * static_cast<opmath_t>(r[i0]);
+        if (i1 != kOutside) e1[k] += grad * static_cast<opmath_t>(r[i1]);
+      }
+    }
+  for (int k = 0; k < K; ++k) {
+    opmath_t* __restrict__ l0 = dots.lane[rows[k].corner][0];
+    opmath_t* __restrict__ l1 = dots.lane[rows[k].corner][1];
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      l0[j] += d0[k][j];
+      l1[j] += d1[k][j];
+    }
+    dots.edge[rows[k].corner][0] += e0[k];
+    dots.edge[rows[k].corner][1] += e1[k];
+  }
+}
+
+// flat: rows are one flat run in x and grad_output (xs1 == gs1 == L2, see run_dots_flat).
 template <typename scalar_t, typename opmath_t>
 void weight_grad_rows(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int count,
                       const scalar_t* x, const scalar_t* go, int64_t count_rows, int64_t xs1,
                       int64_t gs1, const PlaneAdjoint<opmath_t>& t, int64_t read_offset,
-                      const scalar_t* pf, int64_t pf_bytes) {
+                      const scalar_t* pf, int64_t pf_bytes, bool flat) {
   if (count_rows <= 0) return;
+  if (flat && count_rows > 1) {
+    switch (count) {
+      case 0: break;
+      case 1: run_dots_flat<1>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf); break;
+      case 2: run_dots_flat<2>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf); break;
+      case 3: run_dots_flat<3>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf); break;
+      default: run_dots_flat<4>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf); break;
+    }
+    return;
+  }
   switch (count) {
     case 0: break;
     case 1: run_dots<1>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_bytes); break;
@@ -857,6 +941,10 @@ struct PlaneBackward {
     const bool flat_rows = kDirect && O2 == L2 && (gis.slot[2] == 1 || L2 == 1) &&
                            (gos.slot[2] == 1 || L2 == 1) && (gis.slot[1] == L2 || L1 == 1) &&
                            (gos.slot[1] == L2 || O1 == 1);
+    // The same for input and grad_output: runs of grad_weight rows are flat.
+    const bool flat_weight_rows = O2 == L2 && (is.slot[2] == 1 || L2 == 1) &&
+                                  (gos.slot[2] == 1 || L2 == 1) && is.slot[1] == L2 &&
+                                  gos.slot[1] == L2;
     // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
     // read them. A run of rows with regular slot-1 lists (t.run1) reads the same outputs
     // shifted by one row per row, so its pointers just advance.
@@ -931,7 +1019,8 @@ struct PlaneBackward {
       const int count = outer_rows(s.rows, g, ws, o0, o1, is.slot[0], is.slot[1], true);
       const int64_t at = o0 * gos.slot[0] + o1 * gos.slot[1];
       weight_grad_rows(s.dots, s.rows, count, x, go + at, count_rows, is.slot[1], gos.slot[1],
-                       t, read_offset, next_go == nullptr ? nullptr : next_go + at, row_bytes);
+                       t, read_offset, next_go == nullptr ? nullptr : next_go + at, row_bytes,
+                       flat_weight_rows);
     };
 
     // Slab by slab along slot 0 (the whole plane for D <= 2): grad_input rows, then the
