@@ -38,6 +38,8 @@ constexpr int kSlots = 3;
 constexpr int64_t kOutside = -1;
 // Enough elements per parallel task to amortise its start-up.
 constexpr int64_t kGrainElements = 32768;
+// Lanes of the vector blocks of the flat runs (stencil_run, run_dots_flat).
+constexpr int kRunLanes = 16;
 
 // Per-call tables (the per-channel plans: tap indices, edge lists, adjoint lists) are many
 // small vectors. With glibc's malloc and free they cost more than the kernel on small tensors
@@ -459,8 +461,9 @@ struct PlaneAdjoint {
   // of their two taps (k, k - 1), kOutside for padding.
   Interior wmid{0, 0};
   Table<int64_t> wcol, widx0, widx1;
-  // wmask[i] = 1 where column i mod L2 is in wmid, else 0; i < L2 + 16 (run_dots_flat).
-  Table<opmath_t> wmask;
+  // wmask[i] = 1 where column i mod L2 is in wmid, else 0; i < L2 + kRunLanes
+  // (run_dots_flat; 32-bit: its selects vectorise at float width).
+  Table<int32_t> wmask;
 };
 
 template <typename opmath_t>
@@ -525,9 +528,9 @@ PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmat
   };
   for (int64_t o = 0; o < t.wmid.lo; ++o) wedge(o);
   for (int64_t o = t.wmid.hi; o < O2; ++o) wedge(o);
-  t.wmask.resize(L2 + 16);
-  for (int64_t i = 0; i < L2 + 16; ++i)
-    t.wmask[i] = i % L2 >= t.wmid.lo && i % L2 < t.wmid.hi ? opmath_t(1) : opmath_t(0);
+  t.wmask.resize(L2 + kRunLanes);
+  for (int64_t i = 0; i < L2 + kRunLanes; ++i)
+    t.wmask[i] = i % L2 >= t.wmid.lo && i % L2 < t.wmid.hi;
   return t;
 }
 
@@ -644,6 +647,7 @@ void adjoint_chunk(opmath_t* dst, bool add, int count, const scalar_t* const* sr
 // grad_output with the source values that corner reads, kept in kLanes partial sums so rows
 // add into vectors and the horizontal sum happens once per plane, in a fixed order.
 constexpr int kLanes = 16;
+static_assert(kLanes == kRunLanes, "run_dots_flat steps its kLanes accumulators by kRunLanes");
 template <typename opmath_t>
 struct CornerDots {
   // Row ends go to separate scalars: a scalar store into a lane that a vector load reads
@@ -654,10 +658,16 @@ struct CornerDots {
     std::fill(&lane[0][0][0], &lane[0][0][0] + 4 * 2 * kLanes, opmath_t(0));
     std::fill(&edge[0][0], &edge[0][0] + 4 * 2, opmath_t(0));
   }
+  // The lanes summed as a fixed pairwise tree (vector adds; a serial sum of 16 lanes was
+  // most of a plane's fixed cost), then the row ends.
   opmath_t total(int corner, int a2) const {
-    opmath_t s = 0;
-    for (int j = 0; j < kLanes; ++j) s += lane[corner][a2][j];
-    return s + edge[corner][a2];
+    alignas(64) opmath_t t[kLanes];
+    for (int j = 0; j < kLanes; ++j) t[j] = lane[corner][a2][j];
+    for (int width = kLanes / 2; width >= 1; width /= 2) {
+#pragma omp simd
+      for (int j = 0; j < width; ++j) t[j] += t[j + width];
+    }
+    return t[0] + edge[corner][a2];
   }
 };
 
@@ -743,9 +753,10 @@ void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scala
 }
 
 // run_dots for a run whose rows are one flat run in x and grad_output (slot 2 not cropped:
-// row stride L2 in both): the interiors of all rows are one vector loop over the run, with
-// grad_output zeroed outside each row's interior by t.wmask (the wrapped columns read the
-// neighbouring row); the row ends are then added per row as in run_dots.
+// row stride L2 in both): the interiors of all rows are one vector loop over the run, the
+// products outside each row's interior dropped by t.wmask (a select: the wrapped columns
+// read the neighbouring row, whatever it holds); the row ends are then added per row as in
+// run_dots.
 template <int K, typename scalar_t, typename opmath_t>
 void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scalar_t* x,
                    const scalar_t* go, int64_t count_rows, int64_t L2,
@@ -760,26 +771,29 @@ void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const 
     for (int j = 0; j < kLanes; ++j) d0[k][j] = d1[k][j] = opmath_t(0);
   }
   const int64_t lo = t.wmid.lo, hi = t.wmid.hi;
-  const opmath_t* mask = t.wmask.data();
+  const int32_t* mask = t.wmask.data();
   if (hi > lo) {
     const int64_t end = (count_rows - 1) * L2 + hi;
     int64_t o = lo, column = lo;  // column = o mod L2
-    for (; o + kLanes <= end; o += kLanes) {
+    for (; o + kRunLanes <= end; o += kRunLanes) {
       if (pf != nullptr) __builtin_prefetch(pf + o, 0, 3);
-      const opmath_t* m = mask + column;
+      const int32_t* m = mask + column;
       for (int k = 0; k < K; ++k) {
 #pragma omp simd
         for (int j = 0; j < kLanes; ++j) {
-          const opmath_t grad = static_cast<opmath_t>(go[o + j]) * m[j];
-          d0[k][j] += grad * static_cast<opmath_t>(s[k][o + j]);
-          d1[k][j] += grad * static_cast<opmath_t>(s[k][o + j - 1]);
+          const opmath_t grad = static_cast<opmath_t>(go[o + j]);
+          const opmath_t p0 = grad * static_cast<opmath_t>(s[k][o + j]);
+          const opmath_t p1 = grad * static_cast<opmath_t>(s[k][o + j - 1]);
+          d0[k][j] += m[j] ? p0 : opmath_t(0);
+          d1[k][j] += m[j] ? p1 : opmath_t(0);
         }
       }
-      column += kLanes;
+      column += kRunLanes;
       while (column >= L2) column -= L2;
     }
     for (; o < end; ++o, column = column + 1 == L2 ? 0 : column + 1) {
-      const opmath_t grad = static_cast<opmath_t>(go[o]) * mask[column];
+      if (!mask[column]) continue;
+      const opmath_t grad = static_cast<opmath_t>(go[o]);
       for (int k = 0; k < K; ++k) {
         e0[k] += grad * static_cast<opmath_t>(s[k][o]);
         e1[k] += grad * static_cast<opmath_t>(s[k][o - 1]);
@@ -1103,12 +1117,19 @@ struct RowPlan {
   int64_t offset[2] = {0, 0};
   Table<int64_t> edge_dst, edge_src;
   Table<int8_t> edge_tap;
+  // For stencil_run: inside[a][i] = 1 where tap a of output i mod length reads inside
+  // [0, length) (i < length + kRunLanes), and the edge terms that read through padding
+  // (a subset of the edge terms: none for zeros padding).
+  Table<int32_t> inside[2];  // 32-bit: the selects vectorise at float width
+  Table<int64_t> pad_dst, pad_src;
+  Table<int8_t> pad_tap;
   void edge(int64_t j, int64_t m, int a) {
     edge_dst.push_back(j);
     edge_src.push_back(m);
     edge_tap.push_back(static_cast<int8_t>(a));
   }
 };
+
 
 // The forward along slot 2: output o, tap a reads source o + before - shift - a.
 RowPlan forward_row_plan(int64_t out_length, int64_t length, int64_t before, int64_t shift,
@@ -1122,8 +1143,22 @@ RowPlan forward_row_plan(int64_t out_length, int64_t length, int64_t before, int
   for (int64_t o = 0; o < out_length; ++o) {
     if (o >= p.lo && o < p.hi) continue;
     for (int a = 0; a < taps; ++a) {
-      const int64_t m = source_index(o + before - shift - a, length, padding);
-      if (m != kOutside) p.edge(o, m, a);
+      const int64_t k = o + before - shift - a;
+      const int64_t m = source_index(k, length, padding);
+      if (m == kOutside) continue;
+      p.edge(o, m, a);
+      if (k < 0 || k >= length) {
+        p.pad_dst.push_back(o);
+        p.pad_src.push_back(m);
+        p.pad_tap.push_back(static_cast<int8_t>(a));
+      }
+    }
+  }
+  for (int a = 0; a < taps; ++a) {
+    p.inside[a].resize(out_length + kRunLanes);
+    for (int64_t i = 0; i < out_length + kRunLanes; ++i) {
+      const int64_t k = i % out_length + before - shift - a;
+      p.inside[a][i] = k >= 0 && k < length;
     }
   }
   return p;
@@ -1163,10 +1198,12 @@ inline void stencil_row(opmath_t* __restrict__ dst, const scalar_t* const* src,
 
 // stencil_row for `rows` consecutive output rows of length L2 that are one flat run, as
 // are their K source rows (row r of source k at src[k] + r * L2; slot 2 not cropped, so
-// p.length == L2): the interior of every row and the wrapped columns between them are one
-// vector loop over the run, whose reads stay inside the K source runs; the columns outside
-// each row's interior (wrapped, or reading through padding) are then rewritten per row. A
-// 28-wide row costs ~3x its vector work in per-row set-up, which this pays once.
+// p.length == L2): one vector loop over the run from the first row's interior to the last
+// row's, whose reads stay inside the K source runs; a tap's reads that wrap into the
+// neighbouring row are dropped by p.inside (a select, so what they read never matters). The
+// first row's leading and the last row's trailing columns are then done as in stencil_row,
+// and the reads through padding of the other edge columns added. Per-row fix-ups instead
+// (scalar stores into just-stored vectors) cost as much as the vector work at 28 wide.
 template <int K, int A, typename scalar_t, typename opmath_t>
 void stencil_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const opmath_t* coef,
                  const opmath_t* tap, const RowPlan& p, int64_t rows) {
@@ -1178,27 +1215,67 @@ void stencil_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
       c[k][a] = coef[k] * tap[a];
       s[k][a] = src[k] + p.offset[a];
     }
-  if (p.hi > p.lo) {
-    const int64_t end = (rows - 1) * L2 + p.hi;
-#pragma omp simd
-    for (int64_t j = p.lo; j < end; ++j) {
-      opmath_t v = opmath_t(0);
-      for (int k = 0; k < K; ++k)
-        for (int a = 0; a < A; ++a) v += c[k][a] * static_cast<opmath_t>(s[k][a][j]);
-      dst[j] = v;
-    }
-  }
-  const size_t edges = p.edge_dst.size();
-  for (int64_t r = 0; r < rows; ++r) {
+  // Columns [from, to) of row r as stencil_row computes them outside the interior.
+  auto edge_columns = [&](int64_t r, int64_t from, int64_t to) {
     opmath_t* d = dst + r * L2;
-    for (int64_t j = 0; j < p.lo; ++j) d[j] = opmath_t(0);
-    for (int64_t j = std::max(p.hi, p.lo); j < L2; ++j) d[j] = opmath_t(0);
-    for (size_t e = 0; e < edges; ++e) {
+    for (int64_t j = from; j < to; ++j) d[j] = opmath_t(0);
+    for (size_t e = 0; e < p.edge_dst.size(); ++e) {
+      const int64_t j = p.edge_dst[e];
+      if (j < from || j >= to) continue;
       opmath_t v = 0;
       for (int k = 0; k < K; ++k) v += coef[k] * static_cast<opmath_t>(src[k][r * L2 + p.edge_src[e]]);
-      d[p.edge_dst[e]] += tap[p.edge_tap[e]] * v;
+      d[j] += tap[p.edge_tap[e]] * v;
     }
+  };
+  if (p.hi <= p.lo) {
+    for (int64_t r = 0; r < rows; ++r) edge_columns(r, 0, L2);
+    return;
   }
+  const int64_t end = (rows - 1) * L2 + p.hi;
+  const int32_t* in0 = p.inside[0].data();
+  const int32_t* in1 = A == 2 ? p.inside[1].data() : in0;
+  auto column_value = [&](int64_t j, int l, const int32_t* m0, const int32_t* m1) {
+    opmath_t v0 = 0, v1 = 0;
+    for (int k = 0; k < K; ++k) {
+      v0 += c[k][0] * static_cast<opmath_t>(s[k][0][j + l]);
+      if (A == 2) v1 += c[k][A - 1] * static_cast<opmath_t>(s[k][A - 1][j + l]);
+    }
+    opmath_t v = m0[l] ? v0 : opmath_t(0);
+    if (A == 2) v += m1[l] ? v1 : opmath_t(0);
+    return v;
+  };
+  int64_t j = p.lo, column = p.lo;  // column = j mod L2
+  for (; j + kRunLanes <= end; j += kRunLanes) {
+    const int32_t* m0 = in0 + column;
+    const int32_t* m1 = in1 + column;
+#pragma omp simd
+    for (int l = 0; l < kRunLanes; ++l) {
+      opmath_t v0 = 0, v1 = 0;
+      for (int k = 0; k < K; ++k) {
+        v0 += c[k][0] * static_cast<opmath_t>(s[k][0][j + l]);
+        if (A == 2) v1 += c[k][A - 1] * static_cast<opmath_t>(s[k][A - 1][j + l]);
+      }
+      opmath_t v = m0[l] ? v0 : opmath_t(0);
+      if (A == 2) v += m1[l] ? v1 : opmath_t(0);
+      dst[j + l] = v;
+    }
+    column += kRunLanes;
+    while (column >= L2) column -= L2;
+  }
+  for (; j < end; ++j, column = column + 1 == L2 ? 0 : column + 1)
+    dst[j] = column_value(j, 0, in0 + column, in1 + column);
+  edge_columns(0, 0, p.lo);
+  edge_columns(rows - 1, p.hi, L2);
+  const size_t pads = p.pad_dst.size();
+  if (pads == 0) return;
+  for (int64_t r = 0; r < rows; ++r)
+    for (size_t e = 0; e < pads; ++e) {
+      const int64_t col = p.pad_dst[e];
+      if ((r == 0 && col < p.lo) || (r == rows - 1 && col >= p.hi)) continue;
+      opmath_t v = 0;
+      for (int k = 0; k < K; ++k) v += coef[k] * static_cast<opmath_t>(src[k][r * L2 + p.pad_src[e]]);
+      dst[r * L2 + col] += tap[p.pad_tap[e]] * v;
+    }
 }
 
 template <int A, typename scalar_t, typename opmath_t>
