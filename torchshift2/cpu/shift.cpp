@@ -461,9 +461,14 @@ struct PlaneAdjoint {
   // of their two taps (k, k - 1), kOutside for padding.
   Interior wmid{0, 0};
   Table<int64_t> wcol, widx0, widx1;
-  // wmask[i] = 1 where column i mod L2 is in wmid, else 0; i < L2 + kRunLanes
-  // (run_dots_flat; 32-bit: its selects vectorise at float width).
-  Table<int32_t> wmask;
+  // For the flat runs (slot 2 not cropped), i < L2 + kRunLanes: ginside[a][i] = 1 where
+  // grad_input tap a of column i mod L2 reads an output inside the row (adjoint_run), and
+  // winside[a][i] where grad_weight tap a (k, k - 1) reads a source inside the row
+  // (run_dots_flat), plus the grad_weight edge reads through padding (wpad_*; none for zeros
+  // padding). 32-bit: their selects vectorise at float width.
+  Table<int32_t> ginside[2], winside[2];
+  Table<int64_t> wpad_col, wpad_src;
+  Table<int8_t> wpad_tap;
 };
 
 template <typename opmath_t>
@@ -528,9 +533,25 @@ PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmat
   };
   for (int64_t o = 0; o < t.wmid.lo; ++o) wedge(o);
   for (int64_t o = t.wmid.hi; o < O2; ++o) wedge(o);
-  t.wmask.resize(L2 + kRunLanes);
-  for (int64_t i = 0; i < L2 + kRunLanes; ++i)
-    t.wmask[i] = i % L2 >= t.wmid.lo && i % L2 < t.wmid.hi;
+  for (int a = 0; a < 2; ++a) {
+    t.ginside[a].resize(L2 + kRunLanes);
+    t.winside[a].resize(L2 + kRunLanes);
+    for (int64_t i = 0; i < L2 + kRunLanes; ++i) {
+      const int64_t o = i % L2 + t.offset + a, k = i % L2 + b2 - ws.shift[2] - a;
+      t.ginside[a][i] = o >= 0 && o < O2;
+      t.winside[a][i] = k >= 0 && k < L2;
+    }
+  }
+  for (size_t e = 0; e < t.wcol.size(); ++e)
+    for (int a = 0; a < 2; ++a) {
+      const int64_t k = t.wcol[e] + b2 - ws.shift[2] - a;
+      const int64_t m = a == 0 ? t.widx0[e] : t.widx1[e];
+      if ((k < 0 || k >= L2) && m != kOutside) {
+        t.wpad_col.push_back(t.wcol[e]);
+        t.wpad_src.push_back(m);
+        t.wpad_tap.push_back(static_cast<int8_t>(a));
+      }
+    }
   return t;
 }
 
@@ -572,11 +593,13 @@ void adjoint_row(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
 
 // adjoint_row (dst =, K <= 4 source rows) for `rows` consecutive grad_input rows that are one
 // flat run of length L2 rows, as are their grad_output rows (slot 2 not cropped: O2 == L2):
-// the interior of every row and the wrapped columns between them are one vector loop, the
-// columns outside each row's interior are then redone per row (as stencil_run).
+// one vector loop from the first row's interior to the last row's, the taps that would read
+// an output of the neighbouring row dropped by inside0 / inside1 (PlaneAdjoint::ginside);
+// the first row's leading and the last row's trailing columns are then done per column.
 template <int K, int A2, typename scalar_t, typename opmath_t>
 void adjoint_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const opmath_t* p0,
-                 const opmath_t* p1, int64_t offset, int64_t L2, int64_t rows) {
+                 const opmath_t* p1, int64_t offset, int64_t L2, int64_t rows,
+                 const int32_t* inside0, const int32_t* inside1) {
   const int64_t lo = clamp(-offset, 0, L2);
   const int64_t hi = clamp(L2 - offset - (A2 - 1), lo, L2);
   const scalar_t* s[K];
@@ -586,43 +609,61 @@ void adjoint_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
     c0[k] = p0[k];
     c1[k] = p1[k];
   }
-  if (hi > lo) {
-    const int64_t end = (rows - 1) * L2 + hi;
-#pragma omp simd
-    for (int64_t j = lo; j < end; ++j) {
-      opmath_t v = 0;
-      for (int k = 0; k < K; ++k) {
-        v += c0[k] * static_cast<opmath_t>(s[k][j]);
-        if (A2 == 2) v += c1[k] * static_cast<opmath_t>(s[k][j + 1]);
-      }
-      dst[j] = v;
+  auto edge = [&](int64_t r, int64_t j) {
+    const int64_t o = j + offset;
+    opmath_t v = 0;
+    for (int k = 0; k < K; ++k) {
+      const scalar_t* row = src[k] + r * L2;
+      if (o >= 0 && o < L2) v += p0[k] * static_cast<opmath_t>(row[o]);
+      if (A2 == 2 && o + 1 >= 0 && o + 1 < L2) v += p1[k] * static_cast<opmath_t>(row[o + 1]);
     }
+    dst[r * L2 + j] = v;
+  };
+  if (hi <= lo) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < L2; ++j) edge(r, j);
+    return;
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    opmath_t* d = dst + r * L2;
-    auto edge = [&](int64_t j) {
-      const int64_t o = j + offset;
-      opmath_t v = 0;
+  const int64_t end = (rows - 1) * L2 + hi;
+  int64_t j = lo, column = lo;  // column = j mod L2
+  for (; j + kRunLanes <= end; j += kRunLanes) {
+    const int32_t* m0 = inside0 + column;
+    const int32_t* m1 = inside1 + column;
+#pragma omp simd
+    for (int l = 0; l < kRunLanes; ++l) {
+      opmath_t v0 = 0, v1 = 0;
       for (int k = 0; k < K; ++k) {
-        const scalar_t* row = src[k] + r * L2;
-        if (o >= 0 && o < L2) v += p0[k] * static_cast<opmath_t>(row[o]);
-        if (A2 == 2 && o + 1 >= 0 && o + 1 < L2) v += p1[k] * static_cast<opmath_t>(row[o + 1]);
+        v0 += c0[k] * static_cast<opmath_t>(s[k][j + l]);
+        if (A2 == 2) v1 += c1[k] * static_cast<opmath_t>(s[k][j + l + 1]);
       }
-      d[j] = v;
-    };
-    for (int64_t j = 0; j < lo; ++j) edge(j);
-    for (int64_t j = hi; j < L2; ++j) edge(j);
+      opmath_t v = m0[l] ? v0 : opmath_t(0);
+      if (A2 == 2) v += m1[l] ? v1 : opmath_t(0);
+      dst[j + l] = v;
+    }
+    column += kRunLanes;
+    while (column >= L2) column -= L2;
   }
+  for (; j < end; ++j, column = column + 1 == L2 ? 0 : column + 1) {
+    opmath_t v = 0;
+    for (int k = 0; k < K; ++k) {
+      if (inside0[column]) v += c0[k] * static_cast<opmath_t>(s[k][j]);
+      if (A2 == 2 && inside1[column]) v += c1[k] * static_cast<opmath_t>(s[k][j + 1]);
+    }
+    dst[j] = v;
+  }
+  for (int64_t c = 0; c < lo; ++c) edge(0, c);
+  for (int64_t c = hi; c < L2; ++c) edge(rows - 1, c);
 }
 
 template <int A2, typename scalar_t, typename opmath_t>
 void adjoint_run_any(opmath_t* dst, int count, const scalar_t* const* src, const opmath_t* p0,
-                     const opmath_t* p1, int64_t offset, int64_t L2, int64_t rows) {
+                     const opmath_t* p1, int64_t offset, int64_t L2, int64_t rows,
+                     const int32_t* inside0, const int32_t* inside1) {
   switch (count) {
-    case 1: adjoint_run<1, A2>(dst, src, p0, p1, offset, L2, rows); break;
-    case 2: adjoint_run<2, A2>(dst, src, p0, p1, offset, L2, rows); break;
-    case 3: adjoint_run<3, A2>(dst, src, p0, p1, offset, L2, rows); break;
-    case 4: adjoint_run<4, A2>(dst, src, p0, p1, offset, L2, rows); break;
+    case 1: adjoint_run<1, A2>(dst, src, p0, p1, offset, L2, rows, inside0, inside1); break;
+    case 2: adjoint_run<2, A2>(dst, src, p0, p1, offset, L2, rows, inside0, inside1); break;
+    case 3: adjoint_run<3, A2>(dst, src, p0, p1, offset, L2, rows, inside0, inside1); break;
+    case 4: adjoint_run<4, A2>(dst, src, p0, p1, offset, L2, rows, inside0, inside1); break;
     default: TORCH_INTERNAL_ASSERT(false, "adjoint_run: 1 to 4 source rows, got ", count);
   }
 }
@@ -753,10 +794,11 @@ void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scala
 }
 
 // run_dots for a run whose rows are one flat run in x and grad_output (slot 2 not cropped:
-// row stride L2 in both): the interiors of all rows are one vector loop over the run, the
-// products outside each row's interior dropped by t.wmask (a select: the wrapped columns
-// read the neighbouring row, whatever it holds); the row ends are then added per row as in
-// run_dots.
+// row stride L2 in both): one vector loop from the first row's interior to the last row's,
+// each tap's products dropped where its read would wrap into the neighbouring row
+// (PlaneAdjoint::winside; a select, so what the wrapped read holds never matters); then the
+// first row's leading and the last row's trailing columns as in run_dots, and the reads
+// through padding of the other edge columns.
 template <int K, typename scalar_t, typename opmath_t>
 void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scalar_t* x,
                    const scalar_t* go, int64_t count_rows, int64_t L2,
@@ -770,47 +812,67 @@ void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const 
     e0[k] = e1[k] = opmath_t(0);
     for (int j = 0; j < kLanes; ++j) d0[k][j] = d1[k][j] = opmath_t(0);
   }
+  // All edge reads of columns [from, to) of row r.
+  auto edge_columns = [&](int64_t r, int64_t from, int64_t to) {
+    for (size_t e = 0; e < t.wcol.size(); ++e) {
+      if (t.wcol[e] < from || t.wcol[e] >= to) continue;
+      const opmath_t grad = static_cast<opmath_t>(go[r * L2 + t.wcol[e]]);
+      const int64_t i0 = t.widx0[e], i1 = t.widx1[e];
+      for (int k = 0; k < K; ++k) {
+        const scalar_t* row = base[k] + r * L2;
+        if (i0 != kOutside) e0[k] += grad * static_cast<opmath_t>(row[i0]);
+        if (i1 != kOutside) e1[k] += grad * static_cast<opmath_t>(row[i1]);
+      }
+    }
+  };
   const int64_t lo = t.wmid.lo, hi = t.wmid.hi;
-  const int32_t* mask = t.wmask.data();
   if (hi > lo) {
+    const int32_t* in0 = t.winside[0].data();
+    const int32_t* in1 = t.winside[1].data();
     const int64_t end = (count_rows - 1) * L2 + hi;
     int64_t o = lo, column = lo;  // column = o mod L2
     for (; o + kRunLanes <= end; o += kRunLanes) {
       if (pf != nullptr) __builtin_prefetch(pf + o, 0, 3);
-      const int32_t* m = mask + column;
+      const int32_t* m0 = in0 + column;
+      const int32_t* m1 = in1 + column;
       for (int k = 0; k < K; ++k) {
 #pragma omp simd
         for (int j = 0; j < kLanes; ++j) {
           const opmath_t grad = static_cast<opmath_t>(go[o + j]);
           const opmath_t p0 = grad * static_cast<opmath_t>(s[k][o + j]);
           const opmath_t p1 = grad * static_cast<opmath_t>(s[k][o + j - 1]);
-          d0[k][j] += m[j] ? p0 : opmath_t(0);
-          d1[k][j] += m[j] ? p1 : opmath_t(0);
+          d0[k][j] += m0[j] ? p0 : opmath_t(0);
+          d1[k][j] += m1[j] ? p1 : opmath_t(0);
         }
       }
       column += kRunLanes;
       while (column >= L2) column -= L2;
     }
     for (; o < end; ++o, column = column + 1 == L2 ? 0 : column + 1) {
-      if (!mask[column]) continue;
       const opmath_t grad = static_cast<opmath_t>(go[o]);
       for (int k = 0; k < K; ++k) {
-        e0[k] += grad * static_cast<opmath_t>(s[k][o]);
-        e1[k] += grad * static_cast<opmath_t>(s[k][o - 1]);
+        if (in0[column]) e0[k] += grad * static_cast<opmath_t>(s[k][o]);
+        if (in1[column]) e1[k] += grad * static_cast<opmath_t>(s[k][o - 1]);
       }
     }
+    edge_columns(0, 0, lo);
+    edge_columns(count_rows - 1, hi, L2);
+    for (int64_t r = 0; r < count_rows; ++r)
+      for (size_t e = 0; e < t.wpad_col.size(); ++e) {
+        const int64_t col = t.wpad_col[e];
+        if ((r == 0 && col < lo) || (r == count_rows - 1 && col >= hi)) continue;
+        const opmath_t grad = static_cast<opmath_t>(go[r * L2 + col]);
+        for (int k = 0; k < K; ++k) {
+          const opmath_t v = grad * static_cast<opmath_t>(base[k][r * L2 + t.wpad_src[e]]);
+          if (t.wpad_tap[e] == 0)
+            e0[k] += v;
+          else
+            e1[k] += v;
+        }
+      }
+  } else {
+    for (int64_t r = 0; r < count_rows; ++r) edge_columns(r, 0, L2);
   }
-  const size_t edges = t.wcol.size();
-  for (int64_t row = 0; row < count_rows; ++row, go += L2)
-    for (size_t e = 0; e < edges; ++e) {
-      const opmath_t grad = static_cast<opmath_t>(go[t.wcol[e]]);
-      const int64_t i0 = t.widx0[e], i1 = t.widx1[e];
-      for (int k = 0; k < K; ++k) {
-        const scalar_t* r = base[k] + row * L2;
-        if (i0 != kOutside) e0[k] += grad * static_cast<opmath_t>(r[i0]);
-        if (i1 != kOutside) e1[k] += grad * static_cast<opmath_t>(r[i1]);
-      }
-    }
   for (int k = 0; k < K; ++k) {
     opmath_t* __restrict__ l0 = dots.lane[rows[k].corner][0];
     opmath_t* __restrict__ l1 = dots.lane[rows[k].corner][1];
@@ -987,10 +1049,10 @@ struct PlaneBackward {
         opmath_t* dst = reinterpret_cast<opmath_t*>(gi + j0 * gis.slot[0] + j1 * L2);
         if (active)
           adjoint_run_any<2>(dst, count, src.data(), s.p0.data(), s.p1.data(), t.offset, L2,
-                             count_rows);
+                             count_rows, t.ginside[0].data(), t.ginside[1].data());
         else
           adjoint_run_any<1>(dst, count, src.data(), s.p0.data(), s.p1.data(), t.offset, L2,
-                             count_rows);
+                             count_rows, t.ginside[0].data(), t.ginside[1].data());
         for (int64_t r = 0; r < count_rows; ++r, dst += L2)
           for (int k = 0; k < count; ++k)
             for (size_t e = 0; e < extras; ++e)
