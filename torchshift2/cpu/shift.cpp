@@ -1017,8 +1017,9 @@ struct PlaneBackward {
     const bool flat_rows = kDirect && O2 == L2 && (gis.slot[2] == 1 || L2 == 1) &&
                            (gos.slot[2] == 1 || L2 == 1) && (gis.slot[1] == L2 || L1 == 1) &&
                            (gos.slot[1] == L2 || O1 == 1);
-    // The same for input and grad_output: runs of grad_weight rows are flat.
-    const bool flat_weight_rows = O2 == L2 && (is.slot[2] == 1 || L2 == 1) &&
+    // The same for input and grad_output: runs of grad_weight rows are flat (op-math
+    // dtypes: the 2-byte conversions inside its selects do not vectorise).
+    const bool flat_weight_rows = kDirect && O2 == L2 && (is.slot[2] == 1 || L2 == 1) &&
                                   (gos.slot[2] == 1 || L2 == 1) && is.slot[1] == L2 &&
                                   gos.slot[1] == L2;
     // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
