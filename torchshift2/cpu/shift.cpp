@@ -1610,11 +1610,12 @@ struct ActiveForwardPlanes {
     }
   }
 
-  // Whether plane() needs a row buffer (out_length[2] op-math values) for outputs with
-  // these strides.
+  // Whether plane() needs an op-math buffer for outputs with these strides, and its size:
+  // a slab's rows (a flat run is computed there whole, then rounded into the output).
   bool buffered(const Strides& os) const {
     return !(kDirect && (os.slot[2] == 1 || g.out_length[2] == 1));
   }
+  int64_t buffer_size() const { return g.out_length[1] * g.out_length[2]; }
 
   void plane(int64_t c, const scalar_t* x, const Strides& is, scalar_t* y, const Strides& os,
              opmath_t* buffer) const {
@@ -1627,7 +1628,7 @@ struct ActiveForwardPlanes {
     // Output rows along slot 1 whose slot-1 taps all read inside: with flat planes (and
     // slot 2 not cropped) each slab's run of them is one stencil_run.
     const int64_t L1 = g.length[1], L2 = g.length[2];
-    const bool flat = buffer == nullptr && O2 == L2 && (is.slot[2] == 1 || L2 == 1) &&
+    const bool flat = O2 == L2 && (is.slot[2] == 1 || L2 == 1) &&
                       (os.slot[2] == 1 || L2 == 1) && (is.slot[1] == L2 || L1 == 1) &&
                       (os.slot[1] == L2 || O1 == 1);
     const Interior run = flat ? interior(O1, L1, g.before[1], f.shift1, f.w1.taps) : Interior{0, 0};
@@ -1643,7 +1644,8 @@ struct ActiveForwardPlanes {
               coef[count++] = f.w0.w[a0] * f.w1.w[a1];
             }
           }
-          opmath_t* dst = reinterpret_cast<opmath_t*>(y + o0 * os.slot[0] + o1 * L2);
+          scalar_t* yrun = y + o0 * os.slot[0] + o1 * L2;
+          opmath_t* dst = buffer == nullptr ? reinterpret_cast<opmath_t*>(yrun) : buffer;
           const int64_t rows = run.hi - run.lo;
           if (count == 0)
             std::fill(dst, dst + rows * L2, opmath_t(0));
@@ -1651,6 +1653,7 @@ struct ActiveForwardPlanes {
             stencil_run_any<2>(dst, count, src, coef, f.w2.w, t.row, rows);
           else
             stencil_run_any<1>(dst, count, src, coef, f.w2.w, t.row, rows);
+          if (buffer != nullptr) store_row(yrun, dst, rows * L2);
           o1 = run.hi - 1;
           continue;
         }
@@ -1690,7 +1693,7 @@ void active_forward_planes(const scalar_t* in, scalar_t* out, const Geometry& g,
   const bool buffered = kernel.buffered(os);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
-    std::vector<opmath_t> buffer(buffered ? g.out_length[2] : 0);
+    std::vector<opmath_t> buffer(buffered ? kernel.buffer_size() : 0);
     for (int64_t p = begin; p < end; ++p) {
       const int64_t n = p / g.channels, c = p % g.channels;
       kernel.plane(c, in + n * is.batch + c * is.channel, is, out + n * os.batch + c * os.channel,
