@@ -261,12 +261,12 @@ opmath_t corner_weight(const Geometry& g, const ChannelShift<opmath_t>& cs, int 
 // per-lane coefficient.
 template <typename opmath_t>
 struct BlockTaps {
-  Table<int> tap;             // index into TapTable::offset
+  Table<int> tap;           // index into TapTable::offset
   Table<uint64_t> mask;
-  Table<opmath_t> coef;       // [j * lanes + lane]
-  int64_t lo = 0, hi = 0;           // slot-2 outputs where every tap of the block reads inside
-  Table<int64_t> edge_col;    // the other slot-2 outputs
-  Table<int64_t> edge_src;    // [e * taps + j]: source column of tap j, or kOutside
+  Table<opmath_t> coef;     // [j * lanes + lane]
+  int64_t lo = 0, hi = 0;   // slot-2 outputs where every tap of the block reads inside
+  Table<int64_t> edge_col;  // the other slot-2 outputs
+  Table<int64_t> edge_src;  // [e * taps + j]: source column of tap j, or kOutside
 };
 
 // All taps of a call: their offsets, per tap the source index of every slot-0 / slot-1
@@ -697,15 +697,15 @@ struct Gather {
 // each column outside the interior.
 template <typename opmath_t>
 struct GatherCorner {
-  Table<int32_t> row0, row1;    // [o * L + lane]
-  Table<uint64_t> mask0, mask1; // [o]
-  Table<int32_t> col;           // [lane]: (before2 - d2) * C + channel
-  Table<int64_t> d0, d1;        // [lane] (for the prefetcher)
-  Table<opmath_t> weight;       // [lane]
-  Interior cols{0, 0};                // columns where every lane reads inside
-  Table<int64_t> edge_col;      // the other columns, ascending
-  Table<int32_t> edge_idx;      // [e * L + lane]: i2 * C + channel
-  Table<uint64_t> edge_mask;    // [e]: lanes reading inside
+  Table<int32_t> row0, row1;     // [o * L + lane]
+  Table<uint64_t> mask0, mask1;  // [o]
+  Table<int32_t> col;            // [lane]: (before2 - d2) * C + channel
+  Table<int64_t> d0, d1;         // [lane] (for the prefetcher)
+  Table<opmath_t> weight;        // [lane]
+  Interior cols{0, 0};           // columns where every lane reads inside
+  Table<int64_t> edge_col;       // the other columns, ascending
+  Table<int32_t> edge_idx;       // [e * L + lane]: i2 * C + channel
+  Table<uint64_t> edge_mask;     // [e]: lanes reading inside
 };
 
 template <typename opmath_t>
@@ -714,7 +714,7 @@ struct GatherPlan {
   int64_t blocks = 0;
   Table<GatherCorner<opmath_t>> corner;  // [block * corners + corner]
   Table<uint64_t> valid;                 // lanes that are channels, per block
-  Interior cols{0, 0};                         // columns interior for every corner
+  Interior cols{0, 0};                   // columns interior for every corner
 };
 
 // Whether 32-bit element indices reach every element of a sample.

@@ -51,6 +51,8 @@ constexpr int kRunLanes = 16;
 // that made it (none is kept between calls).
 class TableArena {
  public:
+  static constexpr size_t kAlignment = 16;  // of every block
+
   static TableArena& local() {
     thread_local TableArena arena;
     return arena;
@@ -79,7 +81,7 @@ class TableArena {
   }
 
  private:
-  static constexpr size_t kAlign = 16, kHeader = 16;
+  static constexpr size_t kAlign = kAlignment, kHeader = kAlignment;
   static constexpr size_t kFirstChunk = size_t(64) << 10, kKeepAtMost = size_t(16) << 20;
   struct Chunk {
     std::unique_ptr<char[]> data;
@@ -115,7 +117,10 @@ struct TableAllocator {
   TableAllocator() = default;
   template <typename U>
   TableAllocator(const TableAllocator<U>&) {}
-  T* allocate(size_t n) { return static_cast<T*>(TableArena::local().allocate(n * sizeof(T))); }
+  T* allocate(size_t n) {
+    static_assert(alignof(T) <= TableArena::kAlignment, "Table<T>: T needs more alignment");
+    return static_cast<T*>(TableArena::local().allocate(n * sizeof(T)));
+  }
   void deallocate(T* p, size_t) { TableArena::deallocate(p); }
   template <typename U>
   bool operator==(const TableAllocator<U>&) const { return true; }
