@@ -596,6 +596,45 @@ void adjoint_row(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
   for (int64_t j = hi; j < L2; ++j) edge(j);
 }
 
+// The vector loop of the flat runs: dst[j] = sum over taps a of sum_k c[k][a] s[k][a][j],
+// for j in [lo, end) (lo < L2), tap a dropped by a select where inside[a][j mod L2] is 0.
+template <int K, int A, typename scalar_t, typename opmath_t>
+inline void masked_taps(opmath_t* __restrict__ dst, const scalar_t* (&s)[K][A],
+                        const opmath_t (&c)[K][A], const int32_t* const* inside, int64_t lo,
+                        int64_t end, int64_t L2) {
+  auto value = [&](int64_t j, const int32_t* m0, const int32_t* m1) {
+    opmath_t v0 = 0, v1 = 0;
+    for (int k = 0; k < K; ++k) {
+      v0 += c[k][0] * static_cast<opmath_t>(s[k][0][j]);
+      if (A == 2) v1 += c[k][A - 1] * static_cast<opmath_t>(s[k][A - 1][j]);
+    }
+    opmath_t v = *m0 ? v0 : opmath_t(0);
+    if (A == 2) v += *m1 ? v1 : opmath_t(0);
+    return v;
+  };
+  int64_t j = lo, column = lo;  // column = j mod L2
+  for (; j + kRunLanes <= end; j += kRunLanes) {
+    const int32_t* m0 = inside[0] + column;
+    const int32_t* m1 = inside[A - 1] + column;
+    // Written out, not through `value`: GCC does not vectorise the lambda's selects.
+#pragma omp simd
+    for (int l = 0; l < kRunLanes; ++l) {
+      opmath_t v0 = 0, v1 = 0;
+      for (int k = 0; k < K; ++k) {
+        v0 += c[k][0] * static_cast<opmath_t>(s[k][0][j + l]);
+        if (A == 2) v1 += c[k][A - 1] * static_cast<opmath_t>(s[k][A - 1][j + l]);
+      }
+      opmath_t v = m0[l] ? v0 : opmath_t(0);
+      if (A == 2) v += m1[l] ? v1 : opmath_t(0);
+      dst[j + l] = v;
+    }
+    column += kRunLanes;
+    while (column >= L2) column -= L2;
+  }
+  for (; j < end; ++j, column = column + 1 == L2 ? 0 : column + 1)
+    dst[j] = value(j, inside[0] + column, inside[A - 1] + column);
+}
+
 // adjoint_row (dst =, K <= 4 source rows) for `rows` consecutive grad_input rows that are one
 // flat run of length L2 rows, as are their grad_output rows (slot 2 not cropped: O2 == L2):
 // one vector loop from the first row's interior to the last row's, the taps that would read
@@ -629,33 +668,18 @@ void adjoint_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
       for (int64_t j = 0; j < L2; ++j) edge(r, j);
     return;
   }
-  const int64_t end = (rows - 1) * L2 + hi;
-  int64_t j = lo, column = lo;  // column = j mod L2
-  for (; j + kRunLanes <= end; j += kRunLanes) {
-    const int32_t* m0 = inside0 + column;
-    const int32_t* m1 = inside1 + column;
-#pragma omp simd
-    for (int l = 0; l < kRunLanes; ++l) {
-      opmath_t v0 = 0, v1 = 0;
-      for (int k = 0; k < K; ++k) {
-        v0 += c0[k] * static_cast<opmath_t>(s[k][j + l]);
-        if (A2 == 2) v1 += c1[k] * static_cast<opmath_t>(s[k][j + l + 1]);
-      }
-      opmath_t v = m0[l] ? v0 : opmath_t(0);
-      if (A2 == 2) v += m1[l] ? v1 : opmath_t(0);
-      dst[j + l] = v;
+  const scalar_t* taps[K][A2];
+  opmath_t coef[K][A2];
+  for (int k = 0; k < K; ++k) {
+    taps[k][0] = s[k];
+    coef[k][0] = c0[k];
+    if (A2 == 2) {
+      taps[k][A2 - 1] = s[k] + 1;
+      coef[k][A2 - 1] = c1[k];
     }
-    column += kRunLanes;
-    while (column >= L2) column -= L2;
   }
-  for (; j < end; ++j, column = column + 1 == L2 ? 0 : column + 1) {
-    opmath_t v = 0;
-    for (int k = 0; k < K; ++k) {
-      if (inside0[column]) v += c0[k] * static_cast<opmath_t>(s[k][j]);
-      if (A2 == 2 && inside1[column]) v += c1[k] * static_cast<opmath_t>(s[k][j + 1]);
-    }
-    dst[j] = v;
-  }
+  const int32_t* const inside[2] = {inside0, inside1};
+  masked_taps<K, A2>(dst, taps, coef, inside, lo, (rows - 1) * L2 + hi, L2);
   for (int64_t c = 0; c < lo; ++c) edge(0, c);
   for (int64_t c = hi; c < L2; ++c) edge(rows - 1, c);
 }
@@ -716,6 +740,25 @@ struct CornerDots {
     return t[0] + edge[corner][a2];
   }
 };
+
+// A run's per-source-row accumulators (lanes d0 / d1, row ends e0 / e1) into the plane's
+// CornerDots, by corner.
+template <int K, typename opmath_t>
+void add_run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows,
+                  const opmath_t (&d0)[K][kLanes], const opmath_t (&d1)[K][kLanes],
+                  const opmath_t (&e0)[K], const opmath_t (&e1)[K]) {
+  for (int k = 0; k < K; ++k) {
+    opmath_t* __restrict__ l0 = dots.lane[rows[k].corner][0];
+    opmath_t* __restrict__ l1 = dots.lane[rows[k].corner][1];
+#pragma omp simd
+    for (int j = 0; j < kLanes; ++j) {
+      l0[j] += d0[k][j];
+      l1[j] += d1[k][j];
+    }
+    dots.edge[rows[k].corner][0] += e0[k];
+    dots.edge[rows[k].corner][1] += e1[k];
+  }
+}
 
 // grad_weight contributions of output rows (SPEC §4), as corner dot products: for source
 // row r, <g, V_r(k)> and <g, V_r(k - 1)>, combined per plane by combine_plane_dots. Slot 2
@@ -785,17 +828,7 @@ void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scala
       }
     }
   }
-  for (int k = 0; k < K; ++k) {
-    opmath_t* __restrict__ l0 = dots.lane[rows[k].corner][0];
-    opmath_t* __restrict__ l1 = dots.lane[rows[k].corner][1];
-#pragma omp simd
-    for (int j = 0; j < kLanes; ++j) {
-      l0[j] += d0[k][j];
-      l1[j] += d1[k][j];
-    }
-    dots.edge[rows[k].corner][0] += e0[k];
-    dots.edge[rows[k].corner][1] += e1[k];
-  }
+  add_run_dots<K>(dots, rows, d0, d1, e0, e1);
 }
 
 // run_dots for a run whose rows are one flat run in x and grad_output (slot 2 not cropped:
@@ -878,17 +911,7 @@ void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const 
   } else {
     for (int64_t r = 0; r < count_rows; ++r) edge_columns(r, 0, L2);
   }
-  for (int k = 0; k < K; ++k) {
-    opmath_t* __restrict__ l0 = dots.lane[rows[k].corner][0];
-    opmath_t* __restrict__ l1 = dots.lane[rows[k].corner][1];
-#pragma omp simd
-    for (int j = 0; j < kLanes; ++j) {
-      l0[j] += d0[k][j];
-      l1[j] += d1[k][j];
-    }
-    dots.edge[rows[k].corner][0] += e0[k];
-    dots.edge[rows[k].corner][1] += e1[k];
-  }
+  add_run_dots<K>(dots, rows, d0, d1, e0, e1);
 }
 
 // flat: rows are one flat run in x and grad_output (xs1 == gs1 == L2, see run_dots_flat).
@@ -1299,39 +1322,8 @@ void stencil_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
     for (int64_t r = 0; r < rows; ++r) edge_columns(r, 0, L2);
     return;
   }
-  const int64_t end = (rows - 1) * L2 + p.hi;
-  const int32_t* in0 = p.inside[0].data();
-  const int32_t* in1 = A == 2 ? p.inside[1].data() : in0;
-  auto column_value = [&](int64_t j, int l, const int32_t* m0, const int32_t* m1) {
-    opmath_t v0 = 0, v1 = 0;
-    for (int k = 0; k < K; ++k) {
-      v0 += c[k][0] * static_cast<opmath_t>(s[k][0][j + l]);
-      if (A == 2) v1 += c[k][A - 1] * static_cast<opmath_t>(s[k][A - 1][j + l]);
-    }
-    opmath_t v = m0[l] ? v0 : opmath_t(0);
-    if (A == 2) v += m1[l] ? v1 : opmath_t(0);
-    return v;
-  };
-  int64_t j = p.lo, column = p.lo;  // column = j mod L2
-  for (; j + kRunLanes <= end; j += kRunLanes) {
-    const int32_t* m0 = in0 + column;
-    const int32_t* m1 = in1 + column;
-#pragma omp simd
-    for (int l = 0; l < kRunLanes; ++l) {
-      opmath_t v0 = 0, v1 = 0;
-      for (int k = 0; k < K; ++k) {
-        v0 += c[k][0] * static_cast<opmath_t>(s[k][0][j + l]);
-        if (A == 2) v1 += c[k][A - 1] * static_cast<opmath_t>(s[k][A - 1][j + l]);
-      }
-      opmath_t v = m0[l] ? v0 : opmath_t(0);
-      if (A == 2) v += m1[l] ? v1 : opmath_t(0);
-      dst[j + l] = v;
-    }
-    column += kRunLanes;
-    while (column >= L2) column -= L2;
-  }
-  for (; j < end; ++j, column = column + 1 == L2 ? 0 : column + 1)
-    dst[j] = column_value(j, 0, in0 + column, in1 + column);
+  const int32_t* const inside[2] = {p.inside[0].data(), p.inside[A - 1].data()};
+  masked_taps<K, A>(dst, s, c, inside, p.lo, (rows - 1) * L2 + p.hi, L2);
   edge_columns(0, 0, p.lo);
   edge_columns(rows - 1, p.hi, L2);
   const size_t pads = p.pad_dst.size();
