@@ -646,13 +646,6 @@ void adjoint_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
                  const int32_t* inside0, const int32_t* inside1) {
   const int64_t lo = clamp(-offset, 0, L2);
   const int64_t hi = clamp(L2 - offset - (A2 - 1), lo, L2);
-  const scalar_t* s[K];
-  opmath_t c0[K], c1[K];
-  for (int k = 0; k < K; ++k) {
-    s[k] = src[k] + offset;
-    c0[k] = p0[k];
-    c1[k] = p1[k];
-  }
   auto edge = [&](int64_t r, int64_t j) {
     const int64_t o = j + offset;
     opmath_t v = 0;
@@ -671,11 +664,11 @@ void adjoint_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
   const scalar_t* taps[K][A2];
   opmath_t coef[K][A2];
   for (int k = 0; k < K; ++k) {
-    taps[k][0] = s[k];
-    coef[k][0] = c0[k];
+    taps[k][0] = src[k] + offset;
+    coef[k][0] = p0[k];
     if (A2 == 2) {
-      taps[k][A2 - 1] = s[k] + 1;
-      coef[k][A2 - 1] = c1[k];
+      taps[k][A2 - 1] = src[k] + offset + 1;
+      coef[k][A2 - 1] = p1[k];
     }
   }
   const int32_t* const inside[2] = {inside0, inside1};
@@ -1255,6 +1248,18 @@ RowPlan forward_row_plan(int64_t out_length, int64_t length, int64_t before, int
   return p;
 }
 
+// Per source row k and slot-2 tap a: the coefficient and the read pointer of a stencil row.
+template <int K, int A, typename scalar_t, typename opmath_t>
+inline void stencil_taps(opmath_t (&c)[K][A], const scalar_t* (&s)[K][A],
+                         const scalar_t* const* src, const opmath_t* coef, const opmath_t* tap,
+                         const RowPlan& p) {
+  for (int k = 0; k < K; ++k)
+    for (int a = 0; a < A; ++a) {
+      c[k][a] = coef[k] * tap[a];
+      s[k][a] = src[k] + p.offset[a];
+    }
+}
+
 // dst[j] for j in [0, p.length) from K source rows with coefficients coef[k] and the slot-2
 // taps tap[a] (SPEC §3 forward rows and §4 grad_input rows alike); kAdd adds to dst instead
 // (more source rows than one call takes). dst is op-math.
@@ -1263,11 +1268,7 @@ inline void stencil_row(opmath_t* __restrict__ dst, const scalar_t* const* src,
                         const opmath_t* coef, const opmath_t* tap, const RowPlan& p) {
   opmath_t c[K][A];
   const scalar_t* s[K][A];
-  for (int k = 0; k < K; ++k)
-    for (int a = 0; a < A; ++a) {
-      c[k][a] = coef[k] * tap[a];
-      s[k][a] = src[k] + p.offset[a];
-    }
+  stencil_taps<K, A>(c, s, src, coef, tap, p);
   if (!kAdd)
     for (int64_t j = 0; j < p.lo; ++j) dst[j] = opmath_t(0);
 #pragma omp simd
@@ -1301,11 +1302,7 @@ void stencil_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
   const int64_t L2 = p.length;
   opmath_t c[K][A];
   const scalar_t* s[K][A];
-  for (int k = 0; k < K; ++k)
-    for (int a = 0; a < A; ++a) {
-      c[k][a] = coef[k] * tap[a];
-      s[k][a] = src[k] + p.offset[a];
-    }
+  stencil_taps<K, A>(c, s, src, coef, tap, p);
   // Columns [from, to) of row r as stencil_row computes them outside the interior.
   auto edge_columns = [&](int64_t r, int64_t from, int64_t to) {
     opmath_t* d = dst + r * L2;
