@@ -17,6 +17,7 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <memory>
 #include <cstring>
@@ -38,8 +39,9 @@ constexpr int kSlots = 3;
 constexpr int64_t kOutside = -1;
 // Enough elements per parallel task to amortise its start-up.
 constexpr int64_t kGrainElements = 32768;
-// Lanes of the vector blocks of the flat runs (stencil_run, run_dots_flat).
-constexpr int kRunLanes = 16;
+// Lanes of the vector blocks (16 float32 lanes of AVX-512): grad_weight's partial sums and
+// the flat runs (stencil_run, adjoint_run, run_dots_flat).
+constexpr int kLanes = 16;
 
 // Per-call tables (the per-channel plans: tap indices, edge lists, adjoint lists) are many
 // small vectors. With glibc's malloc and free they cost more than the kernel on small tensors
@@ -233,6 +235,15 @@ Geometry geometry_of(const at::Tensor& input, int64_t padding, at::IntArrayRef c
   }
   return g;
 }
+
+// Whether the (n, c) planes of `in` (input-sized) and `out` (output-sized) are dense rows
+// of one flat run each, with slot 2 not cropped: the precondition of the flat runs.
+inline bool flat_planes(const Geometry& g, const Strides& in, const Strides& out) {
+  const int64_t L1 = g.length[1], L2 = g.length[2], O1 = g.out_length[1];
+  return g.out_length[2] == L2 && (in.slot[2] == 1 || L2 == 1) && (out.slot[2] == 1 || L2 == 1) &&
+         (in.slot[1] == L2 || L1 == 1) && (out.slot[1] == L2 || O1 == 1);
+}
+
 
 // Per channel and slot: the integer shift of corner 0 and the interpolation fraction.
 template <typename opmath_t>
@@ -466,7 +477,7 @@ struct PlaneAdjoint {
   // of their two taps (k, k - 1), kOutside for padding.
   Interior wmid{0, 0};
   Table<int64_t> wcol, widx0, widx1;
-  // For the flat runs (slot 2 not cropped), i < L2 + kRunLanes: ginside[a][i] = 1 where
+  // For the flat runs (slot 2 not cropped), i < L2 + kLanes: ginside[a][i] = 1 where
   // grad_input tap a of column i mod L2 reads an output inside the row (adjoint_run), and
   // winside[a][i] where grad_weight tap a (k, k - 1) reads a source inside the row
   // (run_dots_flat), plus the grad_weight edge reads through padding (wpad_*; none for zeros
@@ -539,9 +550,9 @@ PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmat
   for (int64_t o = 0; o < t.wmid.lo; ++o) wedge(o);
   for (int64_t o = t.wmid.hi; o < O2; ++o) wedge(o);
   for (int a = 0; a < 2; ++a) {
-    t.ginside[a].resize(L2 + kRunLanes);
-    t.winside[a].resize(L2 + kRunLanes);
-    for (int64_t i = 0; i < L2 + kRunLanes; ++i) {
+    t.ginside[a].resize(L2 + kLanes);
+    t.winside[a].resize(L2 + kLanes);
+    for (int64_t i = 0; i < L2 + kLanes; ++i) {
       const int64_t o = i % L2 + t.offset + a, k = i % L2 + b2 - ws.shift[2] - a;
       t.ginside[a][i] = o >= 0 && o < O2;
       t.winside[a][i] = k >= 0 && k < L2;
@@ -613,12 +624,12 @@ inline void masked_taps(opmath_t* __restrict__ dst, const scalar_t* (&s)[K][A],
     return v;
   };
   int64_t j = lo, column = lo;  // column = j mod L2
-  for (; j + kRunLanes <= end; j += kRunLanes) {
+  for (; j + kLanes <= end; j += kLanes) {
     const int32_t* m0 = inside[0] + column;
     const int32_t* m1 = inside[A - 1] + column;
     // Written out, not through `value`: GCC does not vectorise the lambda's selects.
 #pragma omp simd
-    for (int l = 0; l < kRunLanes; ++l) {
+    for (int l = 0; l < kLanes; ++l) {
       opmath_t v0 = 0, v1 = 0;
       for (int k = 0; k < K; ++k) {
         v0 += c[k][0] * static_cast<opmath_t>(s[k][0][j + l]);
@@ -628,7 +639,7 @@ inline void masked_taps(opmath_t* __restrict__ dst, const scalar_t* (&s)[K][A],
       if (A == 2) v += m1[l] ? v1 : opmath_t(0);
       dst[j + l] = v;
     }
-    column += kRunLanes;
+    column += kLanes;
     while (column >= L2) column -= L2;
   }
   for (; j < end; ++j, column = column + 1 == L2 ? 0 : column + 1)
@@ -709,8 +720,6 @@ void adjoint_chunk(opmath_t* dst, bool add, int count, const scalar_t* const* sr
 // Per plane: for each outer corner (a0 * 2 + a1) and slot-2 corner, the dot product of
 // grad_output with the source values that corner reads, kept in kLanes partial sums so rows
 // add into vectors and the horizontal sum happens once per plane, in a fixed order.
-constexpr int kLanes = 16;
-static_assert(kLanes == kRunLanes, "run_dots_flat steps its kLanes accumulators by kRunLanes");
 template <typename opmath_t>
 struct CornerDots {
   // Row ends go to separate scalars: a scalar store into a lane that a vector load reads
@@ -721,8 +730,8 @@ struct CornerDots {
     std::fill(&lane[0][0][0], &lane[0][0][0] + 4 * 2 * kLanes, opmath_t(0));
     std::fill(&edge[0][0], &edge[0][0] + 4 * 2, opmath_t(0));
   }
-  // The lanes summed as a fixed pairwise tree (vector adds; a serial sum of 16 lanes was
-  // most of a plane's fixed cost), then the row ends.
+  // The lanes summed as a fixed pairwise tree (vector adds instead of a chain of 16
+  // dependent scalar adds, per corner and plane), then the row ends.
   opmath_t total(int corner, int a2) const {
     alignas(64) opmath_t t[kLanes];
     for (int j = 0; j < kLanes; ++j) t[j] = lane[corner][a2][j];
@@ -753,6 +762,24 @@ void add_run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows,
   }
 }
 
+// The row ends of one output row (grad_output row go_row) whose columns t.wcol lie in
+// [from, to), into the run's row-end sums: source row k at base[k] + at.
+template <int K, typename scalar_t, typename opmath_t>
+inline void add_row_ends(opmath_t (&e0)[K], opmath_t (&e1)[K], const scalar_t* go_row,
+                         const scalar_t* const (&base)[K], int64_t at,
+                         const PlaneAdjoint<opmath_t>& t, int64_t from, int64_t to) {
+  for (size_t e = 0; e < t.wcol.size(); ++e) {
+    if (t.wcol[e] < from || t.wcol[e] >= to) continue;
+    const opmath_t grad = static_cast<opmath_t>(go_row[t.wcol[e]]);
+    const int64_t i0 = t.widx0[e], i1 = t.widx1[e];
+    for (int k = 0; k < K; ++k) {
+      const scalar_t* r = base[k] + at;
+      if (i0 != kOutside) e0[k] += grad * static_cast<opmath_t>(r[i0]);
+      if (i1 != kOutside) e1[k] += grad * static_cast<opmath_t>(r[i1]);
+    }
+  }
+}
+
 // grad_weight contributions of output rows (SPEC §4), as corner dot products: for source
 // row r, <g, V_r(k)> and <g, V_r(k - 1)>, combined per plane by combine_plane_dots. Slot 2
 // is unit-stride here (dense planes); the row ends use the channel's precomputed indices.
@@ -774,7 +801,6 @@ void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scala
     for (int j = 0; j < kLanes; ++j) d0[k][j] = d1[k][j] = opmath_t(0);
   }
   const int64_t lo = t.wmid.lo, hi = t.wmid.hi;
-  const size_t edges = t.wcol.size();
   for (int64_t row = 0; row < count_rows; ++row, go += gs1) {
     if (pf != nullptr) prefetch_row(pf + row * gs1, pf_bytes);
     const scalar_t* s[K];
@@ -810,16 +836,7 @@ void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scala
         }
       }
     }
-    // Row ends.
-    for (size_t e = 0; e < edges; ++e) {
-      const opmath_t grad = static_cast<opmath_t>(go[t.wcol[e]]);
-      const int64_t i0 = t.widx0[e], i1 = t.widx1[e];
-      for (int k = 0; k < K; ++k) {
-        const scalar_t* r = base[k] + row * xs1;
-        if (i0 != kOutside) e0[k] += grad * static_cast<opmath_t>(r[i0]);
-        if (i1 != kOutside) e1[k] += grad * static_cast<opmath_t>(r[i1]);
-      }
-    }
+    add_row_ends<K>(e0, e1, go, base, row * xs1, t, 0, std::numeric_limits<int64_t>::max());
   }
   add_run_dots<K>(dots, rows, d0, d1, e0, e1);
 }
@@ -845,16 +862,7 @@ void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const 
   }
   // All edge reads of columns [from, to) of row r.
   auto edge_columns = [&](int64_t r, int64_t from, int64_t to) {
-    for (size_t e = 0; e < t.wcol.size(); ++e) {
-      if (t.wcol[e] < from || t.wcol[e] >= to) continue;
-      const opmath_t grad = static_cast<opmath_t>(go[r * L2 + t.wcol[e]]);
-      const int64_t i0 = t.widx0[e], i1 = t.widx1[e];
-      for (int k = 0; k < K; ++k) {
-        const scalar_t* row = base[k] + r * L2;
-        if (i0 != kOutside) e0[k] += grad * static_cast<opmath_t>(row[i0]);
-        if (i1 != kOutside) e1[k] += grad * static_cast<opmath_t>(row[i1]);
-      }
-    }
+    add_row_ends<K>(e0, e1, go + r * L2, base, r * L2, t, from, to);
   };
   const int64_t lo = t.wmid.lo, hi = t.wmid.hi;
   if (hi > lo) {
@@ -862,7 +870,7 @@ void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const 
     const int32_t* in1 = t.winside[1].data();
     const int64_t end = (count_rows - 1) * L2 + hi;
     int64_t o = lo, column = lo;  // column = o mod L2
-    for (; o + kRunLanes <= end; o += kRunLanes) {
+    for (; o + kLanes <= end; o += kLanes) {
       if (pf != nullptr) __builtin_prefetch(pf + o, 0, 3);
       const int32_t* m0 = in0 + column;
       const int32_t* m1 = in1 + column;
@@ -876,7 +884,7 @@ void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const 
           d1[k][j] += m1[j] ? p1 : opmath_t(0);
         }
       }
-      column += kRunLanes;
+      column += kLanes;
       while (column >= L2) column -= L2;
     }
     for (; o < end; ++o, column = column + 1 == L2 ? 0 : column + 1) {
@@ -1035,14 +1043,10 @@ struct PlaneBackward {
 
     // Flat planes of grad_input and grad_output (slot 2 not cropped): a run of regular rows
     // is one adjoint_run.
-    const bool flat_rows = kDirect && O2 == L2 && (gis.slot[2] == 1 || L2 == 1) &&
-                           (gos.slot[2] == 1 || L2 == 1) && (gis.slot[1] == L2 || L1 == 1) &&
-                           (gos.slot[1] == L2 || O1 == 1);
+    const bool flat_rows = kDirect && flat_planes(g, gis, gos);
     // The same for input and grad_output: runs of grad_weight rows are flat (op-math
     // dtypes: the 2-byte conversions inside its selects do not vectorise).
-    const bool flat_weight_rows = kDirect && O2 == L2 && (is.slot[2] == 1 || L2 == 1) &&
-                                  (gos.slot[2] == 1 || L2 == 1) && is.slot[1] == L2 &&
-                                  gos.slot[1] == L2;
+    const bool flat_weight_rows = kDirect && flat_planes(g, is, gos);
     // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
     // read them. A run of rows with regular slot-1 lists (t.run1) reads the same outputs
     // shifted by one row per row, so its pointers just advance.
@@ -1202,7 +1206,7 @@ struct RowPlan {
   Table<int64_t> edge_dst, edge_src;
   Table<int8_t> edge_tap;
   // For stencil_run: inside[a][i] = 1 where tap a of output i mod length reads inside
-  // [0, length) (i < length + kRunLanes), and the edge terms that read through padding
+  // [0, length) (i < length + kLanes), and the edge terms that read through padding
   // (a subset of the edge terms: none for zeros padding).
   Table<int32_t> inside[2];  // 32-bit: the selects vectorise at float width
   Table<int64_t> pad_dst, pad_src;
@@ -1213,7 +1217,6 @@ struct RowPlan {
     edge_tap.push_back(static_cast<int8_t>(a));
   }
 };
-
 
 // The forward along slot 2: output o, tap a reads source o + before - shift - a.
 RowPlan forward_row_plan(int64_t out_length, int64_t length, int64_t before, int64_t shift,
@@ -1239,13 +1242,29 @@ RowPlan forward_row_plan(int64_t out_length, int64_t length, int64_t before, int
     }
   }
   for (int a = 0; a < taps; ++a) {
-    p.inside[a].resize(out_length + kRunLanes);
-    for (int64_t i = 0; i < out_length + kRunLanes; ++i) {
+    p.inside[a].resize(out_length + kLanes);
+    for (int64_t i = 0; i < out_length + kLanes; ++i) {
       const int64_t k = i % out_length + before - shift - a;
       p.inside[a][i] = k >= 0 && k < length;
     }
   }
   return p;
+}
+
+// Edge terms (dst_j, src_m, tap a) of a RowPlan list whose dst_j lies in [from, to):
+// d[dst_j] += tap[a] * sum_k coef[k] src[k][at + src_m], in list order.
+template <int K, typename scalar_t, typename opmath_t>
+inline void add_edge_terms(opmath_t* d, const scalar_t* const* src, int64_t at,
+                           const opmath_t* coef, const opmath_t* tap, const Table<int64_t>& dsts,
+                           const Table<int64_t>& srcs, const Table<int8_t>& taps, int64_t from,
+                           int64_t to) {
+  for (size_t e = 0; e < dsts.size(); ++e) {
+    const int64_t j = dsts[e];
+    if (j < from || j >= to) continue;
+    opmath_t v = 0;
+    for (int k = 0; k < K; ++k) v += coef[k] * static_cast<opmath_t>(src[k][at + srcs[e]]);
+    d[j] += tap[taps[e]] * v;
+  }
 }
 
 // Per source row k and slot-2 tap a: the coefficient and the read pointer of a stencil row.
@@ -1280,12 +1299,7 @@ inline void stencil_row(opmath_t* __restrict__ dst, const scalar_t* const* src,
   }
   if (!kAdd)
     for (int64_t j = p.hi; j < p.length; ++j) dst[j] = opmath_t(0);
-  const size_t edges = p.edge_dst.size();
-  for (size_t e = 0; e < edges; ++e) {
-    opmath_t v = 0;
-    for (int k = 0; k < K; ++k) v += coef[k] * static_cast<opmath_t>(src[k][p.edge_src[e]]);
-    dst[p.edge_dst[e]] += tap[p.edge_tap[e]] * v;
-  }
+  add_edge_terms<K>(dst, src, 0, coef, tap, p.edge_dst, p.edge_src, p.edge_tap, 0, p.length);
 }
 
 // stencil_row for `rows` consecutive output rows of length L2 that are one flat run, as
@@ -1307,13 +1321,7 @@ void stencil_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
   auto edge_columns = [&](int64_t r, int64_t from, int64_t to) {
     opmath_t* d = dst + r * L2;
     for (int64_t j = from; j < to; ++j) d[j] = opmath_t(0);
-    for (size_t e = 0; e < p.edge_dst.size(); ++e) {
-      const int64_t j = p.edge_dst[e];
-      if (j < from || j >= to) continue;
-      opmath_t v = 0;
-      for (int k = 0; k < K; ++k) v += coef[k] * static_cast<opmath_t>(src[k][r * L2 + p.edge_src[e]]);
-      d[j] += tap[p.edge_tap[e]] * v;
-    }
+    add_edge_terms<K>(d, src, r * L2, coef, tap, p.edge_dst, p.edge_src, p.edge_tap, from, to);
   };
   if (p.hi <= p.lo) {
     for (int64_t r = 0; r < rows; ++r) edge_columns(r, 0, L2);
@@ -1323,16 +1331,11 @@ void stencil_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
   masked_taps<K, A>(dst, s, c, inside, p.lo, (rows - 1) * L2 + p.hi, L2);
   edge_columns(0, 0, p.lo);
   edge_columns(rows - 1, p.hi, L2);
-  const size_t pads = p.pad_dst.size();
-  if (pads == 0) return;
+  if (p.pad_dst.empty()) return;
+  // The first row's columns below p.lo and the last row's from p.hi on are already whole.
   for (int64_t r = 0; r < rows; ++r)
-    for (size_t e = 0; e < pads; ++e) {
-      const int64_t col = p.pad_dst[e];
-      if ((r == 0 && col < p.lo) || (r == rows - 1 && col >= p.hi)) continue;
-      opmath_t v = 0;
-      for (int k = 0; k < K; ++k) v += coef[k] * static_cast<opmath_t>(src[k][r * L2 + p.pad_src[e]]);
-      dst[r * L2 + col] += tap[p.pad_tap[e]] * v;
-    }
+    add_edge_terms<K>(dst + r * L2, src, r * L2, coef, tap, p.pad_dst, p.pad_src, p.pad_tap,
+                      r == 0 ? p.lo : 0, r == rows - 1 ? p.hi : L2);
 }
 
 template <int A, typename scalar_t, typename opmath_t>
@@ -1488,11 +1491,8 @@ template <typename T>
 void ssl_forward_planes(const T* in, T* out, const Geometry& g, const Strides& is,
                            const Strides& os, const std::vector<ChannelShift<double>>& shifts,
                            T fill) {
-  const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
-  const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
-  const bool flat = O2 == L2 && (is.slot[2] == 1 || L2 == 1) && (os.slot[2] == 1 || L2 == 1) &&
-                    (is.slot[1] == L2 || L1 == 1) && (os.slot[1] == L2 || O1 == 1);
-  if (!flat) {
+  const int64_t L2 = g.length[2];
+  if (!flat_planes(g, is, os)) {
     ssl_forward_planes_strided(in, out, g, is, os, shifts, fill);
     return;
   }
@@ -1622,9 +1622,7 @@ struct ActiveForwardPlanes {
     // Output rows along slot 1 whose slot-1 taps all read inside: with flat planes (and
     // slot 2 not cropped) each slab's run of them is one stencil_run.
     const int64_t L1 = g.length[1], L2 = g.length[2];
-    const bool flat = O2 == L2 && (is.slot[2] == 1 || L2 == 1) &&
-                      (os.slot[2] == 1 || L2 == 1) && (is.slot[1] == L2 || L1 == 1) &&
-                      (os.slot[1] == L2 || O1 == 1);
+    const bool flat = flat_planes(g, is, os);
     const Interior run = flat ? interior(O1, L1, g.before[1], f.shift1, f.w1.taps) : Interior{0, 0};
     for (int64_t o0 = 0; o0 < O0; ++o0)
       for (int64_t o1 = 0; o1 < O1; ++o1) {
