@@ -203,6 +203,84 @@ def test_fast_path_equals_custom_op(memory_format, active):
         assert torch.equal(a, b) and a.stride() == b.stride()
 
 
+@pytest.mark.parametrize("shape, layout", [((2, 20, 9), "contiguous"), ((2, 20, 6, 7), "contiguous"),
+                                           ((2, 20, 6, 7), "channels_last"),
+                                           ((2, 20, 6, 7), "gapped"), ((1, 17, 3, 4, 5), "channels_last")])
+@pytest.mark.parametrize("active", [False, True])
+def test_eager_entry_equals_custom_op(shape, layout, active):
+    """ts.shift without crop runs in one C++ call (torchshift2_cpu::eager_shift), with the
+    same values, gradients, strides and memory format as the custom op's."""
+    torch.manual_seed(2)
+    x = torch.randn(shape)
+    if layout != "contiguous":
+        x = channels_inner(x, gapped=layout == "gapped")
+    weight = torch.randn(shape[1], len(shape) - 2) * 2
+    grad_output = torch.randn(shape)
+    ts.cpu.loader.load()  # the eager entry points exist once the library is loaded
+    assert ts.ops.eager_shift(x, weight, "circular", active) is not None
+    results = []
+    for fast in (True, False):
+        xr = x.detach().requires_grad_()  # (a clone would not keep the gapped layout)
+        wr = weight.clone().requires_grad_()
+        out = ts.shift(xr, wr, "circular", active) if fast else ts.ops.shift(
+            xr, wr, "periodic", active, [0, 0] * (len(shape) - 2))
+        assert ("ShiftFunction" in out.grad_fn.name()) == fast
+        results.append((out, *torch.autograd.grad(out, (xr, wr), grad_output)))
+    for a, b in zip(*results):
+        assert torch.equal(a, b) and a.stride() == b.stride()
+    assert results[0][0].stride() == ts._spec.empty_output(x, [0, 0] * (len(shape) - 2)).stride()
+    with torch.no_grad():
+        assert ts.shift(x, weight, "circular", active).grad_fn is None
+
+
+def test_eager_entry_declines_what_the_full_path_handles(monkeypatch):
+    x = torch.randn(2, 3, 5, 6)
+    weight = torch.randn(3, 2)
+    ts.cpu.loader.load()
+    eager = ts.ops.eager_shift
+    declined = [
+        eager(x.long(), weight, "zeros", False),  # exact dtypes: the Python rules
+        eager(x, weight[:, :1], "zeros", False),  # wrong weight shape
+        eager(x, weight.long(), "zeros", False),
+        eager(x, weight, "wrap", False),  # unknown padding
+        eager(x, weight, ["zeros"], False),
+        eager(x, weight, "zeros", 1),  # active not a bool
+        eager(x[0], weight, "zeros", False),  # wrong dims
+        eager(x, weight, "zeros", False, ndim=1),  # shift1d of a 4D input
+        eager(torch.nn.Parameter(x), weight, "zeros", False),
+        eager(torch.quantize_per_tensor(x, 0.1, 0, torch.quint8), weight, "zeros", False),
+    ]
+    assert all(result is None for result in declined)
+    with ts.use_backend("reference"):
+        assert eager(x, weight, "zeros", False) is None
+        assert not ts.ops.eager_shift_(x, weight, "zeros")
+    monkeypatch.setenv("TORCHSHIFT2_BACKEND", "reference")
+    assert eager(x, weight, "zeros", False) is None
+    assert not ts.ops.eager_shift_(x, weight, "zeros")
+    monkeypatch.setenv("TORCHSHIFT2_BACKEND", " cpp ")
+    assert eager(x, weight, "zeros", False) is not None
+    monkeypatch.setenv("TORCHSHIFT2_BACKEND", "fastest")
+    assert eager(x, weight, "zeros", False) is None
+    with pytest.raises(ValueError, match="TORCHSHIFT2_BACKEND"):
+        ts.shift(x, weight)  # the full path reports the unknown name
+
+
+def test_eager_inplace_entry():
+    x = torch.randn(2, 4, 5, 6)
+    weight = torch.tensor([[0.0, 0.0], [1.0, -2.0], [0.2, 0.0], [3.0, 1.0]])
+    expected = ts.shift(x, weight, "reflect")  # (loads the library)
+    y = x.clone()
+    version = y._version
+    assert ts.ops.eager_shift_(y, weight, "reflect")
+    assert torch.equal(y, expected) and y._version > version
+    assert not ts.ops.eager_shift_(y.requires_grad_(), weight, "reflect")
+    with pytest.raises(RuntimeError, match="in-place shifting has no gradient"):
+        ts.shift_(y, weight)
+    with torch.no_grad():
+        assert ts.ops.eager_shift_(y, weight, "reflect")
+    assert not ts.ops.eager_shift_(torch.empty(0, 4, 5, 6), weight, "reflect")
+
+
 def test_fast_path_is_skipped_when_ops_are_intercepted():
     x = torch.randn(1, 3, 5)
     weight = torch.randn(3, 1)

@@ -17,6 +17,10 @@ PADDINGS: Tuple[str, ...] = ("zeros", "border", "periodic", "reflect", "symmetri
 #: ``torch.nn.Conv*d(padding_mode=...)`` names accepted as aliases.
 PADDING_ALIASES = {"replicate": "border", "circular": "periodic"}
 
+#: Every accepted padding name (SPEC name or alias) -> (SPEC name, integer code).
+PADDING_CODES = {name: (name, code) for code, name in enumerate(PADDINGS)}
+PADDING_CODES.update({alias: PADDING_CODES[name] for alias, name in PADDING_ALIASES.items()})
+
 Crop = Tuple[Tuple[int, int], ...]
 
 
@@ -38,7 +42,7 @@ def canonical_padding(padding: str) -> str:
 
 def padding_code(padding: str) -> int:
     """Integer code of a canonical padding name, as the kernels know it."""
-    return PADDINGS.index(padding)
+    return PADDING_CODES[padding][1]
 
 
 def normalize_crop(crop: Optional[Sequence[Sequence[int]]], spatial: Sequence[int]) -> Crop:

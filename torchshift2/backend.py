@@ -57,6 +57,11 @@ def selected_backend() -> str:
     return _checked(os.environ.get(ENV_VAR, "auto").strip() or "auto", ENV_VAR)
 
 
+def forced_backend() -> Optional[str]:
+    """The name :func:`use_backend` set for the current context, or ``None`` outside one."""
+    return _override.get()
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the shift ops with backend ``name`` (one of ``BACKENDS``) inside the block.

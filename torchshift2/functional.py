@@ -132,6 +132,10 @@ def shift(
         >>> ts.shift(x, torch.tensor([[0.5]]), active=True)
         tensor([[[0.0000, 0.5000, 1.5000, 2.5000, 3.5000]]])
     """
+    if crop is None:
+        out = ops.eager_shift(input, weight, padding, active)
+        if out is not None:
+            return out
     return _shift(input, weight, padding, active, crop)
 
 
@@ -161,6 +165,8 @@ def shift_(input: Tensor, weight: Tensor, padding: str = "zeros") -> Tensor:
         tensor([[[0., 1., 2., 3.],
                  [7., 4., 5., 6.]]])
     """
+    if ops.eager_shift_(input, weight, padding):
+        return input
     if torch.is_grad_enabled() and (
         getattr(input, "requires_grad", False) or getattr(weight, "requires_grad", False)
     ):
@@ -188,6 +194,10 @@ def _shift_nd(ndim: int):
         active: bool = False,
         crop: Optional[Sequence[Sequence[int]]] = None,
     ) -> Tensor:
+        if crop is None:
+            out = ops.eager_shift(input, weight, padding, active, ndim)
+            if out is not None:
+                return out
         return _shift(input, weight, padding, active, crop, ndim)
 
     shift_nd.__name__ = shift_nd.__qualname__ = f"shift{ndim}d"

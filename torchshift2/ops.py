@@ -9,7 +9,7 @@ refuse anything that could make them read or write out of bounds.
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -17,7 +17,8 @@ from torch import Tensor
 from . import _spec, backend
 from .cpu import loader as _cpu_loader
 
-__all__ = ["apply_shift", "apply_shift_", "shift", "shift_", "shift_backward"]
+__all__ = ["apply_shift", "apply_shift_", "eager_shift", "eager_shift_", "shift", "shift_",
+           "shift_backward"]
 
 
 def _backend_module(device: torch.device):
@@ -63,6 +64,22 @@ def _(grad_output, input, weight, padding, active, crop):
 _PLAIN = (Tensor, torch.nn.Parameter)
 
 
+# use_backend names under which the eager entry points may run (TORCHSHIFT2_BACKEND is
+# read by the C++ half of their acceptance test).
+_CPP_FORCED = (None, "auto", "cpp")
+
+
+def _intercepted() -> bool:
+    """Whether something traces or intercepts ops, which must then see the custom ops."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._are_functorch_transforms_active()
+    )
+
+
 def _eager_cpp(input: Tensor, weight: Tensor) -> bool:
     """Whether a call may bypass the custom ops: plain CPU tensors, nothing tracing or
     intercepting ops, and the C++ backend selected (see ``cpu/ops.cpp`` for why)."""
@@ -71,13 +88,47 @@ def _eager_cpp(input: Tensor, weight: Tensor) -> bool:
         and type(weight) in _PLAIN
         and input.device.type == "cpu"
         and not input.is_quantized
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and not torch._C._is_torch_function_mode_enabled()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._are_functorch_transforms_active()
+        and not _intercepted()
         and backend.resolve(input.device) == "cpp"
     )
+
+
+def _eager_ready(input, weight, padding) -> bool:
+    # _intercepted() first: under torch.compile it is constant True, and Dynamo cannot
+    # trace the context variable behind forced_backend().
+    return (
+        not _intercepted()
+        and type(input) is Tensor
+        and type(weight) in _PLAIN
+        and type(padding) is str
+        and backend.forced_backend() in _CPP_FORCED
+    )
+
+
+def eager_shift(input, weight, padding, active, ndim: int = -1) -> Optional[Tensor]:
+    """:func:`torchshift2.functional.shift` without crop in one C++ call, argument checks
+    included, for plain eager CPU tensors once the C++ library is loaded; ``None`` when the
+    call needs the full path (anything else, including every call it would refuse).
+
+    ``ndim``: the spatial dims ``shift1d/2d/3d`` require, ``-1`` for any of 1, 2, 3.
+    """
+    op = _cpu_loader.eager_shift_op
+    if op is None or type(active) is not bool or not _eager_ready(input, weight, padding):
+        return None
+    code = _spec.PADDING_CODES.get(padding)
+    if code is None or not 3 <= input.dim() <= 5:
+        return None
+    return op(input, weight, code[0], code[1], active, ndim, _spec.is_channels_last(input))
+
+
+def eager_shift_(input, weight, padding) -> bool:
+    """:func:`torchshift2.functional.shift_` in one C++ call, as :func:`eager_shift`;
+    ``False`` when the call needs the full path."""
+    op = _cpu_loader.eager_shift_inplace_op
+    if op is None or not _eager_ready(input, weight, padding):
+        return False
+    code = _spec.PADDING_CODES.get(padding)
+    return code is not None and op(input, weight, code[1])
 
 
 def apply_shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]) -> Tensor:

@@ -1,7 +1,8 @@
 """Compile the C++ kernel at first use with ``load_inline``; the C++ backend.
 
 Sources: ``shift.cpp`` (the kernels), ``output_cache.cpp`` (the allocator of their outputs),
-``ops.cpp`` (op entry points and registrations, ``shift_autograd``: the eager fast path).
+``ops.cpp`` (op entry points and registrations; ``eager_shift``, ``eager_shift_inplace`` and
+``shift_autograd``: the eager fast path).
 
 The backend interface (shared with :mod:`torchshift2.triton` and the reference)::
 
@@ -52,6 +53,10 @@ STALE_LOCK_SECONDS = 600
 _lock = threading.Lock()
 _ops = None
 _error: Optional[BaseException] = None
+#: The eager entry points ``torchshift2_cpu::eager_shift`` / ``eager_shift_inplace``
+#: (:func:`torchshift2.ops.eager_shift`); ``None`` until the library is loaded.
+eager_shift_op = None
+eager_shift_inplace_op = None
 
 
 def _cpu_identity() -> str:
@@ -92,7 +97,7 @@ def load():
 
     Raises the build error if it fails; a failure is remembered for the process.
     """
-    global _ops, _error
+    global _ops, _error, eager_shift_op, eager_shift_inplace_op
     with _lock:
         if _ops is not None:
             return _ops
@@ -123,6 +128,8 @@ def load():
             _error = error
             raise
         _ops = torch.ops.torchshift2_cpu
+        eager_shift_op = _ops.eager_shift.default
+        eager_shift_inplace_op = _ops.eager_shift_inplace.default
         return _ops
 
 

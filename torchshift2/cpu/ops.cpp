@@ -1,7 +1,8 @@
 // torchshift2 CPU: the op kernels (argument checks, output allocation, layout dispatch to
 // the planar / channels-last kernels of shift.cpp and channels_last.cpp), the registrations of
-// the private ops torchshift2_cpu::*, and the eager fast path `shift_autograd`, the forward
-// with a C++ autograd node.
+// the private ops torchshift2_cpu::*, and the eager fast path: `shift_autograd`, the forward
+// with a C++ autograd node, and `eager_shift` / `eager_shift_inplace`, which also take over
+// the common case of the Python argument checks.
 //
 // Why a fast path: the public custom ops (torchshift2/ops.py) run through torch's Python
 // custom-op and autograd wrappers, which cost 20-120 us per call here (more for big
@@ -14,6 +15,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -314,6 +316,57 @@ at::Tensor shift_autograd(const at::Tensor& input, const at::Tensor& weight,
                               crop.vec(), channels_last);
 }
 
+// TORCHSHIFT2_BACKEND as torchshift2.backend.selected_backend reads it (Python's os.environ
+// writes through to the C environment): unset, empty, "auto" or "cpp" select this backend
+// on CPU. An unknown name is not accepted here; the full path reports it.
+bool environment_selects_cpp() {
+  const char* value = std::getenv("TORCHSHIFT2_BACKEND");
+  if (value == nullptr) return true;
+  const std::string text(value);
+  const char* space = " \t\n\r\f\v";
+  const size_t first = text.find_first_not_of(space);
+  if (first == std::string::npos) return true;
+  const std::string name = text.substr(first, text.find_last_not_of(space) - first + 1);
+  return name == "auto" || name == "cpp";
+}
+
+// The part of torchshift2.functional.check_shift_args that the eager entry points accept
+// without Python: a floating CPU input of the expected dims (ndim spatial dims, or any of
+// 1-3 for ndim < 0), not quantized, and a floating (C, D) CPU weight.
+bool eager_accepts(const at::Tensor& input, const at::Tensor& weight, int64_t ndim) {
+  const int64_t dim = input.dim();
+  return environment_selects_cpp() && (ndim < 0 ? dim >= 3 && dim <= 5 : dim == ndim + 2) &&
+         input.device().is_cpu() && weight.device().is_cpu() && !input.is_quantized() &&
+         at::isFloatingType(input.scalar_type()) && at::isFloatingType(weight.scalar_type()) &&
+         weight.dim() == 2 && weight.size(0) == input.size(1) && weight.size(1) == dim - 2;
+}
+
+// torchshift2.ops.eager_shift without crop: forward, or with a C++ autograd node when a
+// gradient is wanted. An undefined result (None in Python) declines the call, which then
+// takes the full Python path (and its error messages). Calling the kernels directly also
+// leaves out the Python cost per call, 20 us warm and ~140 us when the caches are cold
+// (benchmarks/NOTES.md, v10).
+at::Tensor eager_shift(const at::Tensor& input, const at::Tensor& weight, c10::string_view padding,
+                       int64_t padding_code, bool active, int64_t ndim, bool channels_last) {
+  if (!eager_accepts(input, weight, ndim)) return at::Tensor();
+  const std::vector<int64_t> crop(2 * (input.dim() - 2), 0);
+  if (at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad()))
+    return shift_autograd(input, weight, padding, padding_code, active, crop, channels_last);
+  return forward(input, weight, padding_code, active, crop, 0.0, channels_last);
+}
+
+// torchshift2.ops.eager_shift_: true when done; false declines (see eager_shift), which also
+// covers the calls the full path refuses (gradients wanted) and empty tensors.
+bool eager_shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding_code) {
+  if (!eager_accepts(input, weight, -1) || input.numel() == 0 ||
+      (at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad())))
+    return false;
+  shift_inplace(input, weight, padding_code);
+  // What the dispatcher's autograd fallback does for a mutated argument.
+  torch::autograd::impl::bump_version(input);
+  return true;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(torchshift2_cpu, m) {
@@ -325,6 +378,9 @@ TORCH_LIBRARY(torchshift2_cpu, m) {
   // padding twice: the code for the kernels, the name for torchshift2::shift_backward.
   m.def("shift_autograd(Tensor input, Tensor weight, str padding, int padding_code, "
         "bool active, int[] crop, bool channels_last) -> Tensor");
+  m.def("eager_shift(Tensor input, Tensor weight, str padding, int padding_code, bool active, "
+        "int ndim, bool channels_last) -> Tensor");
+  m.def("eager_shift_inplace(Tensor(a!) input, Tensor weight, int padding_code) -> bool");
   m.def("empty_cache() -> ()");
   m.def("cache_info() -> int[]");
 }
@@ -337,6 +393,8 @@ TORCH_LIBRARY_IMPL(torchshift2_cpu, CPU, m) {
 
 TORCH_LIBRARY_IMPL(torchshift2_cpu, CompositeImplicitAutograd, m) {
   m.impl("shift_autograd", &shift_autograd);
+  m.impl("eager_shift", &eager_shift);
+  m.impl("eager_shift_inplace", &eager_shift_inplace);
 }
 
 TORCH_LIBRARY_IMPL(torchshift2_cpu, CatchAll, m) {
