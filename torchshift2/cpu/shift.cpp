@@ -1422,6 +1422,22 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
     for (int64_t o = 0; o < f.cols.lo; ++o, ++src) yr[o] = *src == kOutside ? fill : xr[*src];
     for (int64_t o = f.cols.hi; o < L2; ++o, ++src) yr[o] = *src == kOutside ? fill : xr[*src];
   };
+  // The same for output rows [lo, hi) from source rows from lo + b1 - s1 on, a column at a
+  // time: a few strided stores per column instead of a loop per row, which cost ~10 cycles
+  // per row (half a 2d_28 clone over its 57 k rows).
+  auto edge_columns = [&](int64_t lo, int64_t hi) {
+    T* yc = y + lo * L2;
+    const T* xc = x + (lo + b1 - s1) * L2;
+    const int64_t* src = f.edge_src;
+    auto column = [&](int64_t o, int64_t from) {
+      if (from == kOutside)
+        for (int64_t r = 0; r < hi - lo; ++r) yc[r * L2 + o] = fill;
+      else
+        for (int64_t r = 0; r < hi - lo; ++r) yc[r * L2 + o] = xc[r * L2 + from];
+    };
+    for (int64_t o = 0; o < f.cols.lo; ++o) column(o, *src++);
+    for (int64_t o = f.cols.hi; o < L2; ++o) column(o, *src++);
+  };
   auto row_from = [&](int64_t o1, const T* src) {
     T* yr = y + o1 * L2;
     if (src == nullptr) {
@@ -1448,7 +1464,7 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
     }
     n = std::min(n, L1 * L2 - src);
     if (n > 0) std::memcpy(y + dst, x + src, n * sizeof(T));
-    for (int64_t o1 = f.rows.lo; o1 < f.rows.hi; ++o1) edges(y + o1 * L2, x + (o1 + b1 - s1) * L2);
+    edge_columns(f.rows.lo, f.rows.hi);
   }
   for (int64_t o1 = std::max(f.rows.hi, f.rows.lo); o1 < O1; ++o1) {
     const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
