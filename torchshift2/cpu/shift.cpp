@@ -1524,8 +1524,52 @@ void ssl_forward_planes(const T* in, T* out, const Geometry& g, const Strides& i
   });
 }
 
+// One dense plane shifted in place with zeros padding (no crop), without a buffer: every
+// read through padding is the fill, so the only reads are each slab's interior, one
+// overlap-safe memmove from its source slab. Slabs are visited away from the slot-0 shift,
+// so a source slab is read before its own output is written, and within a slab the fills
+// come after the move they would clobber. Half the memory traffic of going through a buffer.
+template <typename T>
+void ssl_shift_plane_inplace_zeros(T* p, const Geometry& g, const ChannelShift<double>& cs,
+                                   T fill, int64_t* edge_scratch) {
+  const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2], slab = L1 * L2;
+  const int64_t s0 = cs.shift[0], s1 = cs.shift[1];
+  const FlatSSL f = flat_ssl_plan(g, cs, edge_scratch);
+  auto shift_slab = [&](int64_t o0) {
+    T* ys = p + o0 * slab;
+    const int64_t i0 = o0 - s0;
+    if (i0 < 0 || i0 >= L0 || f.rows.hi <= f.rows.lo) {
+      std::fill(ys, ys + slab, fill);
+      return;
+    }
+    // As ssl_forward_slab_flat's interior copy: reads clamped to the slab, the clamped
+    // elements are edge columns, filled below.
+    int64_t dst = f.rows.lo * L2, src = (f.rows.lo - s1) * L2 - f.s2;
+    int64_t n = (f.rows.hi - f.rows.lo) * L2;
+    if (src < 0) {
+      dst -= src;
+      n += src;
+      src = 0;
+    }
+    n = std::min(n, slab - src);
+    if (n > 0) std::memmove(ys + dst, p + i0 * slab + src, n * sizeof(T));
+    auto fill_column = [&](int64_t o) {  // strided: see ssl_forward_slab_flat
+      for (int64_t r = f.rows.lo; r < f.rows.hi; ++r) ys[r * L2 + o] = fill;
+    };
+    for (int64_t o = 0; o < f.cols.lo; ++o) fill_column(o);
+    for (int64_t o = f.cols.hi; o < L2; ++o) fill_column(o);
+    std::fill(ys, ys + f.rows.lo * L2, fill);
+    std::fill(ys + f.rows.hi * L2, ys + slab, fill);
+  };
+  if (s0 > 0)
+    for (int64_t o0 = L0 - 1; o0 >= 0; --o0) shift_slab(o0);
+  else
+    for (int64_t o0 = 0; o0 < L0; ++o0) shift_slab(o0);
+}
+
 // In place (the Sparse Shift Layer at inference): after training most rounded shifts are 0,
-// and only the planes of channels that move are touched, each through a plane-sized buffer.
+// and only the planes of channels that move are touched, each through a plane-sized buffer
+// (zeros padding: directly, ssl_shift_plane_inplace_zeros).
 template <typename T>
 void ssl_shift_inplace(T* data, const Geometry& g, const Strides& st,
                        const std::vector<ChannelShift<double>>& shifts, T fill) {
@@ -1553,6 +1597,10 @@ void ssl_shift_inplace(T* data, const Geometry& g, const Strides& st,
       const int64_t k = t % static_cast<int64_t>(moving.size()), c = moving[k];
       T* p = data + n * st.batch + c * st.channel;
       T* b = buffer.data();
+      if (dense && g.padding == kZeros) {
+        ssl_shift_plane_inplace_zeros(p, g, shifts[c], fill, edges.data());
+        continue;
+      }
       if (dense) {
         std::memcpy(b, p, plane * sizeof(T));
         ssl_forward_plane_flat(static_cast<const T*>(b), packed[0], p, st.slot[0], g, shifts[c],
