@@ -1634,6 +1634,27 @@ inline void transpose16(__m512 r[16]) {
 }
 #endif
 
+#ifdef TS2_AVX2
+// r[i] (8 lanes) becomes column i of the 8 x 8 matrix whose rows were r.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int j = 0; j < 2; ++j) {
+    u[4 * j] = _mm256_shuffle_ps(t[4 * j], t[4 * j + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * j + 1] = _mm256_shuffle_ps(t[4 * j], t[4 * j + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * j + 2] = _mm256_shuffle_ps(t[4 * j + 1], t[4 * j + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * j + 3] = _mm256_shuffle_ps(t[4 * j + 1], t[4 * j + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int m = 0; m < 4; ++m) {
+    r[m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x20);
+    r[4 + m] = _mm256_permute2f128_ps(u[m], u[4 + m], 0x31);
+  }
+}
+#endif
+
 // planes[c * plane + p] = rows[p * channels + c] for c < lanes <= 16, p < positions.
 template <typename T>
 void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions, T* planes,
@@ -1648,6 +1669,18 @@ void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions
       transpose16(r);
       for (int64_t c = 0; c < lanes; ++c) _mm512_storeu_ps(planes + c * plane + p0, r[c]);
     }
+  }
+#elif defined(TS2_AVX2)
+  if constexpr (std::is_same<T, float>::value) {
+    __m256 r[8];
+    for (; p0 + 8 <= positions; p0 += 8)
+      for (int64_t c0 = 0; c0 < lanes; c0 += 8) {
+        const __m256i m = lane_mask32(lanes_below(static_cast<int>(lanes - c0)));
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_maskload_ps(rows + (p0 + i) * channels + c0, m);
+        transpose8(r);
+        for (int64_t c = c0; c < std::min<int64_t>(lanes, c0 + 8); ++c)
+          _mm256_storeu_ps(planes + c * plane + p0, r[c - c0]);
+      }
   }
 #endif
   for (; p0 < positions; ++p0)
@@ -1669,6 +1702,23 @@ void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t position
       transpose16(r);
       for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(rows + (p0 + i) * channels, m, r[i]);
     }
+  }
+#elif defined(TS2_AVX2)
+  if constexpr (std::is_same<T, float>::value) {
+    __m256 r[8];
+    for (; p0 + 8 <= positions; p0 += 8)
+      for (int64_t c0 = 0; c0 < lanes; c0 += 8) {
+        const uint64_t bits = lanes_below(static_cast<int>(lanes - c0));
+        const __m256i m = lane_mask32(bits);
+        for (int64_t c = 0; c < 8; ++c)
+          r[c] = c0 + c < lanes ? _mm256_loadu_ps(planes + (c0 + c) * plane + p0) : _mm256_setzero_ps();
+        transpose8(r);
+        for (int i = 0; i < 8; ++i) {
+          float* dst = rows + (p0 + i) * channels + c0;
+          if ((bits & 0xff) == 0xff) _mm256_storeu_ps(dst, r[i]);
+          else _mm256_maskstore_ps(dst, m, r[i]);
+        }
+      }
   }
 #endif
   for (; p0 < positions; ++p0)
