@@ -1588,9 +1588,14 @@ inline bool dense_channels_last(const Strides& s, const int64_t* length, int64_t
 // three spatial dims, where a gather per interpolation corner (8 of them) costs more than
 // the transposes (measured in benchmarks/NOTES.md, v8); with fewer dims it does not.
 // grad_input: the strides of a backward's grad_input, null for a forward.
+#if defined(TS2_AVX2)
+constexpr bool kPlanes2D = true;
+#else
+constexpr bool kPlanes2D = false;
+#endif
 inline bool through_planes(const Geometry& g, const Strides& input, const Strides& output,
                            const Strides* grad_input) {
-  return g.real[0] && dense_channels_last(input, g.length, g.channels) &&
+  return (g.real[0] || (kPlanes2D && g.real[1])) && dense_channels_last(input, g.length, g.channels) &&
          dense_channels_last(output, g.out_length, g.channels) &&
          (grad_input == nullptr || dense_channels_last(*grad_input, g.length, g.channels));
 }
