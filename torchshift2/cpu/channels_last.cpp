@@ -1586,7 +1586,8 @@ inline bool dense_channels_last(const Strides& s, const int64_t* length, int64_t
 
 // Whether a channels-last kernel goes through planes (float / double, dense samples): for
 // three spatial dims, where a gather per interpolation corner (8 of them) costs more than
-// the transposes (measured in benchmarks/NOTES.md, v8); with fewer dims it does not.
+// the transposes (measured in benchmarks/NOTES.md, v8); with fewer dims it does not, except
+// on CPUs with AVX2 but not AVX-512, whose gathers are slower (v10).
 // grad_input: the strides of a backward's grad_input, null for a forward.
 #if defined(TS2_AVX2)
 constexpr bool kPlanes2D = true;
@@ -1833,10 +1834,50 @@ void backward_channels_last(
 
 // Channels-last forward for tensors whose rows (n, o0, o1) are W x C blocks: gathers where
 // they exist for the element size (and 32-bit indices reach the sample), taps otherwise.
+// Channels-last SSL forward through planes (4-byte elements, dense channels-last samples):
+// the bits move through the float transposes unchanged, and each plane is the planar SSL
+// forward (a memcpy per slab and its edge columns).
+template <typename T>
+void ssl_forward_transposed(const T* in, T* out, const Geometry& g, const Strides& is,
+                            const Strides& os, const std::vector<ChannelShift<double>>& shifts,
+                            T fill) {
+  static_assert(sizeof(T) == sizeof(float), "the transposes move 4-byte lanes");
+  constexpr int64_t CB = kTransposeLanes<float>;
+  const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
+  const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
+  const bool flat = flat_planes(g, ps, qs);
+  for_each_channel_block<float>(g, P + Q + g.length[2], [&](int64_t n, int64_t c0,
+                                                             int64_t lanes, float* buffer) {
+    T* x = reinterpret_cast<T*>(buffer);
+    T* y = x + CB * P;
+    int64_t* edges = reinterpret_cast<int64_t*>(y + CB * Q);
+    to_planes(reinterpret_cast<const float*>(in + n * is.batch + c0), C, lanes, P,
+              reinterpret_cast<float*>(x), P);
+    for (int64_t c = 0; c < lanes; ++c) {
+      if (flat)
+        ssl_forward_plane_flat(static_cast<const T*>(x + c * P), ps.slot[0], y + c * Q,
+                               qs.slot[0], g, shifts[c0 + c], fill, edges);
+      else
+        ssl_forward_plane(static_cast<const T*>(x + c * P), ps.slot, y + c * Q, qs.slot, g,
+                          shifts[c0 + c], fill);
+    }
+    from_planes(reinterpret_cast<const float*>(y), Q, lanes, Q,
+                reinterpret_cast<float*>(out + n * os.batch + c0), C);
+  });
+}
+
 template <typename T>
 void ssl_forward_channels_last_rows(const T* in, T* out, const Geometry& g, const Strides& is,
                                     const Strides& os,
                                     const std::vector<ChannelShift<double>>& shifts, T fill) {
+  if constexpr (sizeof(T) == 4) {
+    // Where gathers are slow (kPlanes2D), and for three dims only: in 2D the three passes
+    // cost as much as the gathers (benchmarks/NOTES.md, v10).
+    if (kPlanes2D && g.real[0] && through_planes(g, is, os, nullptr)) {
+      ssl_forward_transposed(in, out, g, is, os, shifts, fill);
+      return;
+    }
+  }
   if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
     if (gather_indexable(g, is)) {
       ssl_forward_gather(in, out, g, is, os, shifts, fill);
