@@ -1878,7 +1878,9 @@ void ssl_forward_channels_last_rows(const T* in, T* out, const Geometry& g, cons
       return;
     }
   }
-  if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
+  // 2-byte elements on AVX2-only CPUs: the portable per-lane gather; their taps would be
+  // one per-lane loop per distinct shift of a block (up to 32 x 32 lane moves per 32 lanes).
+  if constexpr (sizeof(T) == 4 || sizeof(T) == 8 || (kPlanes2D && sizeof(T) == 2)) {
     if (gather_indexable(g, is)) {
       ssl_forward_gather(in, out, g, is, os, shifts, fill);
       return;
