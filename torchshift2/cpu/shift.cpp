@@ -1423,8 +1423,8 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
     for (int64_t o = f.cols.hi; o < L2; ++o, ++src) yr[o] = *src == kOutside ? fill : xr[*src];
   };
   // The same for output rows [lo, hi) from source rows from lo + b1 - s1 on, a column at a
-  // time: a few strided stores per column instead of a loop per row, which cost ~10 cycles
-  // per row (half a 2d_28 clone over its 57 k rows).
+  // time: a few strided stores per column instead of a loop per row (the per-row loops were
+  // 12-16% of a 2d_28 forward's profile, against 33% for its memcpy; benchmarks/NOTES.md v10).
   auto edge_columns = [&](int64_t lo, int64_t hi) {
     T* yc = y + lo * L2;
     const T* xc = x + (lo + b1 - s1) * L2;
