@@ -132,10 +132,6 @@ def shift(
         >>> ts.shift(x, torch.tensor([[0.5]]), active=True)
         tensor([[[0.0000, 0.5000, 1.5000, 2.5000, 3.5000]]])
     """
-    if crop is None:
-        out = ops.eager_shift(input, weight, padding, active)
-        if out is not None:
-            return out
     return _shift(input, weight, padding, active, crop)
 
 
@@ -182,6 +178,10 @@ def shift_(input: Tensor, weight: Tensor, padding: str = "zeros") -> Tensor:
 
 
 def _shift(input, weight, padding, active, crop, ndim: Optional[int] = None) -> Tensor:
+    if crop is None:
+        out = ops.eager_shift(input, weight, padding, active, -1 if ndim is None else ndim)
+        if out is not None:
+            return out
     padding, crop = check_shift_args(input, weight, padding, active, crop, ndim)
     return ops.apply_shift(input, weight, padding, active, _spec.flat_crop(crop))
 
@@ -194,10 +194,6 @@ def _shift_nd(ndim: int):
         active: bool = False,
         crop: Optional[Sequence[Sequence[int]]] = None,
     ) -> Tensor:
-        if crop is None:
-            out = ops.eager_shift(input, weight, padding, active, ndim)
-            if out is not None:
-                return out
         return _shift(input, weight, padding, active, crop, ndim)
 
     shift_nd.__name__ = shift_nd.__qualname__ = f"shift{ndim}d"

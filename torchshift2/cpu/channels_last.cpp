@@ -1589,14 +1589,15 @@ inline bool dense_channels_last(const Strides& s, const int64_t* length, int64_t
 // the transposes (measured in benchmarks/NOTES.md, v8); with fewer dims it does not, except
 // on CPUs with AVX2 but not AVX-512, whose gathers are slower (v10).
 // grad_input: the strides of a backward's grad_input, null for a forward.
+// CPUs with AVX2 but not AVX-512: slower gathers, no 2-byte masked moves.
 #if defined(TS2_AVX2)
-constexpr bool kPlanes2D = true;
+constexpr bool kAvx2Only = true;
 #else
-constexpr bool kPlanes2D = false;
+constexpr bool kAvx2Only = false;
 #endif
 inline bool through_planes(const Geometry& g, const Strides& input, const Strides& output,
                            const Strides* grad_input) {
-  return (g.real[0] || (kPlanes2D && g.real[1])) && dense_channels_last(input, g.length, g.channels) &&
+  return (g.real[0] || (kAvx2Only && g.real[1])) && dense_channels_last(input, g.length, g.channels) &&
          dense_channels_last(output, g.out_length, g.channels) &&
          (grad_input == nullptr || dense_channels_last(*grad_input, g.length, g.channels));
 }
@@ -1832,8 +1833,6 @@ void backward_channels_last(
   }
 }
 
-// Channels-last forward for tensors whose rows (n, o0, o1) are W x C blocks: gathers where
-// they exist for the element size (and 32-bit indices reach the sample), taps otherwise.
 // Channels-last SSL forward through planes (4-byte elements, dense channels-last samples):
 // the bits move through the float transposes unchanged, and each plane is the planar SSL
 // forward (a memcpy per slab and its edge columns).
@@ -1866,21 +1865,24 @@ void ssl_forward_transposed(const T* in, T* out, const Geometry& g, const Stride
   });
 }
 
+// Channels-last forward for tensors whose rows (n, o0, o1) are W x C blocks: gathers where
+// they exist for the element size (and 32-bit indices reach the sample), taps otherwise
+// (planes where through_planes and the element size allow).
 template <typename T>
 void ssl_forward_channels_last_rows(const T* in, T* out, const Geometry& g, const Strides& is,
                                     const Strides& os,
                                     const std::vector<ChannelShift<double>>& shifts, T fill) {
   if constexpr (sizeof(T) == 4) {
-    // Where gathers are slow (kPlanes2D), and for three dims only: in 2D the three passes
+    // Where gathers are slow (kAvx2Only), and for three dims only: in 2D the three passes
     // cost as much as the gathers (benchmarks/NOTES.md, v10).
-    if (kPlanes2D && g.real[0] && through_planes(g, is, os, nullptr)) {
+    if (kAvx2Only && g.real[0] && through_planes(g, is, os, nullptr)) {
       ssl_forward_transposed(in, out, g, is, os, shifts, fill);
       return;
     }
   }
   // 2-byte elements on AVX2-only CPUs: the portable per-lane gather; their taps would be
   // one per-lane loop per distinct shift of a block (up to 32 x 32 lane moves per 32 lanes).
-  if constexpr (sizeof(T) == 4 || sizeof(T) == 8 || (kPlanes2D && sizeof(T) == 2)) {
+  if constexpr (sizeof(T) == 4 || sizeof(T) == 8 || (kAvx2Only && sizeof(T) == 2)) {
     if (gather_indexable(g, is)) {
       ssl_forward_gather(in, out, g, is, os, shifts, fill);
       return;

@@ -1412,6 +1412,43 @@ struct FlatSSL {
   const int64_t* edge_src = nullptr;
 };
 
+// The interior rows of a slab (the rows reading inside) as one flat copy from slab x to slab
+// y: y[dst, dst + n) = x[src, src + n), nothing when n <= 0. Reads are clamped to the slab;
+// the clamped elements are edge columns of the first / last row, which edge_columns writes.
+struct FlatRange {
+  int64_t dst, src, n;
+};
+
+inline FlatRange flat_interior(const Geometry& g, const FlatSSL& f, int64_t s1) {
+  const int64_t L1 = g.length[1], L2 = g.length[2];
+  FlatRange r{f.rows.lo * L2, (f.rows.lo + g.before[1] - s1) * L2 - f.s2,
+              (f.rows.hi - f.rows.lo) * L2};
+  if (r.src < 0) {
+    r.dst -= r.src;
+    r.n += r.src;
+    r.src = 0;
+  }
+  r.n = std::min(r.n, L1 * L2 - r.src);
+  return r;
+}
+
+// The edge columns of `rows` output rows from y on, whose source rows start at x, a column
+// at a time: a few strided stores per column instead of a loop per row (the per-row loops
+// were 12-16% of a 2d_28 forward's profile, against 33% for its memcpy; benchmarks/NOTES.md
+// v10). x is only read for columns whose source is inside (none with zeros padding).
+template <typename T>
+void edge_columns(T* y, const T* x, int64_t rows, int64_t L2, const FlatSSL& f, T fill) {
+  const int64_t* src = f.edge_src;
+  auto column = [&](int64_t o, int64_t from) {
+    if (from == kOutside)
+      for (int64_t r = 0; r < rows; ++r) y[r * L2 + o] = fill;
+    else
+      for (int64_t r = 0; r < rows; ++r) y[r * L2 + o] = x[r * L2 + from];
+  };
+  for (int64_t o = 0; o < f.cols.lo; ++o) column(o, *src++);
+  for (int64_t o = f.cols.hi; o < L2; ++o) column(o, *src++);
+}
+
 template <typename T>
 void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f, int64_t s1,
                            T fill) {
@@ -1421,22 +1458,6 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
     const int64_t* src = f.edge_src;
     for (int64_t o = 0; o < f.cols.lo; ++o, ++src) yr[o] = *src == kOutside ? fill : xr[*src];
     for (int64_t o = f.cols.hi; o < L2; ++o, ++src) yr[o] = *src == kOutside ? fill : xr[*src];
-  };
-  // The same for output rows [lo, hi) from source rows from lo + b1 - s1 on, a column at a
-  // time: a few strided stores per column instead of a loop per row (the per-row loops were
-  // 12-16% of a 2d_28 forward's profile, against 33% for its memcpy; benchmarks/NOTES.md v10).
-  auto edge_columns = [&](int64_t lo, int64_t hi) {
-    T* yc = y + lo * L2;
-    const T* xc = x + (lo + b1 - s1) * L2;
-    const int64_t* src = f.edge_src;
-    auto column = [&](int64_t o, int64_t from) {
-      if (from == kOutside)
-        for (int64_t r = 0; r < hi - lo; ++r) yc[r * L2 + o] = fill;
-      else
-        for (int64_t r = 0; r < hi - lo; ++r) yc[r * L2 + o] = xc[r * L2 + from];
-    };
-    for (int64_t o = 0; o < f.cols.lo; ++o) column(o, *src++);
-    for (int64_t o = f.cols.hi; o < L2; ++o) column(o, *src++);
   };
   auto row_from = [&](int64_t o1, const T* src) {
     T* yr = y + o1 * L2;
@@ -1453,18 +1474,10 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
     row_from(o1, i1 == kOutside ? nullptr : x + i1 * L2);
   }
   if (f.rows.hi > f.rows.lo) {
-    // Flat copy of the interior rows; reads clamped to the slab, the clamped elements are
-    // edge columns of the first / last row and are written by the fix-up below.
-    int64_t dst = f.rows.lo * L2, src = (f.rows.lo + b1 - s1) * L2 - f.s2;
-    int64_t n = (f.rows.hi - f.rows.lo) * L2;
-    if (src < 0) {
-      dst -= src;
-      n += src;
-      src = 0;
-    }
-    n = std::min(n, L1 * L2 - src);
-    if (n > 0) std::memcpy(y + dst, x + src, n * sizeof(T));
-    edge_columns(f.rows.lo, f.rows.hi);
+    const FlatRange r = flat_interior(g, f, s1);
+    if (r.n > 0) std::memcpy(y + r.dst, x + r.src, r.n * sizeof(T));
+    edge_columns(y + f.rows.lo * L2, x + (f.rows.lo + b1 - s1) * L2, f.rows.hi - f.rows.lo, L2,
+                 f, fill);
   }
   for (int64_t o1 = std::max(f.rows.hi, f.rows.lo); o1 < O1; ++o1) {
     const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
@@ -1542,22 +1555,11 @@ void ssl_shift_plane_inplace_zeros(T* p, const Geometry& g, const ChannelShift<d
       std::fill(ys, ys + slab, fill);
       return;
     }
-    // As ssl_forward_slab_flat's interior copy: reads clamped to the slab, the clamped
-    // elements are edge columns, filled below.
-    int64_t dst = f.rows.lo * L2, src = (f.rows.lo - s1) * L2 - f.s2;
-    int64_t n = (f.rows.hi - f.rows.lo) * L2;
-    if (src < 0) {
-      dst -= src;
-      n += src;
-      src = 0;
-    }
-    n = std::min(n, slab - src);
-    if (n > 0) std::memmove(ys + dst, p + i0 * slab + src, n * sizeof(T));
-    auto fill_column = [&](int64_t o) {  // strided: see ssl_forward_slab_flat
-      for (int64_t r = f.rows.lo; r < f.rows.hi; ++r) ys[r * L2 + o] = fill;
-    };
-    for (int64_t o = 0; o < f.cols.lo; ++o) fill_column(o);
-    for (int64_t o = f.cols.hi; o < L2; ++o) fill_column(o);
+    const FlatRange r = flat_interior(g, f, s1);
+    if (r.n > 0) std::memmove(ys + r.dst, p + i0 * slab + r.src, r.n * sizeof(T));
+    // Zeros padding: every edge column is the fill, no source is read.
+    edge_columns(ys + f.rows.lo * L2, static_cast<const T*>(ys), f.rows.hi - f.rows.lo, L2, f,
+                 fill);
     std::fill(ys, ys + f.rows.lo * L2, fill);
     std::fill(ys + f.rows.hi * L2, ys + slab, fill);
   };
