@@ -454,19 +454,63 @@ inline void prefetch_row_for_write(const void* p, int64_t bytes) {
 // grad_input rows are prefetched for writing this many rows ahead.
 constexpr int64_t kAhead = 4;
 
-// Per distinct integer shifts: the adjoint of the forward's per-slot maps and the
-// grad_weight row ends. Interpolation weights are not stored, only which corner (0: weight
-// 1 - frac, 1: frac) each entry is, so Active Shift channels whose shifts have the same
-// integer parts share a table too.
+// The adjoint of the forward's per-slot maps and the grad_weight row ends, as tables per
+// slot: each depends on one slot's integer shifts only, so channels share them as soon as
+// those agree (a 2D layer with shifts in [-3, 3] needs 7 outer and at most 14 row tables,
+// not one per distinct shift pair). Interpolation weights are not stored, only which
+// corner (0: weight 1 - frac, 1: frac) each entry is, so Active Shift channels whose shifts
+// have the same integer parts share tables too.
+//
+// Outer slot d (0 or 1) for read shift `shift`: input index j receives output index out[e]
+// from corner corner[e], e in [start[j], start[j + 1]), in increasing (o, corner) order.
+// Slot 1 only: run[j] = how many rows from j on have the regular list out = j + offset1 + a
+// for every corner a (no padding involved), 0 if row j is not regular.
+struct SlotAdjoint {
+  Table<int64_t> start, out;
+  Table<int8_t> corner;
+  Table<int64_t> run;
+};
+
+SlotAdjoint slot_adjoint(const Geometry& g, int d, int64_t shift, bool active) {
+  SlotAdjoint t;
+  const int corners = active && g.real[d] ? 2 : 1;
+  const int64_t L = g.length[d], O = g.out_length[d];
+  Table<int64_t> target, outs;
+  Table<int8_t> cs;
+  t.start.assign(L + 1, 0);
+  for (int64_t o = 0; o < O; ++o)
+    for (int a = 0; a < corners; ++a) {
+      const int64_t j = source_index(o + g.before[d] - shift - a, L, g.padding);
+      if (j == kOutside) continue;
+      target.push_back(j);
+      outs.push_back(o);
+      cs.push_back(static_cast<int8_t>(a));
+      ++t.start[j + 1];
+    }
+  for (int64_t j = 0; j < L; ++j) t.start[j + 1] += t.start[j];
+  Table<int64_t> fill(t.start.begin(), t.start.end() - 1);
+  t.out.resize(outs.size());
+  t.corner.resize(outs.size());
+  for (size_t e = 0; e < outs.size(); ++e) {
+    const int64_t pos = fill[target[e]]++;
+    t.out[pos] = outs[e];
+    t.corner[pos] = cs[e];
+  }
+  if (d == 1) {
+    const int64_t off = shift - g.before[1];
+    t.run.assign(L + 1, 0);
+    for (int64_t j = L - 1; j >= 0; --j) {
+      bool regular = t.start[j + 1] - t.start[j] == corners;
+      for (int a = 0; regular && a < corners; ++a) regular = t.out[t.start[j] + a] == j + off + a;
+      t.run[j] = regular ? t.run[j + 1] + 1 : 0;
+    }
+  }
+  return t;
+}
+
+// Slot 2 for read shift rs.shift[2] and floor shift ws.shift[2] (grad_weight).
 template <typename opmath_t>
-struct PlaneAdjoint {
-  // Outer slots 0, 1: input index j receives output index out[d][e] from corner
-  // corner[d][e], e in [start[d][j], start[d][j + 1]), in increasing (o, corner) order.
-  Table<int64_t> start[2], out[2];
-  Table<int8_t> corner[2];
-  // run1[j]: how many rows from j on (slot 1) have the regular list out = j + offset1 + a
-  // for every corner a (no padding involved), 0 if row j is not regular.
-  Table<int64_t> run1;
+struct RowAdjoint {
   // Slot 2: input j2 reads output j2 + offset + a2 with the weight of corner a2 where that
   // output exists; the outputs whose reads were padded add (weight of corner extra_a)
   // * g[extra_o] to input extra_j.
@@ -488,45 +532,9 @@ struct PlaneAdjoint {
 };
 
 template <typename opmath_t>
-PlaneAdjoint<opmath_t> plane_adjoint(const Geometry& g, const ChannelShift<opmath_t>& rs,
-                                     const ChannelShift<opmath_t>& ws, bool active) {
-  PlaneAdjoint<opmath_t> t;
-  for (int d = 0; d < 2; ++d) {
-    const int corners = active && g.real[d] ? 2 : 1;
-    const int64_t L = g.length[d], O = g.out_length[d];
-    Table<int64_t> target, outs;
-    Table<int8_t> cs;
-    t.start[d].assign(L + 1, 0);
-    for (int64_t o = 0; o < O; ++o)
-      for (int a = 0; a < corners; ++a) {
-        const int64_t j = source_index(o + g.before[d] - rs.shift[d] - a, L, g.padding);
-        if (j == kOutside) continue;
-        target.push_back(j);
-        outs.push_back(o);
-        cs.push_back(static_cast<int8_t>(a));
-        ++t.start[d][j + 1];
-      }
-    for (int64_t j = 0; j < L; ++j) t.start[d][j + 1] += t.start[d][j];
-    Table<int64_t> fill(t.start[d].begin(), t.start[d].end() - 1);
-    t.out[d].resize(outs.size());
-    t.corner[d].resize(outs.size());
-    for (size_t e = 0; e < outs.size(); ++e) {
-      const int64_t pos = fill[target[e]]++;
-      t.out[d][pos] = outs[e];
-      t.corner[d][pos] = cs[e];
-    }
-  }
-  {
-    const int corners = active && g.real[1] ? 2 : 1;
-    const int64_t L = g.length[1], off = rs.shift[1] - g.before[1];
-    t.run1.assign(L + 1, 0);
-    for (int64_t j = L - 1; j >= 0; --j) {
-      bool regular = t.start[1][j + 1] - t.start[1][j] == corners;
-      for (int a = 0; regular && a < corners; ++a)
-        regular = t.out[1][t.start[1][j] + a] == j + off + a;
-      t.run1[j] = regular ? t.run1[j + 1] + 1 : 0;
-    }
-  }
+RowAdjoint<opmath_t> row_adjoint(const Geometry& g, const ChannelShift<opmath_t>& rs,
+                                 const ChannelShift<opmath_t>& ws, bool active) {
+  RowAdjoint<opmath_t> t;
   const int64_t L2 = g.length[2], O2 = g.out_length[2], b2 = g.before[2];
   const int A2 = active ? 2 : 1;
   t.offset = rs.shift[2] - b2;
@@ -649,7 +657,7 @@ inline void masked_taps(opmath_t* __restrict__ dst, const scalar_t* (&s)[K][A],
 // adjoint_row (dst =, K <= 4 source rows) for `rows` consecutive grad_input rows that are one
 // flat run of length L2 rows, as are their grad_output rows (slot 2 not cropped: O2 == L2):
 // one vector loop from the first row's interior to the last row's, the taps that would read
-// an output of the neighbouring row dropped by inside0 / inside1 (PlaneAdjoint::ginside);
+// an output of the neighbouring row dropped by inside0 / inside1 (RowAdjoint::ginside);
 // the first row's leading and the last row's trailing columns are then done per column.
 template <int K, int A2, typename scalar_t, typename opmath_t>
 void adjoint_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const opmath_t* p0,
@@ -767,7 +775,7 @@ void add_run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows,
 template <int K, typename scalar_t, typename opmath_t>
 inline void add_row_ends(opmath_t (&e0)[K], opmath_t (&e1)[K], const scalar_t* go_row,
                          const scalar_t* const (&base)[K], int64_t at,
-                         const PlaneAdjoint<opmath_t>& t, int64_t from, int64_t to) {
+                         const RowAdjoint<opmath_t>& t, int64_t from, int64_t to) {
   for (size_t e = 0; e < t.wcol.size(); ++e) {
     if (t.wcol[e] < from || t.wcol[e] >= to) continue;
     const opmath_t grad = static_cast<opmath_t>(go_row[t.wcol[e]]);
@@ -791,7 +799,7 @@ inline void add_row_ends(opmath_t (&e0)[K], opmath_t (&e1)[K], const scalar_t* g
 template <int K, typename scalar_t, typename opmath_t>
 void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scalar_t* x,
               const scalar_t* go, int64_t count_rows, int64_t xs1, int64_t gs1,
-              const PlaneAdjoint<opmath_t>& t, int64_t read_offset, const scalar_t* pf,
+              const RowAdjoint<opmath_t>& t, int64_t read_offset, const scalar_t* pf,
               int64_t pf_bytes) {
   opmath_t d0[K][kLanes], d1[K][kLanes], e0[K], e1[K];
   const scalar_t* base[K];
@@ -844,13 +852,13 @@ void run_dots(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scala
 // run_dots for a run whose rows are one flat run in x and grad_output (slot 2 not cropped:
 // row stride L2 in both): one vector loop from the first row's interior to the last row's,
 // each tap's products dropped where its read would wrap into the neighbouring row
-// (PlaneAdjoint::winside; a select, so what the wrapped read holds never matters); then the
+// (RowAdjoint::winside; a select, so what the wrapped read holds never matters); then the
 // first row's leading and the last row's trailing columns as in run_dots, and the reads
 // through padding of the other edge columns.
 template <int K, typename scalar_t, typename opmath_t>
 void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const scalar_t* x,
                    const scalar_t* go, int64_t count_rows, int64_t L2,
-                   const PlaneAdjoint<opmath_t>& t, int64_t read_offset, const scalar_t* pf) {
+                   const RowAdjoint<opmath_t>& t, int64_t read_offset, const scalar_t* pf) {
   opmath_t d0[K][kLanes], d1[K][kLanes], e0[K], e1[K];
   const scalar_t* base[K];
   const scalar_t* s[K];
@@ -919,7 +927,7 @@ void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const 
 template <typename scalar_t, typename opmath_t>
 void weight_grad_rows(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int count,
                       const scalar_t* x, const scalar_t* go, int64_t count_rows, int64_t xs1,
-                      int64_t gs1, const PlaneAdjoint<opmath_t>& t, int64_t read_offset,
+                      int64_t gs1, const RowAdjoint<opmath_t>& t, int64_t read_offset,
                       const scalar_t* pf, int64_t pf_bytes, bool flat) {
   if (count_rows <= 0) return;
   if (flat && count_rows > 1) {
@@ -982,33 +990,37 @@ struct PlaneBackward {
   bool active;
   const std::vector<ChannelShift<opmath_t>>& read_shifts;
   const std::vector<ChannelShift<opmath_t>>& interp_shifts;
-  Table<int64_t> table_of;
-  Table<PlaneAdjoint<opmath_t>> tables;
+  // Per channel c: outer[d][outer_of[d][c]] (slots 0, 1) and row_tables[row_of[c]] (slot 2).
+  Table<SlotAdjoint> outer[2];
+  Table<int64_t> outer_of[2], row_of;
+  Table<RowAdjoint<opmath_t>> row_tables;
 
   PlaneBackward(const Geometry& g_, bool active_,
                 const std::vector<ChannelShift<opmath_t>>& read_shifts_,
                 const std::vector<ChannelShift<opmath_t>>& interp_shifts_)
-      : g(g_), active(active_), read_shifts(read_shifts_), interp_shifts(interp_shifts_),
-        table_of(g_.channels) {
-    // The tables depend on a channel's integer shifts only: channels with equal ones share
-    // a table; the distinct ones are built in parallel.
-    Table<int64_t> first;  // a channel of each distinct table
-    std::map<std::array<int64_t, 2 * kSlots>, int64_t> ids;
-    for (int64_t c = 0; c < g.channels; ++c) {
-      std::array<int64_t, 2 * kSlots> key;
-      for (int s = 0; s < kSlots; ++s) {
-        key[s] = read_shifts[c].shift[s];
-        key[kSlots + s] = interp_shifts[c].shift[s];
+      : g(g_), active(active_), read_shifts(read_shifts_), interp_shifts(interp_shifts_) {
+    // Channels whose keys agree share a table; the distinct ones are built in parallel.
+    auto share = [&](auto key_of, Table<int64_t>& index_of, auto& tables, auto build) {
+      using Key = decltype(key_of(int64_t(0)));
+      Table<int64_t> first;  // a channel of each distinct table
+      std::map<Key, int64_t> ids;
+      index_of.resize(g.channels);
+      for (int64_t c = 0; c < g.channels; ++c) {
+        const auto found = ids.emplace(key_of(c), static_cast<int64_t>(first.size()));
+        if (found.second) first.push_back(c);
+        index_of[c] = found.first->second;
       }
-      const auto found = ids.emplace(key, static_cast<int64_t>(first.size()));
-      if (found.second) first.push_back(c);
-      table_of[c] = found.first->second;
-    }
-    tables.resize(first.size());
-    at::parallel_for(0, static_cast<int64_t>(first.size()), 64, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i)
-        tables[i] = plane_adjoint(g, read_shifts[first[i]], interp_shifts[first[i]], active);
-    });
+      tables.resize(first.size());
+      at::parallel_for(0, static_cast<int64_t>(first.size()), 64, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) tables[i] = build(first[i]);
+      });
+    };
+    for (int d = 0; d < 2; ++d)
+      share([&](int64_t c) { return read_shifts[c].shift[d]; }, outer_of[d], outer[d],
+            [&](int64_t c) { return slot_adjoint(g, d, read_shifts[c].shift[d], active); });
+    share([&](int64_t c) { return std::make_pair(read_shifts[c].shift[2], interp_shifts[c].shift[2]); },
+          row_of, row_tables,
+          [&](int64_t c) { return row_adjoint(g, read_shifts[c], interp_shifts[c], active); });
   }
 
   // One plane of channel c: grad_input into gi and, when partial is not null, its kSlots
@@ -1018,7 +1030,9 @@ struct PlaneBackward {
              double* partial) const {
     const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
     const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
-    const PlaneAdjoint<opmath_t>& t = tables[table_of[c]];
+    const SlotAdjoint& t0 = outer[0][outer_of[0][c]];
+    const SlotAdjoint& t1 = outer[1][outer_of[1][c]];
+    const RowAdjoint<opmath_t>& t = row_tables[row_of[c]];
     const auto& ws = interp_shifts[c];
     // The corner weights (SPEC §4 interpolation of the read shifts): slots 0 / 1 and slot 2.
     const auto& rs = read_shifts[c];
@@ -1048,17 +1062,17 @@ struct PlaneBackward {
     // dtypes: the 2-byte conversions inside its selects do not vectorise).
     const bool flat_weight_rows = kDirect && flat_planes(g, is, gos);
     // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
-    // read them. A run of rows with regular slot-1 lists (t.run1) reads the same outputs
+    // read them. A run of rows with regular slot-1 lists (t1.run) reads the same outputs
     // shifted by one row per row, so its pointers just advance.
     auto grad_input_rows = [&](int64_t j0, int64_t j1, int64_t count_rows) {
       auto& src = s.src;
       auto& cf = s.cf;
       src.clear();
       cf.clear();
-      for (int64_t e0 = t.start[0][j0]; e0 < t.start[0][j0 + 1]; ++e0)
-        for (int64_t e1 = t.start[1][j1]; e1 < t.start[1][j1 + 1]; ++e1) {
-          src.push_back(go + t.out[0][e0] * gos.slot[0] + t.out[1][e1] * gos.slot[1]);
-          cf.push_back(corner_weight[0][t.corner[0][e0]] * corner_weight[1][t.corner[1][e1]]);
+      for (int64_t e0 = t0.start[j0]; e0 < t0.start[j0 + 1]; ++e0)
+        for (int64_t e1 = t1.start[j1]; e1 < t1.start[j1 + 1]; ++e1) {
+          src.push_back(go + t0.out[e0] * gos.slot[0] + t1.out[e1] * gos.slot[1]);
+          cf.push_back(corner_weight[0][t0.corner[e0]] * corner_weight[1][t1.corner[e1]]);
         }
       const int count = static_cast<int>(src.size());
       s.p0.resize(count);
@@ -1131,7 +1145,7 @@ struct PlaneBackward {
     for (int64_t i = 0; i < std::max(L0, O0); ++i) {
       if (i < L0)
         for (int64_t j1 = 0; j1 < L1;) {
-          const int64_t rows_run = std::max<int64_t>(1, t.run1[j1]);
+          const int64_t rows_run = std::max<int64_t>(1, t1.run[j1]);
           grad_input_rows(i, j1, rows_run);
           j1 += rows_run;
         }
