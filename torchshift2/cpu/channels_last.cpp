@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <map>
@@ -1739,14 +1740,27 @@ inline Strides plane_strides(const int64_t* length) {
   return s;
 }
 
-// Tasks (n, block of kTransposeLanes channels), each given per-thread plane buffers of
-// `buffers` elements: fn(n, c0, lanes, buffer).
+// The distance in elements between consecutive planes of `positions` elements in a plane
+// buffer: whole cache lines, and one line more than a multiple of 4 KiB, so that a
+// transpose's 16 plane rows fall in 16 different L1 sets. Dense planes of a power-of-two
+// size (3d: 16 x 32 x 32 floats = 64 KiB) put all 16 in one set, past its 12 ways.
+template <typename T>
+constexpr int64_t plane_pitch(int64_t positions) {
+  const int64_t bytes = (positions * static_cast<int64_t>(sizeof(T)) + 4095) / 4096 * 4096 + 64;
+  return bytes / static_cast<int64_t>(sizeof(T));
+}
+
+// Tasks (n, block of kTransposeLanes channels), each given a per-thread, 64-byte aligned
+// buffer of `buffers` plane pitches (plane_pitch) per channel: fn(n, c0, lanes, buffer).
 template <typename T, typename F>
 void for_each_channel_block(const Geometry& g, int64_t buffers, F fn) {
   constexpr int64_t CB = kTransposeLanes<T>;
   const int64_t blocks = (g.channels + CB - 1) / CB;
   at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::unique_ptr<T[]> buffer(new T[CB * buffers]);
+    std::unique_ptr<T[], void (*)(void*)> buffer(
+        static_cast<T*>(std::aligned_alloc(64, (CB * buffers * sizeof(T) + 63) / 64 * 64)),
+        std::free);
+    TORCH_CHECK(buffer != nullptr, "torchshift2: out of memory for channels-last plane buffers");
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c0 = (t % blocks) * CB;
       fn(t / blocks, c0, std::min(CB, g.channels - c0), buffer.get());
@@ -1765,19 +1779,20 @@ void backward_transposed(const scalar_t* grad_out, const scalar_t* in, scalar_t*
   constexpr int64_t CB = kTransposeLanes<scalar_t>;
   const PlaneBackward<scalar_t> kernel(g, active, read_shifts, interp_shifts);
   const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
+  const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
-  for_each_channel_block<scalar_t>(g, 2 * P + Q, [&](int64_t n, int64_t c0, int64_t lanes,
-                                                      scalar_t* buffer) {
+  for_each_channel_block<scalar_t>(g, 2 * PP + QP, [&](int64_t n, int64_t c0, int64_t lanes,
+                                                        scalar_t* buffer) {
     thread_local typename PlaneBackward<scalar_t>::Scratch scratch;
     scalar_t* x = buffer;
-    scalar_t* gi = buffer + CB * P;
-    scalar_t* go = buffer + 2 * CB * P;
-    to_planes(in + n * is.batch + c0, C, lanes, P, x, P);
-    to_planes(grad_out + n * gos.batch + c0, C, lanes, Q, go, Q);
+    scalar_t* gi = buffer + CB * PP;
+    scalar_t* go = buffer + 2 * CB * PP;
+    to_planes(in + n * is.batch + c0, C, lanes, P, x, PP);
+    to_planes(grad_out + n * gos.batch + c0, C, lanes, Q, go, QP);
     for (int64_t c = 0; c < lanes; ++c)
-      kernel.plane(scratch, c0 + c, go + c * Q, x + c * P, gi + c * P, qs, ps, ps, nullptr,
+      kernel.plane(scratch, c0 + c, go + c * QP, x + c * PP, gi + c * PP, qs, ps, ps, nullptr,
                    partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
-    from_planes(gi, P, lanes, P, grad_in + n * gis.batch + c0, C);
+    from_planes(gi, PP, lanes, P, grad_in + n * gis.batch + c0, C);
   });
 }
 
@@ -1789,14 +1804,16 @@ void active_forward_transposed(const scalar_t* in, scalar_t* out, const Geometry
   constexpr int64_t CB = kTransposeLanes<scalar_t>;
   const ActiveForwardPlanes<scalar_t> kernel(g, shifts);
   const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
+  const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
-  for_each_channel_block<scalar_t>(g, P + Q, [&](int64_t n, int64_t c0, int64_t lanes,
-                                                  scalar_t* buffer) {
+  for_each_channel_block<scalar_t>(g, PP + QP, [&](int64_t n, int64_t c0, int64_t lanes,
+                                                    scalar_t* buffer) {
     scalar_t* x = buffer;
-    scalar_t* y = buffer + CB * P;
-    to_planes(in + n * is.batch + c0, C, lanes, P, x, P);
-    for (int64_t c = 0; c < lanes; ++c) kernel.plane(c0 + c, x + c * P, ps, y + c * Q, qs, nullptr);
-    from_planes(y, Q, lanes, Q, out + n * os.batch + c0, C);
+    scalar_t* y = buffer + CB * PP;
+    to_planes(in + n * is.batch + c0, C, lanes, P, x, PP);
+    for (int64_t c = 0; c < lanes; ++c)
+      kernel.plane(c0 + c, x + c * PP, ps, y + c * QP, qs, nullptr);
+    from_planes(y, QP, lanes, Q, out + n * os.batch + c0, C);
   });
 }
 
@@ -1843,24 +1860,25 @@ void ssl_forward_transposed(const T* in, T* out, const Geometry& g, const Stride
   static_assert(sizeof(T) == sizeof(float), "the transposes move 4-byte lanes");
   constexpr int64_t CB = kTransposeLanes<float>;
   const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
+  const int64_t PP = plane_pitch<float>(P), QP = plane_pitch<float>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   const bool flat = flat_planes(g, ps, qs);
-  for_each_channel_block<float>(g, P + Q + g.length[2], [&](int64_t n, int64_t c0,
-                                                             int64_t lanes, float* buffer) {
+  for_each_channel_block<float>(g, PP + QP + g.length[2], [&](int64_t n, int64_t c0,
+                                                               int64_t lanes, float* buffer) {
     T* x = reinterpret_cast<T*>(buffer);
-    T* y = x + CB * P;
-    int64_t* edges = reinterpret_cast<int64_t*>(y + CB * Q);
+    T* y = x + CB * PP;
+    int64_t* edges = reinterpret_cast<int64_t*>(y + CB * QP);
     to_planes(reinterpret_cast<const float*>(in + n * is.batch + c0), C, lanes, P,
-              reinterpret_cast<float*>(x), P);
+              reinterpret_cast<float*>(x), PP);
     for (int64_t c = 0; c < lanes; ++c) {
       if (flat)
-        ssl_forward_plane_flat(static_cast<const T*>(x + c * P), ps.slot[0], y + c * Q,
+        ssl_forward_plane_flat(static_cast<const T*>(x + c * PP), ps.slot[0], y + c * QP,
                                qs.slot[0], g, shifts[c0 + c], fill, edges);
       else
-        ssl_forward_plane(static_cast<const T*>(x + c * P), ps.slot, y + c * Q, qs.slot, g,
+        ssl_forward_plane(static_cast<const T*>(x + c * PP), ps.slot, y + c * QP, qs.slot, g,
                           shifts[c0 + c], fill);
     }
-    from_planes(reinterpret_cast<const float*>(y), Q, lanes, Q,
+    from_planes(reinterpret_cast<const float*>(y), QP, lanes, Q,
                 reinterpret_cast<float*>(out + n * os.batch + c0), C);
   });
 }
