@@ -100,6 +100,34 @@ def test_channels_last_3d_through_planes_matches_oracle(dtype, padding, active):
     assert got[1].is_contiguous(memory_format=torch.channels_last_3d)
 
 
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+@pytest.mark.parametrize("active", [False, True])
+def test_channels_last_2d_plane_groups_match_oracle(padding, active):
+    # float32 2D channels-last goes through planes when a task's group of 16-channel blocks
+    # fits half the L2: 197 channels of 24 x 23 positions are 13 blocks (the last one of 5
+    # channels), several blocks per group and several groups per sample on any L2 size
+    # (1 MiB budget: 9 + 4 blocks); 16-position tiles and a remainder (552 = 34 x 16 + 8).
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 197, 24, 23, generator=generator).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(197, 2, generator=generator, dtype=torch.float64) * 3
+    for crop in (None, [(2, 1), (0, 3)]):
+        out_shape = ts._spec.output_shape(x.shape, ts._spec.normalize_crop(crop, [24, 23]))
+        grad_output = torch.randn(out_shape, generator=generator).contiguous(
+            memory_format=torch.channels_last)
+        out, grad_input, grad_weight = grads("cpp", x, weight, padding, active, crop,
+                                             grad_output)
+        # The oracle in float64: grad_weight sums ~1000 products per channel.
+        ref, ref_input, ref_weight = grads("reference", x.double(), weight, padding, active,
+                                           crop, grad_output.double())
+        assert_close(out, ref.float(), torch.float32)
+        assert_close(grad_input, ref_input.float(), torch.float32)
+        scale_w = float(ref_weight.abs().max())
+        assert_close(grad_weight / scale_w, ref_weight / scale_w, torch.float32)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert grad_input.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8, torch.int16,
                                    torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])

@@ -25,6 +25,8 @@
 #define TS2_AVX2 1
 #endif
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -1585,24 +1587,6 @@ inline bool dense_channels_last(const Strides& s, const int64_t* length, int64_t
   return true;
 }
 
-// Whether a channels-last kernel goes through planes (float / double, dense samples): for
-// three spatial dims, where a gather per interpolation corner (8 of them) costs more than
-// the transposes (measured in benchmarks/NOTES.md, v8); with fewer dims it does not, except
-// on CPUs with AVX2 but not AVX-512, whose gathers are slower (v10).
-// grad_input: the strides of a backward's grad_input, null for a forward.
-// CPUs with AVX2 but not AVX-512: slower gathers, no 2-byte masked moves.
-#if defined(TS2_AVX2)
-constexpr bool kAvx2Only = true;
-#else
-constexpr bool kAvx2Only = false;
-#endif
-inline bool through_planes(const Geometry& g, const Strides& input, const Strides& output,
-                           const Strides* grad_input) {
-  return (g.real[0] || (kAvx2Only && g.real[1])) && dense_channels_last(input, g.length, g.channels) &&
-         dense_channels_last(output, g.out_length, g.channels) &&
-         (grad_input == nullptr || dense_channels_last(*grad_input, g.length, g.channels));
-}
-
 // Channels per block: one 64-byte vector of elements.
 template <typename T>
 constexpr int64_t kTransposeLanes = kVectorBytes / sizeof(T);
@@ -1663,20 +1647,25 @@ inline void transpose8(__m256 r[8]) {
 }
 #endif
 
-// planes[c * plane + p] = rows[p * channels + c] for c < lanes <= 16, p < positions.
+// planes[c * plane + p] = rows[p * channels + c] for c < lanes, p < positions: a 16 x 16
+// (AVX2: 8 x 8) transpose per block of lanes, the blocks of a position group one after the
+// other, so that the rows are read a whole cache line after the other.
 template <typename T>
 void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions, T* planes,
                int64_t plane) {
   int64_t p0 = 0;
 #ifdef TS2_AVX512
   if constexpr (std::is_same<T, float>::value) {
-    const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(lanes)));
     __m512 r[16];
-    for (; p0 + 16 <= positions; p0 += 16) {
-      for (int i = 0; i < 16; ++i) r[i] = _mm512_maskz_loadu_ps(m, rows + (p0 + i) * channels);
-      transpose16(r);
-      for (int64_t c = 0; c < lanes; ++c) _mm512_storeu_ps(planes + c * plane + p0, r[c]);
-    }
+    for (; p0 + 16 <= positions; p0 += 16)
+      for (int64_t c0 = 0; c0 < lanes; c0 += 16) {
+        const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(lanes - c0)));
+        for (int i = 0; i < 16; ++i)
+          r[i] = _mm512_maskz_loadu_ps(m, rows + (p0 + i) * channels + c0);
+        transpose16(r);
+        for (int64_t c = c0; c < std::min<int64_t>(lanes, c0 + 16); ++c)
+          _mm512_storeu_ps(planes + c * plane + p0, r[c - c0]);
+      }
   }
 #elif defined(TS2_AVX2)
   if constexpr (std::is_same<T, float>::value) {
@@ -1695,21 +1684,24 @@ void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions
     for (int64_t c = 0; c < lanes; ++c) planes[c * plane + p0] = rows[p0 * channels + c];
 }
 
-// rows[p * channels + c] = planes[c * plane + p] for c < lanes <= 16, p < positions.
+// rows[p * channels + c] = planes[c * plane + p] for c < lanes, p < positions (to_planes'
+// inverse, in the same order).
 template <typename T>
 void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t positions, T* rows,
                  int64_t channels) {
   int64_t p0 = 0;
 #ifdef TS2_AVX512
   if constexpr (std::is_same<T, float>::value) {
-    const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(lanes)));
     __m512 r[16];
-    for (; p0 + 16 <= positions; p0 += 16) {
-      for (int64_t c = 0; c < 16; ++c)
-        r[c] = c < lanes ? _mm512_loadu_ps(planes + c * plane + p0) : _mm512_setzero_ps();
-      transpose16(r);
-      for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(rows + (p0 + i) * channels, m, r[i]);
-    }
+    for (; p0 + 16 <= positions; p0 += 16)
+      for (int64_t c0 = 0; c0 < lanes; c0 += 16) {
+        const int64_t count = std::min<int64_t>(16, lanes - c0);
+        const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(count)));
+        for (int64_t c = 0; c < 16; ++c)
+          r[c] = c < count ? _mm512_loadu_ps(planes + (c0 + c) * plane + p0) : _mm512_setzero_ps();
+        transpose16(r);
+        for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(rows + (p0 + i) * channels + c0, m, r[i]);
+      }
   }
 #elif defined(TS2_AVX2)
   if constexpr (std::is_same<T, float>::value) {
@@ -1741,31 +1733,97 @@ inline Strides plane_strides(const int64_t* length) {
 }
 
 // The distance in elements between consecutive planes of `positions` elements in a plane
-// buffer: whole cache lines, and one line more than a multiple of 4 KiB, so that a
-// transpose's 16 plane rows fall in 16 different L1 sets. Dense planes of a power-of-two
-// size (3d: 16 x 32 x 32 floats = 64 KiB) put all 16 in one set, past its 12 ways.
+// buffer: an odd number of cache lines, so that a transpose's 16 plane rows fall in 16
+// different L1 sets. Dense planes of a power-of-two size (3d: 16 x 32 x 32 floats = 64 KiB)
+// put all 16 in one set, past its 12 ways.
 template <typename T>
 constexpr int64_t plane_pitch(int64_t positions) {
-  const int64_t bytes = (positions * static_cast<int64_t>(sizeof(T)) + 4095) / 4096 * 4096 + 64;
-  return bytes / static_cast<int64_t>(sizeof(T));
+  const int64_t lines = (positions * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+  return (lines | 1) * 64 / static_cast<int64_t>(sizeof(T));
 }
 
-// Tasks (n, block of kTransposeLanes channels), each given a per-thread, 64-byte aligned
-// buffer of `buffers` plane pitches (plane_pitch) per channel: fn(n, c0, lanes, buffer).
+// Bytes of plane buffers per task: half of this CPU's L2, so that the planes stay there
+// while the planar kernel works on them.
+inline int64_t plane_budget_bytes() {
+  static const int64_t budget = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return static_cast<int64_t>(l2 > 0 ? l2 / 2 : 256 << 10);
+  }();
+  return budget;
+}
+
+// Blocks of kTransposeLanes channels per task of a plane kernel whose buffers hold
+// `buffers` elements per channel: as many as plane_budget_bytes holds, at least one.
+template <typename T>
+int64_t group_blocks(const Geometry& g, int64_t buffers) {
+  constexpr int64_t CB = kTransposeLanes<T>;
+  const int64_t blocks = (g.channels + CB - 1) / CB;
+  const int64_t fit = plane_budget_bytes() / std::max<int64_t>(1, CB * buffers * sizeof(T));
+  return std::max<int64_t>(1, std::min(blocks, fit));
+}
+
+// Plane buffer elements per channel: an Active Shift forward's input and output planes, a
+// backward's input, grad_input and grad_output planes.
+inline int64_t forward_buffers(const Geometry& g, int64_t element_size) {
+  const int64_t e = element_size;
+  return ((g.in_plane() * e + 63) / 64 | 1) * 64 / e + ((g.out_plane() * e + 63) / 64 | 1) * 64 / e;
+}
+
+// Tasks (n, group of group_blocks blocks of channels), each given a per-thread, 64-byte
+// aligned buffer of `buffers` elements per channel of a group: fn(n, c0, lanes, group,
+// buffer), lanes <= group channels from c0. The blocks of a group are transposed together,
+// so that a sample's rows are read several whole cache lines after the other.
 template <typename T, typename F>
 void for_each_channel_block(const Geometry& g, int64_t buffers, F fn) {
   constexpr int64_t CB = kTransposeLanes<T>;
   const int64_t blocks = (g.channels + CB - 1) / CB;
-  at::parallel_for(0, g.batch * blocks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t per_group = group_blocks<T>(g, buffers);
+  const int64_t groups = (blocks + per_group - 1) / per_group;
+  const int64_t group = per_group * CB;
+  at::parallel_for(0, g.batch * groups, 1, [&](int64_t begin, int64_t end) {
     std::unique_ptr<T[], void (*)(void*)> buffer(
-        static_cast<T*>(std::aligned_alloc(64, (CB * buffers * sizeof(T) + 63) / 64 * 64)),
+        static_cast<T*>(std::aligned_alloc(64, (group * buffers * sizeof(T) + 63) / 64 * 64)),
         std::free);
     TORCH_CHECK(buffer != nullptr, "torchshift2: out of memory for channels-last plane buffers");
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t c0 = (t % blocks) * CB;
-      fn(t / blocks, c0, std::min(CB, g.channels - c0), buffer.get());
+      const int64_t c0 = (t % groups) * group;
+      fn(t / groups, c0, std::min(group, g.channels - c0), group, buffer.get());
     }
   });
+}
+
+// Whether a channels-last kernel of element type T goes through planes (dense samples): for
+// three spatial dims, where a gather per interpolation corner (8 of them) costs more than
+// the transposes (benchmarks/NOTES.md, v8); for two on CPUs with AVX2 but not AVX-512,
+// whose gathers are slower (v10), and for float where a task's group of blocks reads at
+// least four cache lines of a position, or all of them, while its planes stay in L2 (v11:
+// 2d_28 Active Shift forward 3.6 -> 2.8x copy_, backward 5.5 / 8.4 -> 4.7 / 5.4x; with one
+// block of 64 channels per task, as at 2d_56, the transposes' strided reads cost more than
+// the gathers).
+// grad_input: the strides of a backward's grad_input, null for a forward.
+// CPUs with AVX2 but not AVX-512: slower gathers, no 2-byte masked moves.
+#if defined(TS2_AVX2)
+constexpr bool kAvx2Only = true;
+#else
+constexpr bool kAvx2Only = false;
+#endif
+template <typename T>
+inline bool through_planes(const Geometry& g, const Strides& input, const Strides& output,
+                           const Strides* grad_input) {
+  if (!dense_channels_last(input, g.length, g.channels) ||
+      !dense_channels_last(output, g.out_length, g.channels) ||
+      (grad_input != nullptr && !dense_channels_last(*grad_input, g.length, g.channels)))
+    return false;
+  if (g.real[0]) return true;
+  if (!g.real[1]) return false;
+  if (kAvx2Only) return true;
+  if (sizeof(T) != sizeof(float)) return false;
+  const int64_t forward = forward_buffers(g, sizeof(T));
+  const int64_t buffers =
+      grad_input == nullptr ? forward : forward + ((g.in_plane() * sizeof(T) + 63) / 64 | 1) * 64 / sizeof(T);
+  const int64_t blocks = (g.channels + kTransposeLanes<T> - 1) / kTransposeLanes<T>;
+  const int64_t group = group_blocks<T>(g, buffers);
+  return group >= 4 || group == blocks;
 }
 
 // Channels-last backward through planes (dense channels-last samples, see
@@ -1776,17 +1834,16 @@ void backward_transposed(const scalar_t* grad_out, const scalar_t* in, scalar_t*
                          const Strides& is, const Strides& gis, bool active,
                          const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
                          const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts) {
-  constexpr int64_t CB = kTransposeLanes<scalar_t>;
   const PlaneBackward<scalar_t> kernel(g, active, read_shifts, interp_shifts);
   const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
   const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   for_each_channel_block<scalar_t>(g, 2 * PP + QP, [&](int64_t n, int64_t c0, int64_t lanes,
-                                                        scalar_t* buffer) {
+                                                        int64_t group, scalar_t* buffer) {
     thread_local typename PlaneBackward<scalar_t>::Scratch scratch;
     scalar_t* x = buffer;
-    scalar_t* gi = buffer + CB * PP;
-    scalar_t* go = buffer + 2 * CB * PP;
+    scalar_t* gi = buffer + group * PP;
+    scalar_t* go = buffer + 2 * group * PP;
     to_planes(in + n * is.batch + c0, C, lanes, P, x, PP);
     to_planes(grad_out + n * gos.batch + c0, C, lanes, Q, go, QP);
     for (int64_t c = 0; c < lanes; ++c)
@@ -1801,15 +1858,14 @@ template <typename scalar_t>
 void active_forward_transposed(const scalar_t* in, scalar_t* out, const Geometry& g,
                                const Strides& is, const Strides& os,
                                const std::vector<ChannelShift<scalar_t>>& shifts) {
-  constexpr int64_t CB = kTransposeLanes<scalar_t>;
   const ActiveForwardPlanes<scalar_t> kernel(g, shifts);
   const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
   const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   for_each_channel_block<scalar_t>(g, PP + QP, [&](int64_t n, int64_t c0, int64_t lanes,
-                                                    scalar_t* buffer) {
+                                                    int64_t group, scalar_t* buffer) {
     scalar_t* x = buffer;
-    scalar_t* y = buffer + CB * PP;
+    scalar_t* y = buffer + group * PP;
     to_planes(in + n * is.batch + c0, C, lanes, P, x, PP);
     for (int64_t c = 0; c < lanes; ++c)
       kernel.plane(c0 + c, x + c * PP, ps, y + c * QP, qs, nullptr);
@@ -1858,16 +1914,16 @@ void ssl_forward_transposed(const T* in, T* out, const Geometry& g, const Stride
                             const Strides& os, const std::vector<ChannelShift<double>>& shifts,
                             T fill) {
   static_assert(sizeof(T) == sizeof(float), "the transposes move 4-byte lanes");
-  constexpr int64_t CB = kTransposeLanes<float>;
   const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
   const int64_t PP = plane_pitch<float>(P), QP = plane_pitch<float>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   const bool flat = flat_planes(g, ps, qs);
   for_each_channel_block<float>(g, PP + QP + g.length[2], [&](int64_t n, int64_t c0,
-                                                               int64_t lanes, float* buffer) {
+                                                               int64_t lanes, int64_t group,
+                                                               float* buffer) {
     T* x = reinterpret_cast<T*>(buffer);
-    T* y = x + CB * PP;
-    int64_t* edges = reinterpret_cast<int64_t*>(y + CB * QP);
+    T* y = x + group * PP;
+    int64_t* edges = reinterpret_cast<int64_t*>(y + group * QP);
     to_planes(reinterpret_cast<const float*>(in + n * is.batch + c0), C, lanes, P,
               reinterpret_cast<float*>(x), PP);
     for (int64_t c = 0; c < lanes; ++c) {
@@ -1893,7 +1949,7 @@ void ssl_forward_channels_last_rows(const T* in, T* out, const Geometry& g, cons
   if constexpr (sizeof(T) == 4) {
     // Where gathers are slow (kAvx2Only), and for three dims only: in 2D the three passes
     // cost as much as the gathers (benchmarks/NOTES.md, v10).
-    if (kAvx2Only && g.real[0] && through_planes(g, is, os, nullptr)) {
+    if (kAvx2Only && g.real[0] && through_planes<T>(g, is, os, nullptr)) {
       ssl_forward_transposed(in, out, g, is, os, shifts, fill);
       return;
     }
@@ -1914,7 +1970,7 @@ void active_forward_channels_last_rows(
     const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is, const Strides& os,
     const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& shifts) {
   if constexpr (std::is_same<scalar_t, at::opmath_type<scalar_t>>::value) {
-    if (through_planes(g, is, os, nullptr)) {
+    if (through_planes<scalar_t>(g, is, os, nullptr)) {
       active_forward_transposed(in, out, g, is, os, shifts);
       return;
     }

@@ -179,8 +179,8 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
     at::Tensor cl_grad = grad_input.stride(1) == 1 ? grad_input : channels_last_empty(input);
     const Strides gos = strides_of(grad_output), is = strides_of(input), gis = strides_of(cl_grad);
     // Through L2-resident planes where that is faster (through_planes).
-    if ((input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble) &&
-        through_planes(g, is, gos, &gis)) {
+    if ((input.scalar_type() == at::kFloat && through_planes<float>(g, is, gos, &gis)) ||
+        (input.scalar_type() == at::kDouble && through_planes<double>(g, is, gos, &gis))) {
       at::Tensor partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "torchshift2_backward_transposed", [&] {
         const auto [interp_shifts, read_shifts] = backward_shifts<scalar_t>(weight64, g, active);
