@@ -128,6 +128,29 @@ def test_channels_last_2d_plane_groups_match_oracle(padding, active):
         assert grad_input.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+@pytest.mark.parametrize("active", [False, True])
+def test_channels_last_3d_spilled_plane_groups_match_oracle(padding, active):
+    # Planes too large for half the L2 even for one block (24 x 24 x 12 positions: a
+    # backward's three planes of 16 channels are 1.3 MiB) are grouped up to 8 budgets: 120
+    # channels are 8 blocks (the last one of 8 channels) in two groups with a 1 MiB budget.
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 120, 24, 24, 12, generator=generator).contiguous(
+        memory_format=torch.channels_last_3d)
+    weight = torch.randn(120, 3, generator=generator, dtype=torch.float64) * 2
+    grad_output = torch.randn(x.shape, generator=generator).contiguous(
+        memory_format=torch.channels_last_3d)
+    out, grad_input, grad_weight = grads("cpp", x, weight, padding, active, None, grad_output)
+    ref, ref_input, ref_weight = grads("reference", x.double(), weight, padding, active, None,
+                                       grad_output.double())
+    assert_close(out, ref.float(), torch.float32)
+    assert_close(grad_input, ref_input.float(), torch.float32)
+    scale_w = float(ref_weight.abs().max())
+    assert_close(grad_weight / scale_w, ref_weight / scale_w, torch.float32)
+    assert out.is_contiguous(memory_format=torch.channels_last_3d)
+    assert grad_input.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8, torch.int16,
                                    torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])

@@ -1753,12 +1753,18 @@ inline int64_t plane_budget_bytes() {
 }
 
 // Blocks of kTransposeLanes channels per task of a plane kernel whose buffers hold
-// `buffers` elements per channel: as many as plane_budget_bytes holds, at least one.
+// `buffers` elements per channel: as many as plane_budget_bytes holds. Where not even one
+// block's planes fit (3d: 3 MiB for a backward), they leave L2 whatever the group, and only
+// the transposes' reads still gain from more blocks: then as many as kSpillFactor budgets
+// hold, at least one.
+constexpr int64_t kSpillFactor = 8;
 template <typename T>
 int64_t group_blocks(const Geometry& g, int64_t buffers) {
   constexpr int64_t CB = kTransposeLanes<T>;
   const int64_t blocks = (g.channels + CB - 1) / CB;
-  const int64_t fit = plane_budget_bytes() / std::max<int64_t>(1, CB * buffers * sizeof(T));
+  const int64_t block_bytes = std::max<int64_t>(1, CB * buffers * sizeof(T));
+  int64_t fit = plane_budget_bytes() / block_bytes;
+  if (fit == 0) fit = kSpillFactor * plane_budget_bytes() / block_bytes;
   return std::max<int64_t>(1, std::min(blocks, fit));
 }
 
