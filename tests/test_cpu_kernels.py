@@ -151,6 +151,27 @@ def test_channels_last_3d_spilled_plane_groups_match_oracle(padding, active):
     assert grad_input.is_contiguous(memory_format=torch.channels_last_3d)
 
 
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+def test_bfloat16_active_forward_rounds_like_torch(padding):
+    # The bfloat16 Active Shift forward computes in float32 and rounds each output (nearest
+    # even, written branch-free in the C++ kernel): the same values as the float32 kernel's
+    # output rounded by torch, special values included (NaN positions, infinities, float32
+    # subnormals, values that round up to the largest bfloat16).
+    generator = torch.Generator().manual_seed(7)
+    for shape in [(2, 5, 37), (3, 7, 9, 13), (2, 3, 5, 6, 7)]:
+        x = torch.randn(shape, generator=generator) * 3
+        flat = x.view(-1)
+        flat[::97], flat[5::89], flat[7::83] = float("nan"), float("inf"), -float("inf")
+        flat[11::79], flat[13::71], flat[17::67] = 1e-39, -3e-40, 3.3895e38
+        x = x.bfloat16()
+        weight = torch.randn(shape[1], len(shape) - 2, generator=generator) * 2
+        with ts.use_backend("cpp"):
+            got = ts.shift(x, weight, padding, active=True)
+            want = ts.shift(x.float(), weight, padding, active=True).bfloat16()
+        assert torch.equal(got.isnan(), want.isnan())
+        assert torch.equal(got.nan_to_num(0.0), want.nan_to_num(0.0))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.uint8, torch.int16,
                                    torch.float64])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])

@@ -39,6 +39,25 @@ constexpr int kSlots = 3;
 constexpr int64_t kOutside = -1;
 // Enough elements per parallel task to amortise its start-up.
 constexpr int64_t kGrainElements = 32768;
+
+// An op-math value rounded to the output type: static_cast, except float -> bfloat16, which
+// is c10's rounding (nearest even, NaN -> 0x7FC0) written without its branch so that loops
+// of it vectorise (c10's scalar NaN test left the bfloat16 Active Shift forward's stores
+// scalar: 70% of its time; benchmarks/NOTES.md v11).
+template <typename scalar_t, typename opmath_t>
+inline scalar_t round_to(opmath_t v) {
+  return static_cast<scalar_t>(v);
+}
+template <>
+inline c10::BFloat16 round_to<c10::BFloat16, float>(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof(u));
+  const uint32_t rounded = (u + UINT32_C(0x7FFF) + ((u >> 16) & 1u)) >> 16;
+  const uint16_t bits =
+      (u & UINT32_C(0x7FFFFFFF)) > UINT32_C(0x7F800000) ? UINT16_C(0x7FC0) : static_cast<uint16_t>(rounded);
+  return c10::BFloat16(bits, c10::BFloat16::from_bits());
+}
+
 // Lanes of the vector blocks (16 float32 lanes of AVX-512): grad_weight's partial sums and
 // the flat runs (stencil_run, adjoint_run, run_dots_flat).
 constexpr int kLanes = 16;
@@ -1126,7 +1145,7 @@ struct PlaneBackward {
           for (int k = 0; k < count; ++k) src[k] += gos.slot[1];
         }
         if (!kDirect)
-          for (int64_t i2 = 0; i2 < L2; ++i2) girow[i2] = static_cast<scalar_t>(dst[i2]);
+          for (int64_t i2 = 0; i2 < L2; ++i2) girow[i2] = round_to<scalar_t>(dst[i2]);
       }
     };
     // grad_weight, output rows (o0, o1 .. o1 + count_rows - 1): the interpolation
@@ -1391,7 +1410,7 @@ void stencil_rows(opmath_t* dst, int64_t count, const scalar_t* const* src, cons
 template <typename scalar_t, typename opmath_t>
 inline void store_row(scalar_t* dst, const opmath_t* src, int64_t n) {
 #pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+  for (int64_t j = 0; j < n; ++j) dst[j] = round_to<scalar_t>(src[j]);
 }
 
 // Tap weights of one slot: (1 - frac, frac), or (1) for SSL / a missing slot.
@@ -1750,7 +1769,7 @@ struct ActiveForwardPlanes {
         if (dense_out)
           store_row(yr, dst, O2);
         else
-          for (int64_t o = 0; o < O2; ++o) yr[o * os.slot[2]] = static_cast<scalar_t>(dst[o]);
+          for (int64_t o = 0; o < O2; ++o) yr[o * os.slot[2]] = round_to<scalar_t>(dst[o]);
       }
   }
 };
@@ -2145,7 +2164,7 @@ void backward_cl(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in
             const opmath_t* src = acc + i0 * as0 + i1 * as1;
             for (int64_t i2 = 0; i2 < L2; ++i2)
               for (int64_t c = 0; c < nb; ++c)
-                dst[i2 * gis.slot[2] + c] = static_cast<scalar_t>(src[i2 * as2 + c]);
+                dst[i2 * gis.slot[2] + c] = round_to<scalar_t>(src[i2 * as2 + c]);
           }
       }
       if (partials == nullptr) continue;
