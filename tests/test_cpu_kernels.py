@@ -100,6 +100,20 @@ def test_channels_last_3d_through_planes_matches_oracle(dtype, padding, active):
     assert got[1].is_contiguous(memory_format=torch.channels_last_3d)
 
 
+def check_float32_grads(x, weight, padding, active, crop, grad_output, memory_format):
+    """The C++ kernels' output and gradients of a float32 ``x`` against the reference run in
+    float64 (grad_weight sums hundreds of products per channel), and their memory format."""
+    out, grad_input, grad_weight = grads("cpp", x, weight, padding, active, crop, grad_output)
+    ref, ref_input, ref_weight = grads("reference", x.double(), weight, padding, active, crop,
+                                       grad_output.double())
+    assert_close(out, ref.float(), torch.float32)
+    assert_close(grad_input, ref_input.float(), torch.float32)
+    scale_w = float(ref_weight.abs().max())
+    assert_close(grad_weight / scale_w, ref_weight / scale_w, torch.float32)
+    assert out.is_contiguous(memory_format=memory_format)
+    assert grad_input.is_contiguous(memory_format=memory_format)
+
+
 @pytest.mark.parametrize("padding", ts.PADDINGS)
 @pytest.mark.parametrize("active", [False, True])
 def test_channels_last_2d_plane_groups_match_oracle(padding, active):
@@ -115,17 +129,8 @@ def test_channels_last_2d_plane_groups_match_oracle(padding, active):
         out_shape = ts._spec.output_shape(x.shape, ts._spec.normalize_crop(crop, [24, 23]))
         grad_output = torch.randn(out_shape, generator=generator).contiguous(
             memory_format=torch.channels_last)
-        out, grad_input, grad_weight = grads("cpp", x, weight, padding, active, crop,
-                                             grad_output)
-        # The oracle in float64: grad_weight sums ~1000 products per channel.
-        ref, ref_input, ref_weight = grads("reference", x.double(), weight, padding, active,
-                                           crop, grad_output.double())
-        assert_close(out, ref.float(), torch.float32)
-        assert_close(grad_input, ref_input.float(), torch.float32)
-        scale_w = float(ref_weight.abs().max())
-        assert_close(grad_weight / scale_w, ref_weight / scale_w, torch.float32)
-        assert out.is_contiguous(memory_format=torch.channels_last)
-        assert grad_input.is_contiguous(memory_format=torch.channels_last)
+        check_float32_grads(x, weight, padding, active, crop, grad_output,
+                            torch.channels_last)
 
 
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
@@ -140,15 +145,8 @@ def test_channels_last_3d_spilled_plane_groups_match_oracle(padding, active):
     weight = torch.randn(120, 3, generator=generator, dtype=torch.float64) * 2
     grad_output = torch.randn(x.shape, generator=generator).contiguous(
         memory_format=torch.channels_last_3d)
-    out, grad_input, grad_weight = grads("cpp", x, weight, padding, active, None, grad_output)
-    ref, ref_input, ref_weight = grads("reference", x.double(), weight, padding, active, None,
-                                       grad_output.double())
-    assert_close(out, ref.float(), torch.float32)
-    assert_close(grad_input, ref_input.float(), torch.float32)
-    scale_w = float(ref_weight.abs().max())
-    assert_close(grad_weight / scale_w, ref_weight / scale_w, torch.float32)
-    assert out.is_contiguous(memory_format=torch.channels_last_3d)
-    assert grad_input.is_contiguous(memory_format=torch.channels_last_3d)
+    check_float32_grads(x, weight, padding, active, None, grad_output,
+                        torch.channels_last_3d)
 
 
 @pytest.mark.parametrize("padding", ts.PADDINGS)
