@@ -1768,11 +1768,11 @@ int64_t group_blocks(const Geometry& g, int64_t buffers) {
   return std::max<int64_t>(1, std::min(blocks, fit));
 }
 
-// Plane buffer elements per channel: an Active Shift forward's input and output planes, a
-// backward's input, grad_input and grad_output planes.
-inline int64_t forward_buffers(const Geometry& g, int64_t element_size) {
-  const int64_t e = element_size;
-  return ((g.in_plane() * e + 63) / 64 | 1) * 64 / e + ((g.out_plane() * e + 63) / 64 | 1) * 64 / e;
+// Plane buffer elements per channel: a forward's input and output planes, a backward's
+// input, grad_input and grad_output planes.
+template <typename T>
+int64_t plane_buffers(const Geometry& g, bool backward) {
+  return plane_pitch<T>(g.in_plane()) * (backward ? 2 : 1) + plane_pitch<T>(g.out_plane());
 }
 
 // Tasks (n, group of group_blocks blocks of channels), each given a per-thread, 64-byte
@@ -1807,7 +1807,7 @@ void for_each_channel_block(const Geometry& g, int64_t buffers, F fn) {
 // block of 64 channels per task, as at 2d_56, the transposes' strided reads cost more than
 // the gathers).
 // grad_input: the strides of a backward's grad_input, null for a forward.
-// CPUs with AVX2 but not AVX-512: slower gathers, no 2-byte masked moves.
+// kAvx2Only: CPUs with AVX2 but not AVX-512 (slower gathers, no 2-byte masked moves).
 #if defined(TS2_AVX2)
 constexpr bool kAvx2Only = true;
 #else
@@ -1824,11 +1824,8 @@ inline bool through_planes(const Geometry& g, const Strides& input, const Stride
   if (!g.real[1]) return false;
   if (kAvx2Only) return true;
   if (sizeof(T) != sizeof(float)) return false;
-  const int64_t forward = forward_buffers(g, sizeof(T));
-  const int64_t buffers =
-      grad_input == nullptr ? forward : forward + ((g.in_plane() * sizeof(T) + 63) / 64 | 1) * 64 / sizeof(T);
   const int64_t blocks = (g.channels + kTransposeLanes<T> - 1) / kTransposeLanes<T>;
-  const int64_t group = group_blocks<T>(g, buffers);
+  const int64_t group = group_blocks<T>(g, plane_buffers<T>(g, grad_input != nullptr));
   return group >= 4 || group == blocks;
 }
 
@@ -1844,8 +1841,8 @@ void backward_transposed(const scalar_t* grad_out, const scalar_t* in, scalar_t*
   const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
   const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
-  for_each_channel_block<scalar_t>(g, 2 * PP + QP, [&](int64_t n, int64_t c0, int64_t lanes,
-                                                        int64_t group, scalar_t* buffer) {
+  for_each_channel_block<scalar_t>(g, plane_buffers<scalar_t>(g, true), [&](int64_t n,
+                                   int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
     thread_local typename PlaneBackward<scalar_t>::Scratch scratch;
     scalar_t* x = buffer;
     scalar_t* gi = buffer + group * PP;
@@ -1868,8 +1865,8 @@ void active_forward_transposed(const scalar_t* in, scalar_t* out, const Geometry
   const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
   const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
-  for_each_channel_block<scalar_t>(g, PP + QP, [&](int64_t n, int64_t c0, int64_t lanes,
-                                                    int64_t group, scalar_t* buffer) {
+  for_each_channel_block<scalar_t>(g, plane_buffers<scalar_t>(g, false), [&](int64_t n,
+                                   int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
     scalar_t* x = buffer;
     scalar_t* y = buffer + group * PP;
     to_planes(in + n * is.batch + c0, C, lanes, P, x, PP);
@@ -1924,9 +1921,9 @@ void ssl_forward_transposed(const T* in, T* out, const Geometry& g, const Stride
   const int64_t PP = plane_pitch<float>(P), QP = plane_pitch<float>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   const bool flat = flat_planes(g, ps, qs);
-  for_each_channel_block<float>(g, PP + QP + g.length[2], [&](int64_t n, int64_t c0,
-                                                               int64_t lanes, int64_t group,
-                                                               float* buffer) {
+  // Per channel: the input and output planes, and room for the edge columns' indices.
+  for_each_channel_block<float>(g, plane_buffers<float>(g, false) + g.length[2], [&](int64_t n,
+                                int64_t c0, int64_t lanes, int64_t group, float* buffer) {
     T* x = reinterpret_cast<T*>(buffer);
     T* y = x + group * PP;
     int64_t* edges = reinterpret_cast<int64_t*>(y + group * QP);
