@@ -119,8 +119,8 @@ def check_float32_grads(x, weight, padding, active, crop, grad_output, memory_fo
 def test_channels_last_2d_plane_groups_match_oracle(padding, active):
     # float32 2D channels-last goes through planes when a task's group of 16-channel blocks
     # fits half the L2: 197 channels of 24 x 23 positions are 13 blocks (the last one of 5
-    # channels), several blocks per group and several groups per sample on any L2 size
-    # (1 MiB budget: 9 + 4 blocks); 16-position tiles and a remainder (552 = 34 x 16 + 8).
+    # channels), several blocks per group and several groups per sample for an L2 of up to
+    # 2 MiB (1 MiB budget: 9 + 4 blocks); 16-position tiles and a remainder (552 = 34 x 16 + 8).
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(2, 197, 24, 23, generator=generator).contiguous(
         memory_format=torch.channels_last)
