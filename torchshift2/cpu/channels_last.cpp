@@ -1752,6 +1752,12 @@ inline int64_t plane_budget_bytes() {
   return budget;
 }
 
+// Blocks of kTransposeLanes channels in a sample (the last one may be partial).
+template <typename T>
+int64_t channel_blocks(const Geometry& g) {
+  return (g.channels + kTransposeLanes<T> - 1) / kTransposeLanes<T>;
+}
+
 // Blocks of kTransposeLanes channels per task of a plane kernel whose buffers hold
 // `buffers` elements per channel: as many as plane_budget_bytes holds. Where not even one
 // block's planes fit (3d: 3 MiB for a backward), they leave L2 whatever the group, and only
@@ -1760,12 +1766,10 @@ inline int64_t plane_budget_bytes() {
 constexpr int64_t kSpillFactor = 8;
 template <typename T>
 int64_t group_blocks(const Geometry& g, int64_t buffers) {
-  constexpr int64_t CB = kTransposeLanes<T>;
-  const int64_t blocks = (g.channels + CB - 1) / CB;
-  const int64_t block_bytes = std::max<int64_t>(1, CB * buffers * sizeof(T));
+  const int64_t block_bytes = std::max<int64_t>(1, kTransposeLanes<T> * buffers * sizeof(T));
   int64_t fit = plane_budget_bytes() / block_bytes;
   if (fit == 0) fit = kSpillFactor * plane_budget_bytes() / block_bytes;
-  return std::max<int64_t>(1, std::min(blocks, fit));
+  return std::max<int64_t>(1, std::min(channel_blocks<T>(g), fit));
 }
 
 // Plane buffer elements per channel: a forward's input and output planes, a backward's
@@ -1781,11 +1785,9 @@ int64_t plane_buffers(const Geometry& g, bool backward) {
 // so that a sample's rows are read several whole cache lines after the other.
 template <typename T, typename F>
 void for_each_channel_block(const Geometry& g, int64_t buffers, F fn) {
-  constexpr int64_t CB = kTransposeLanes<T>;
-  const int64_t blocks = (g.channels + CB - 1) / CB;
   const int64_t per_group = group_blocks<T>(g, buffers);
-  const int64_t groups = (blocks + per_group - 1) / per_group;
-  const int64_t group = per_group * CB;
+  const int64_t groups = (channel_blocks<T>(g) + per_group - 1) / per_group;
+  const int64_t group = per_group * kTransposeLanes<T>;
   at::parallel_for(0, g.batch * groups, 1, [&](int64_t begin, int64_t end) {
     std::unique_ptr<T[], void (*)(void*)> buffer(
         static_cast<T*>(std::aligned_alloc(64, (group * buffers * sizeof(T) + 63) / 64 * 64)),
@@ -1824,9 +1826,8 @@ inline bool through_planes(const Geometry& g, const Strides& input, const Stride
   if (!g.real[1]) return false;
   if (kAvx2Only) return true;
   if (sizeof(T) != sizeof(float)) return false;
-  const int64_t blocks = (g.channels + kTransposeLanes<T> - 1) / kTransposeLanes<T>;
   const int64_t group = group_blocks<T>(g, plane_buffers<T>(g, grad_input != nullptr));
-  return group >= 4 || group == blocks;
+  return group >= 4 || group == channel_blocks<T>(g);
 }
 
 // Channels-last backward through planes (dense channels-last samples, see
