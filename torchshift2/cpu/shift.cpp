@@ -905,10 +905,11 @@ void run_dots_flat(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, const 
 #pragma omp simd
         for (int j = 0; j < kLanes; ++j) {
           const opmath_t grad = static_cast<opmath_t>(go[o + j]);
-          const opmath_t p0 = grad * static_cast<opmath_t>(s[k][o + j]);
-          const opmath_t p1 = grad * static_cast<opmath_t>(s[k][o + j - 1]);
-          d0[k][j] += m0[j] ? p0 : opmath_t(0);
-          d1[k][j] += m1[j] ? p1 : opmath_t(0);
+          // A select of the sum (not of the product): one masked FMA per tap.
+          const opmath_t a0 = d0[k][j] + grad * static_cast<opmath_t>(s[k][o + j]);
+          const opmath_t a1 = d1[k][j] + grad * static_cast<opmath_t>(s[k][o + j - 1]);
+          d0[k][j] = m0[j] ? a0 : d0[k][j];
+          d1[k][j] = m1[j] ? a1 : d1[k][j];
         }
       }
       column += kLanes;
