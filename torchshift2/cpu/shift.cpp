@@ -1711,9 +1711,12 @@ struct ActiveForwardPlanes {
   }
   int64_t buffer_size() const { return g.out_length[1] * g.out_length[2]; }
 
+  // Output slabs [o0_begin, o0_end) of channel c's plane (o0_end < 0: to the last), y the
+  // address of slab o0_begin.
   void plane(int64_t c, const scalar_t* x, const Strides& is, scalar_t* y, const Strides& os,
-             opmath_t* buffer) const {
-    const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
+             opmath_t* buffer, int64_t o0_begin = 0, int64_t o0_end = -1) const {
+    const int64_t O0 = o0_end < 0 ? g.out_length[0] : o0_end;
+    const int64_t O1 = g.out_length[1], O2 = g.out_length[2];
     const ForwardPlan<opmath_t>& f = plans[c];
     const ForwardTables& t = tables[f.tables];
     const bool dense_out = os.slot[2] == 1 || O2 == 1;
@@ -1724,7 +1727,7 @@ struct ActiveForwardPlanes {
     const int64_t L1 = g.length[1], L2 = g.length[2];
     const bool flat = flat_planes(g, is, os);
     const Interior run = flat ? interior(O1, L1, g.before[1], f.shift1, f.w1.taps) : Interior{0, 0};
-    for (int64_t o0 = 0; o0 < O0; ++o0)
+    for (int64_t o0 = o0_begin; o0 < O0; ++o0)
       for (int64_t o1 = 0; o1 < O1; ++o1) {
         if (o1 == run.lo && run.hi - run.lo > 1) {
           int count = 0;
@@ -1736,7 +1739,7 @@ struct ActiveForwardPlanes {
               coef[count++] = f.w0.w[a0] * f.w1.w[a1];
             }
           }
-          scalar_t* yrun = y + o0 * os.slot[0] + o1 * L2;
+          scalar_t* yrun = y + (o0 - o0_begin) * os.slot[0] + o1 * L2;
           opmath_t* dst = buffer == nullptr ? reinterpret_cast<opmath_t*>(yrun) : buffer;
           const int64_t rows = run.hi - run.lo;
           if (count == 0)
@@ -1760,7 +1763,7 @@ struct ActiveForwardPlanes {
             coef[count++] = f.w0.w[a0] * f.w1.w[a1];
           }
         }
-        scalar_t* yr = y + o0 * os.slot[0] + o1 * os.slot[1];
+        scalar_t* yr = y + (o0 - o0_begin) * os.slot[0] + o1 * os.slot[1];
         opmath_t* dst = buffer == nullptr ? reinterpret_cast<opmath_t*>(yr) : buffer;
         if (f.w2.taps == 2)
           stencil_rows<2>(dst, count, src, coef, f.w2.w, t.row);
