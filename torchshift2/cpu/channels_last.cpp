@@ -1851,8 +1851,8 @@ void backward_transposed(const scalar_t* grad_out, const scalar_t* in, scalar_t*
     to_planes(in + n * is.batch + c0, C, lanes, P, x, PP);
     to_planes(grad_out + n * gos.batch + c0, C, lanes, Q, go, QP);
     for (int64_t c = 0; c < lanes; ++c)
-      kernel.plane(scratch, c0 + c, go + c * QP, x + c * PP, gi + c * PP, qs, ps, ps, nullptr, nullptr,
-                   partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
+      kernel.plane(scratch, c0 + c, go + c * QP, x + c * PP, gi + c * PP, qs, ps, ps, nullptr,
+                   nullptr, partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
     from_planes(gi, PP, lanes, P, grad_in + n * gis.batch + c0, C);
   });
 }

@@ -956,19 +956,35 @@ void weight_grad_rows(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int
   if (flat && count_rows > 1) {
     switch (count) {
       case 0: break;
-      case 1: run_dots_flat<1>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x); break;
-      case 2: run_dots_flat<2>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x); break;
-      case 3: run_dots_flat<3>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x); break;
-      default: run_dots_flat<4>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x); break;
+      case 1:
+        run_dots_flat<1>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x);
+        break;
+      case 2:
+        run_dots_flat<2>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x);
+        break;
+      case 3:
+        run_dots_flat<3>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x);
+        break;
+      default:
+        run_dots_flat<4>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x);
+        break;
     }
     return;
   }
   switch (count) {
     case 0: break;
-    case 1: run_dots<1>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes); break;
-    case 2: run_dots<2>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes); break;
-    case 3: run_dots<3>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes); break;
-    default: run_dots<4>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes); break;
+    case 1:
+      run_dots<1>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes);
+      break;
+    case 2:
+      run_dots<2>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes);
+      break;
+    case 3:
+      run_dots<3>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes);
+      break;
+    default:
+      run_dots<4>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes);
+      break;
   }
 }
 
@@ -1052,8 +1068,7 @@ struct PlaneBackward {
   // same row indices: it is a hint, exact only without crop.
   void plane(Scratch& s, int64_t c, const scalar_t* go, const scalar_t* x, scalar_t* gi,
              const Strides& gos, const Strides& is, const Strides& gis, const scalar_t* next_go,
-             const scalar_t* next_x,
-             double* partial) const {
+             const scalar_t* next_x, double* partial) const {
     const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
     const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
     const SlotAdjoint& t0 = outer[0][outer_of[0][c]];
@@ -1163,8 +1178,8 @@ struct PlaneBackward {
       const int64_t at = o0 * gos.slot[0] + o1 * gos.slot[1];
       weight_grad_rows(s.dots, s.rows, count, x, go + at, count_rows, is.slot[1], gos.slot[1],
                        t, read_offset, next_go == nullptr ? nullptr : next_go + at,
-                       next_x == nullptr ? nullptr : next_x + o0 * is.slot[0] + o1 * is.slot[1], row_bytes,
-                       flat_weight_rows);
+                       next_x == nullptr ? nullptr : next_x + o0 * is.slot[0] + o1 * is.slot[1],
+                       row_bytes, flat_weight_rows);
     };
 
     // Slab by slab along slot 0 (the whole plane for D <= 2): grad_input rows, then the
@@ -1213,7 +1228,8 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
       }
       kernel.plane(scratch, c, grad_out + n * gos.batch + c * gos.channel,
                    in + n * is.batch + c * is.channel, grad_in + n * gis.batch + c * gis.channel,
-                   gos, is, gis, next_go, next_x, partials == nullptr ? nullptr : partials + p * kSlots);
+                   gos, is, gis, next_go, next_x,
+                   partials == nullptr ? nullptr : partials + p * kSlots);
     }
   });
 }
