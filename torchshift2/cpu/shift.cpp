@@ -1125,9 +1125,9 @@ struct PlaneBackward {
       }
       const size_t extras = t.extra_o.size();
       if (flat_rows && count_rows > 1 && count >= 1 && count <= 4) {
-        if (weights)
-          for (int64_t r = 0; r < count_rows; ++r)
-            prefetch_row(x + j0 * is.slot[0] + (j1 + r) * L2, in_row_bytes);
+        // No prefetch of these rows' input here (the per-row path below has one): the
+        // previous plane's grad_weight pass fetched it (next_x), and re-issuing it cost 2-4%
+        // (benchmarks/NOTES.md, v12).
         opmath_t* dst = reinterpret_cast<opmath_t*>(gi + j0 * gis.slot[0] + j1 * L2);
         if (active)
           adjoint_run_any<2>(dst, count, src.data(), s.p0.data(), s.p1.data(), t.offset, L2,
