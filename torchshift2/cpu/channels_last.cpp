@@ -1863,38 +1863,26 @@ void active_forward_transposed(const scalar_t* in, scalar_t* out, const Geometry
                                const Strides& is, const Strides& os,
                                const std::vector<ChannelShift<scalar_t>>& shifts) {
   const ActiveForwardPlanes<scalar_t> kernel(g, shifts);
-  const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
-  const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
+  const int64_t C = g.channels, P = g.in_plane();
+  const int64_t PP = plane_pitch<scalar_t>(P);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
-  if (g.real[0]) {
-    // Three dims: a block's input and output planes (1 MiB each at 16 x 32 x 32) leave L2.
-    // The output is made one slab (o0) of every channel of a group at a time, into a slab
-    // buffer that stays in L1 / L2, and transposed back from there: no output planes to write
-    // to and read back from beyond L2 (3d Active Shift forward 1.04-1.10 -> 0.98-1.03 ms at
-    // the kernel level; benchmarks/NOTES.md, v12).
-    const int64_t slab = g.out_length[1] * g.out_length[2];
-    const int64_t SP = plane_pitch<scalar_t>(slab);
-    for_each_channel_block<scalar_t>(g, PP + SP, [&](int64_t n, int64_t c0, int64_t lanes,
-                                                    int64_t group, scalar_t* buffer) {
-      scalar_t* x = buffer;
-      scalar_t* y = buffer + group * PP;
-      to_planes(in + n * is.batch + c0, C, lanes, P, x, PP);
-      for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
-        for (int64_t c = 0; c < lanes; ++c)
-          kernel.plane(c0 + c, x + c * PP, ps, y + c * SP, qs, nullptr, o0, o0 + 1);
-        from_planes(y, SP, lanes, slab, out + n * os.batch + o0 * slab * C + c0, C);
-      }
-    });
-    return;
-  }
-  for_each_channel_block<scalar_t>(g, plane_buffers<scalar_t>(g, false), [&](int64_t n,
-                                   int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
+  // The output is made one slab (o0) of the group's channels at a time, into a slab buffer
+  // that stays in L1 / L2, and transposed back from there (in 2D, one slab is the plane). In
+  // 3D, output planes as large as the input's (1 MiB per block at 16 x 32 x 32) would leave
+  // L2 and be read back from beyond it (3d Active Shift forward 1.04-1.10 -> 0.98-1.03 ms at
+  // the kernel level; benchmarks/NOTES.md, v12).
+  const int64_t slab = g.out_length[1] * g.out_length[2];
+  const int64_t SP = plane_pitch<scalar_t>(slab);
+  for_each_channel_block<scalar_t>(g, PP + SP, [&](int64_t n, int64_t c0, int64_t lanes,
+                                                  int64_t group, scalar_t* buffer) {
     scalar_t* x = buffer;
     scalar_t* y = buffer + group * PP;
     to_planes(in + n * is.batch + c0, C, lanes, P, x, PP);
-    for (int64_t c = 0; c < lanes; ++c)
-      kernel.plane(c0 + c, x + c * PP, ps, y + c * QP, qs, nullptr);
-    from_planes(y, QP, lanes, Q, out + n * os.batch + c0, C);
+    for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
+      for (int64_t c = 0; c < lanes; ++c)
+        kernel.plane(c0 + c, x + c * PP, ps, y + c * SP, qs, nullptr, o0, o0 + 1);
+      from_planes(y, SP, lanes, slab, out + n * os.batch + o0 * slab * C + c0, C);
+    }
   });
 }
 
