@@ -100,6 +100,39 @@ def test_channels_last_3d_through_planes_matches_oracle(dtype, padding, active):
     assert got[1].is_contiguous(memory_format=torch.channels_last_3d)
 
 
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("padding", ["zeros", "border"])
+@pytest.mark.parametrize("active", [False, True])
+def test_channels_last_gathers_match_oracle(ndim, dtype, padding, active):
+    # Channels-last samples that are not dense (a slice of the last spatial dim: rows are
+    # still W x C blocks, so nothing is copied) take the gather kernels in 2D and 3D, whose
+    # backward has one pass for zeros padding (grad_input and grad_weight from the same
+    # gathers) and another for the other paddings. 40 channels: two whole blocks and a
+    # partial one; shifts beyond the size, a crop.
+    generator = torch.Generator().manual_seed(5)
+    sizes = [5, 6, 9][3 - ndim:]
+    memory_format = torch.channels_last if ndim == 2 else torch.channels_last_3d
+    wide = torch.randn(2, 40, *sizes, generator=generator, dtype=torch.float64)
+    x = wide.to(dtype).contiguous(memory_format=memory_format)[..., :7]
+    weight = torch.randn(40, ndim, generator=generator, dtype=torch.float64) * 3
+    crop = [(1, 0), (0, 2), (2, 1)][3 - ndim:]
+    out_shape = ts._spec.output_shape(x.shape, ts._spec.normalize_crop(crop, list(x.shape[2:])))
+    grad_output = torch.randn(out_shape, generator=generator, dtype=torch.float64).to(dtype)
+    grad_output = grad_output.contiguous(memory_format=memory_format)
+    assert not x.is_contiguous(memory_format=memory_format)
+    got = []
+    for backend in ("cpp", "reference"):
+        # Not grads(): its clone() would make x dense.
+        x.requires_grad_()
+        weight.requires_grad_()
+        with ts.use_backend(backend):
+            out = ts.shift(x, weight, padding, active, crop)
+            got.append((out, *torch.autograd.grad(out, (x, weight), grad_output)))
+    for a, b in zip(*got):
+        assert_close(a, b, dtype)
+
+
 def check_float32_grads(x, weight, padding, active, crop, grad_output, memory_format):
     """The C++ kernels' output and gradients of a float32 ``x`` against the reference run in
     float64 (grad_weight sums hundreds of products per channel), and their memory format."""

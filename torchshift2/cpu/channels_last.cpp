@@ -221,6 +221,10 @@ struct Math;
       _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);                              \
     }                                                                                       \
     static void spill(T* p, V v) { _mm512_storeu_##SUFFIX(p, v); }                          \
+    /* Lanes in m from a, the others from b. */                                             \
+    static V select(uint64_t m, V a, V b) {                                                 \
+      return _mm512_mask_blend_##SUFFIX(static_cast<MASK>(m), b, a);                        \
+    }                                                                                       \
   };
 TS2_MATH(float, __m512, 16, __mmask16, ps)
 TS2_MATH(double, __m512d, 8, __mmask8, pd)
@@ -297,6 +301,11 @@ struct PortableMath {
   static void spill(opmath_t* p, V v) {
     for (int i = 0; i < L; ++i) p[i] = v.v[i];
   }
+  static V select(uint64_t m, V a, V b) {
+    for (int i = 0; i < L; ++i)
+      if (m >> i & 1) b.v[i] = a.v[i];
+    return b;
+  }
 };
 #ifdef TS2_AVX2
 // 64-byte vectors as two AVX2 halves (see Avx2Bits); reduced-precision storage converts
@@ -338,6 +347,10 @@ struct PortableMath {
         const __m256i k = half_mask<E>(m, h);                                               \
         if (!_mm256_testz_si256(k, k)) _mm256_maskstore_##SUFFIX(p + h * kHalf, k, v.h[h]);       \
       }                                                                                     \
+    }                                                                                       \
+    static V select(uint64_t m, V a, V b) {                                                 \
+      return V{{_mm256_blendv_##SUFFIX(b.h[0], a.h[0], _mm256_castsi256_##SUFFIX(half_mask<E>(m, 0))), \
+                _mm256_blendv_##SUFFIX(b.h[1], a.h[1], _mm256_castsi256_##SUFFIX(half_mask<E>(m, 1)))}}; \
     }                                                                                       \
   };
 TS2_MATH(float, __m256, 4, ps)
@@ -1476,6 +1489,117 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
   });
 }
 
+// Zeros padding: grad_input and grad_weight in one pass over the input positions i, with
+// one set of gathers. Output o = i - before + f + a reads input i through corner a (f the
+// floor of the weight), so the corner-a gather of grad_output at i serves both: grad_input
+// takes it with the corner's weight (SSL: the one corner at the rounded shift), and D_a
+// (SPEC §4) adds input[i] x it. Every read of zeros padding is 0, so summing over the input
+// positions misses no term of D_a. Half the gathers of backward_gather_corners (Active
+// Shift: R / 2 per vector instead of R; SSL: R / 2 instead of R / 2 + 1).
+// plan: the grad_input gather plan over all R corners; select (SSL): per (block, corner),
+// the lanes whose rounded shift is that corner.
+template <int R, bool kActive, typename scalar_t>
+void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
+                           double* partials, const Geometry& g, const Strides& gos,
+                           const Strides& is, const Strides& gis, const GatherPlan<scalar_t>& plan,
+                           const std::vector<uint64_t>& select, int64_t chunks) {
+  using G = Gather<sizeof(scalar_t)>;
+  using M = Math<scalar_t>;
+  constexpr int L = G::kLanes;
+  const int64_t C = g.channels;
+  const int64_t L1 = g.length[1], L2 = g.length[2];
+  const int64_t rows = g.length[0] * L1;
+  const int64_t nb = plan.blocks;
+  const int64_t neg_before[kSlots] = {-g.before[0], -g.before[1], -g.before[2]};
+  at::parallel_for(0, g.batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    RowIndex<scalar_t> index(plan);
+    std::vector<scalar_t> carry_buffer(nb * (R / 2) * L), acc_buffer(nb * R * L);
+    scalar_t* carry = carry_buffer.data();
+    scalar_t* acc = acc_buffer.data();
+    RowPrefetch prefetch;
+    prefetch.init(plan, neg_before, g.out_length, kZeros, gos, g.out_length[2] * C,
+                  sizeof(scalar_t));
+    const uint64_t* valid = plan.valid.data();
+    // Corner q's read v of block b at column w: grad_input's term and D_q's.
+    auto take = [&](int64_t q, const typename M::V& xv, const typename M::V& v,
+                    typename M::V& sum, const scalar_t* weight) {
+      M::spill(acc + q * L, M::fma(xv, v, M::load(acc + q * L)));
+      if constexpr (kActive) sum = M::fma(M::load(weight + q * L), v, sum);
+      else sum = M::select(select[q], v, sum);
+    };
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks, chunk = task % chunks;
+      const int64_t t0 = chunk * kChunkRows, t1 = std::min(rows, t0 + kChunkRows);
+      const scalar_t* go = grad_out + n * gos.batch;
+      std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
+      const int64_t lo = plan.cols.lo, hi = plan.cols.hi;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t i0 = t / L1, i1 = t % L1;
+        prefetch.plan_next(t + 1 < t1, i0, i1, (t + 1) / L1, (t + 1) % L1, t == t0);
+        index.template fill<G>(plan, i0, i1);
+        const int32_t* idx = index.idx.data();
+        const uint64_t* mask = index.mask.data();
+        const scalar_t* weight = index.weight.data();
+        const scalar_t* x = in + n * is.batch + i0 * is.slot[0] + i1 * is.slot[1];
+        scalar_t* gi = grad_in + n * gis.batch + i0 * gis.slot[0] + i1 * gis.slot[1];
+        // The columns outside the interior (ascending, as at_column wants them).
+        auto edges = [&](int64_t e0, int64_t e1) {
+          for (int64_t w = e0; w < e1; ++w)
+            for (int64_t b = 0; b < nb; ++b) {
+              const typename M::V xv = M::load(valid[b], x + w * C + b * L);
+              typename M::V sum = M::zero();
+              for (int a = 0; a < R; ++a) {
+                uint64_t m;
+                typename G::I i;
+                const int64_t q = b * R + a;
+                const bool inside = index.template at_column<G>(plan, q, w, m, i);
+                take(q, xv, G::floats(m, i, inside ? go + w * C : go), sum, weight);
+              }
+              M::store(gi + w * C + b * L, valid[b], sum);
+            }
+        };
+        prefetch.columns(go, C, 0, lo);
+        edges(0, lo);
+        // Pairs (a2 = 0, 1): a2 = 1 reads one column later, so its read at w - 1 is the
+        // a2 = 0 read at w.
+        if (lo < hi)
+          for (int64_t b = 0; b < nb; ++b)
+            for (int o = 0; o < R / 2; ++o) {
+              uint64_t m;
+              typename G::I i;
+              const bool inside = index.template at_column<G>(plan, b * R + 2 * o, lo, m, i);
+              M::spill(carry + (b * (R / 2) + o) * L,
+                       G::floats(m, i, inside ? go + lo * C : go));
+            }
+        for (int64_t w = lo; w < hi; ++w) {
+          prefetch.columns(go, C, w, w + 1);
+          const scalar_t* base = go + w * C;
+          for (int64_t b = 0; b < nb; ++b) {
+            const typename M::V xv = M::load(valid[b], x + w * C + b * L);
+            typename M::V sum = M::zero();
+            for (int o = 0; o < R / 2; ++o) {
+              const int64_t q1 = b * R + 2 * o + 1;
+              scalar_t* cv = carry + (b * (R / 2) + o) * L;
+              const typename M::V cur = G::floats(mask[q1], G::index(idx + q1 * L), base);
+              take(q1 - 1, xv, M::load(cv), sum, weight);
+              take(q1, xv, cur, sum, weight);
+              M::spill(cv, cur);
+            }
+            M::store(gi + w * C + b * L, valid[b], sum);
+          }
+        }
+        prefetch.columns(go, C, hi, g.out_length[2]);
+        edges(hi, L2);
+      }
+      double* part = partials + task * C * R;
+      for (int64_t b = 0; b < nb; ++b)
+        for (int l = 0; l < L && b * L + l < C; ++l)
+          for (int a = 0; a < R; ++a)
+            part[(b * L + l) * R + a] = static_cast<double>(acc[(b * R + a) * L + l]);
+    }
+  });
+}
+
 // The reads that went through padding (non-zeros paddings), folded into grad_input.
 template <typename scalar_t>
 void fold_padded_reads(const scalar_t* grad_out, scalar_t* grad_in, const Geometry& g,
@@ -1535,6 +1659,37 @@ void backward_gather(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
   const int R = (g.real[0] ? 2 : 1) * (g.real[1] ? 2 : 1) * 2;
   const int RI = active ? R : 1;
   const int64_t neg_before[kSlots] = {-g.before[0], -g.before[1], -g.before[2]};
+  if (g.padding == kZeros) {
+    // One plan over the R corners at the floor of the weight (read_shifts == interp_shifts
+    // for Active Shift); SSL selects, per lane, the corner of its rounded shift.
+    const GatherPlan<scalar_t> plan = gather_plan<scalar_t>(
+        g, gos, L, R, g.length, g.out_length, neg_before, kZeros,
+        [&](int64_t c, int a) {
+          const Offset d = corner_offset(g, interp_shifts[c], a);
+          return Offset{-d[0], -d[1], -d[2]};
+        },
+        [&](int64_t c, int a) { return corner_weight(g, interp_shifts[c], a); });
+    std::vector<uint64_t> select(plan.blocks * R, 0);
+    if (!active)
+      for (int64_t c = 0; c < g.channels; ++c)
+        for (int a = 0; a < R; ++a)
+          if (corner_offset(g, interp_shifts[c], a) == Offset{read_shifts[c].shift[0],
+                                                              read_shifts[c].shift[1],
+                                                              read_shifts[c].shift[2]})
+            select[(c / L) * R + a] |= uint64_t(1) << (c % L);
+#define TS2_FUSED(R_)                                                                         \
+  (active ? backward_gather_fused<R_, true>(grad_out, in, grad_in, partials, g, gos, is, gis,  \
+                                            plan, select, chunks)                             \
+          : backward_gather_fused<R_, false>(grad_out, in, grad_in, partials, g, gos, is, gis, \
+                                             plan, select, chunks))
+    switch (R) {
+      case 2: TS2_FUSED(2); break;
+      case 4: TS2_FUSED(4); break;
+      default: TS2_FUSED(8); break;
+    }
+#undef TS2_FUSED
+    return;
+  }
   // grad_input reads grad_output: lengths swapped, offsets and before negated; reads
   // outside grad_output contribute nothing whatever the padding (folds add the rest).
   const GatherPlan<scalar_t> gip = gather_plan<scalar_t>(
