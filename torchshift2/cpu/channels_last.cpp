@@ -349,8 +349,10 @@ struct PortableMath {
       }                                                                                     \
     }                                                                                       \
     static V select(uint64_t m, V a, V b) {                                                 \
-      return V{{_mm256_blendv_##SUFFIX(b.h[0], a.h[0], _mm256_castsi256_##SUFFIX(half_mask<E>(m, 0))), \
-                _mm256_blendv_##SUFFIX(b.h[1], a.h[1], _mm256_castsi256_##SUFFIX(half_mask<E>(m, 1)))}}; \
+      const auto k0 = _mm256_castsi256_##SUFFIX(half_mask<E>(m, 0));                        \
+      const auto k1 = _mm256_castsi256_##SUFFIX(half_mask<E>(m, 1));                        \
+      return V{{_mm256_blendv_##SUFFIX(b.h[0], a.h[0], k0),                                 \
+                _mm256_blendv_##SUFFIX(b.h[1], a.h[1], k1)}};                               \
     }                                                                                       \
   };
 TS2_MATH(float, __m256, 4, ps)
@@ -1150,6 +1152,27 @@ struct RowIndex {
     i = G::add(G::index(rows.data() + q * L), G::index(k.edge_idx.data() + e * L));
     return false;
   }
+  // The read of corner q at column w (ascending, as at_column) from image (C channels).
+  template <typename G, typename scalar_t>
+  typename Math<scalar_t>::V read(const GatherPlan<opmath_t>& p, int64_t q, int64_t w,
+                                  const scalar_t* image, int64_t C) {
+    uint64_t m;
+    typename G::I i;
+    const bool inside = at_column<G>(p, q, w, m, i);
+    return G::floats(m, i, inside ? image + w * C : image);
+  }
+  // The reads that the pairs loops (corners 2 o and 2 o + 1 of a block, a2 = 0 and 1) carry
+  // into their first column w: corner 2 o + first of every block and pair, into
+  // carry[(block * corners / 2 + o) * L + lane].
+  template <typename G, typename scalar_t>
+  void carry_in(const GatherPlan<opmath_t>& p, int first, int64_t w, const scalar_t* image,
+                int64_t C, scalar_t* carry) {
+    const int pairs = p.corners / 2;
+    for (int64_t b = 0; b < p.blocks; ++b)
+      for (int o = 0; o < pairs; ++o)
+        Math<scalar_t>::spill(carry + (b * pairs + o) * p.lanes,
+                              read<G>(p, b * p.corners + 2 * o + first, w, image, C));
+  }
 };
 
 // Walks the output rows of a channels-last forward in parallel: per row, the index vectors
@@ -1254,16 +1277,7 @@ void active_forward_gather_corners(const scalar_t* in, scalar_t* out, const Geom
       // Corners come in pairs (a2 = 0, 1) that read adjacent columns: the a2 = 1 read at
       // column w is the a2 = 0 read at w - 1, carried over, so each column costs R / 2
       // gathers per block.
-      if (lo < hi)
-        for (int64_t b = 0; b < nb; ++b)
-          for (int o = 0; o < R / 2; ++o) {
-            const int64_t q1 = b * R + 2 * o + 1;
-            uint64_t m;
-            typename G::I i;
-            const bool inside = ri.template at_column<G>(plan, q1, lo, m, i);
-            M::spill(carry + (b * (R / 2) + o) * L,
-                     G::floats(m, i, inside ? image + lo * C : image));
-          }
+      if (lo < hi) ri.template carry_in<G>(plan, 1, lo, image, C, carry);
       for (int64_t w = lo; w < hi; ++w) {
         prefetch.columns(image, C, w, w + 1);
         const scalar_t* base = image + w * C;
@@ -1286,13 +1300,9 @@ void active_forward_gather_corners(const scalar_t* in, scalar_t* out, const Geom
         if (w >= lo && w < hi) continue;
         for (int64_t b = 0; b < nb; ++b) {
           typename M::V acc = M::zero();
-          for (int a = 0; a < R; ++a) {
-            uint64_t m;
-            typename G::I i;
-            const bool inside = ri.template at_column<G>(plan, b * R + a, w, m, i);
+          for (int a = 0; a < R; ++a)
             acc = M::fma(M::load(weight + (b * R + a) * L),
-                         G::floats(m, i, inside ? image + w * C : image), acc);
-          }
+                         ri.template read<G>(plan, b * R + a, w, image, C), acc);
           M::store(y + w * C + b * L, valid[b], acc);
         }
       }
@@ -1385,16 +1395,7 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
           } else {
             // Pairs (a2 = 0, 1): a2 = 1 reads one column later, so its read at w - 1 is the
             // a2 = 0 read at w.
-            if (lo < hi)
-              for (int64_t b = 0; b < nb; ++b)
-                for (int o = 0; o < RI / 2; ++o) {
-                  uint64_t m;
-                  typename G::I i;
-                  const int64_t q0 = b * RI + 2 * o;
-                  const bool inside = gi_idx.template at_column<G>(gip, q0, lo, m, i);
-                  M::spill(carry + (b * (RI / 2) + o) * L,
-                           G::floats(m, i, inside ? go + lo * C : go));
-                }
+            if (lo < hi) gi_idx.template carry_in<G>(gip, 0, lo, go, C, carry);
             for (int64_t w = lo; w < hi; ++w) {
               g_prefetch.columns(go, C, w, w + 1);
               const scalar_t* base = go + w * C;
@@ -1418,11 +1419,8 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
             for (int64_t b = 0; b < nb; ++b) {
               typename M::V sum = M::zero();
               for (int a = 0; a < RI; ++a) {
-                uint64_t m;
-                typename G::I i;
                 const int64_t q = b * RI + a;
-                const bool inside = gi_idx.template at_column<G>(gip, q, w, m, i);
-                sum = M::fma(M::load(wt + q * L), G::floats(m, i, inside ? go + w * C : go), sum);
+                sum = M::fma(M::load(wt + q * L), gi_idx.template read<G>(gip, q, w, go, C), sum);
               }
               M::store(row + w * C + b * L, valid[b], sum);
             }
@@ -1439,15 +1437,7 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
           const scalar_t* grow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
           const int64_t lo = gwp.cols.lo, hi = gwp.cols.hi;
           if (lo > 0) x_prefetch.columns(x, C, 0, lo);
-          if (lo < hi)
-            for (int64_t b = 0; b < nb; ++b)
-              for (int o = 0; o < R / 2; ++o) {
-                uint64_t m;
-                typename G::I i;
-                const int64_t q1 = b * R + 2 * o + 1;
-                const bool inside = gw_idx.template at_column<G>(gwp, q1, lo, m, i);
-                M::spill(carry + (b * (R / 2) + o) * L, G::floats(m, i, inside ? x + lo * C : x));
-              }
+          if (lo < hi) gw_idx.template carry_in<G>(gwp, 1, lo, x, C, carry);
           for (int64_t w = lo; w < hi; ++w) {
             x_prefetch.columns(x, C, w, w + 1);
             const scalar_t* base = x + w * C;
@@ -1469,12 +1459,9 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
             for (int64_t b = 0; b < nb; ++b) {
               const typename M::V gv = M::load(valid[b], grow + w * C + b * L);
               for (int a = 0; a < R; ++a) {
-                uint64_t m;
-                typename G::I i;
                 const int64_t q = b * R + a;
-                const bool inside = gw_idx.template at_column<G>(gwp, q, w, m, i);
-                M::spill(acc + q * L,
-                         M::fma(gv, G::floats(m, i, inside ? x + w * C : x), M::load(acc + q * L)));
+                M::spill(acc + q * L, M::fma(gv, gw_idx.template read<G>(gwp, q, w, x, C),
+                                             M::load(acc + q * L)));
               }
             }
           }
@@ -1548,13 +1535,9 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
             for (int64_t b = 0; b < nb; ++b) {
               const typename M::V xv = M::load(valid[b], x + w * C + b * L);
               typename M::V sum = M::zero();
-              for (int a = 0; a < R; ++a) {
-                uint64_t m;
-                typename G::I i;
-                const int64_t q = b * R + a;
-                const bool inside = index.template at_column<G>(plan, q, w, m, i);
-                take(q, xv, G::floats(m, i, inside ? go + w * C : go), sum, weight);
-              }
+              for (int a = 0; a < R; ++a)
+                take(b * R + a, xv, index.template read<G>(plan, b * R + a, w, go, C), sum,
+                     weight);
               M::store(gi + w * C + b * L, valid[b], sum);
             }
         };
@@ -1562,15 +1545,7 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
         edges(0, lo);
         // Pairs (a2 = 0, 1): a2 = 1 reads one column later, so its read at w - 1 is the
         // a2 = 0 read at w.
-        if (lo < hi)
-          for (int64_t b = 0; b < nb; ++b)
-            for (int o = 0; o < R / 2; ++o) {
-              uint64_t m;
-              typename G::I i;
-              const bool inside = index.template at_column<G>(plan, b * R + 2 * o, lo, m, i);
-              M::spill(carry + (b * (R / 2) + o) * L,
-                       G::floats(m, i, inside ? go + lo * C : go));
-            }
+        if (lo < hi) index.template carry_in<G>(plan, 0, lo, go, C, carry);
         for (int64_t w = lo; w < hi; ++w) {
           prefetch.columns(go, C, w, w + 1);
           const scalar_t* base = go + w * C;
