@@ -1340,6 +1340,15 @@ void active_forward_gather(const scalar_t* in, scalar_t* out, const Geometry& g,
 // Rows of grad_weight partials: per image, chunks of this many output rows.
 constexpr int64_t kChunkRows = 8;
 
+// A task's per-lane corner accumulators acc[(block * R + a) * L + lane] as its row of
+// grad_weight partials: part[c * R + a], c < C.
+template <int L, int R, typename scalar_t>
+void store_partials(const scalar_t* acc, int64_t C, double* part) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int a = 0; a < R; ++a)
+      part[c * R + a] = static_cast<double>(acc[((c / L) * R + a) * L + c % L]);
+}
+
 template <int R, int RI, typename scalar_t>
 void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
                              double* partials, const Geometry& g, const Strides& gos,
@@ -1467,11 +1476,7 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
           }
         }
       }
-      double* part = partials + task * C * R;
-      for (int64_t b = 0; b < nb; ++b)
-        for (int l = 0; l < L && b * L + l < C; ++l)
-          for (int a = 0; a < R; ++a)
-            part[(b * L + l) * R + a] = static_cast<double>(acc[(b * R + a) * L + l]);
+      store_partials<L, R>(acc, C, partials + task * C * R);
     }
   });
 }
@@ -1566,11 +1571,7 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
         prefetch.columns(go, C, hi, g.out_length[2]);
         edges(hi, L2);
       }
-      double* part = partials + task * C * R;
-      for (int64_t b = 0; b < nb; ++b)
-        for (int l = 0; l < L && b * L + l < C; ++l)
-          for (int a = 0; a < R; ++a)
-            part[(b * L + l) * R + a] = static_cast<double>(acc[(b * R + a) * L + l]);
+      store_partials<L, R>(acc, C, partials + task * C * R);
     }
   });
 }

@@ -953,39 +953,26 @@ void weight_grad_rows(CornerDots<opmath_t>& dots, const Row<opmath_t>* rows, int
                       int64_t gs1, const RowAdjoint<opmath_t>& t, int64_t read_offset,
                       const scalar_t* pf, const scalar_t* pf_x, int64_t pf_bytes, bool flat) {
   if (count_rows <= 0) return;
-  if (flat && count_rows > 1) {
+  // call(K) for K = count source rows (kernels are instantiated for 1-4).
+  auto by_count = [&](auto call) {
     switch (count) {
       case 0: break;
-      case 1:
-        run_dots_flat<1>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x);
-        break;
-      case 2:
-        run_dots_flat<2>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x);
-        break;
-      case 3:
-        run_dots_flat<3>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x);
-        break;
-      default:
-        run_dots_flat<4>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf, pf_x);
-        break;
+      case 1: call(std::integral_constant<int, 1>()); break;
+      case 2: call(std::integral_constant<int, 2>()); break;
+      case 3: call(std::integral_constant<int, 3>()); break;
+      default: call(std::integral_constant<int, 4>()); break;
     }
-    return;
-  }
-  switch (count) {
-    case 0: break;
-    case 1:
-      run_dots<1>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes);
-      break;
-    case 2:
-      run_dots<2>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes);
-      break;
-    case 3:
-      run_dots<3>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes);
-      break;
-    default:
-      run_dots<4>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf, pf_x, pf_bytes);
-      break;
-  }
+  };
+  if (flat && count_rows > 1)
+    by_count([&](auto k) {
+      run_dots_flat<decltype(k)::value>(dots, rows, x, go, count_rows, xs1, t, read_offset, pf,
+                                        pf_x);
+    });
+  else
+    by_count([&](auto k) {
+      run_dots<decltype(k)::value>(dots, rows, x, go, count_rows, xs1, gs1, t, read_offset, pf,
+                                   pf_x, pf_bytes);
+    });
 }
 
 // d/d frac of the plane's output from its corner dot products: with D0, D1 the slot-2
