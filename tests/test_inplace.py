@@ -33,6 +33,36 @@ def test_only_moving_channels_are_written():
     assert torch.equal(y[:, 1], ts.shift(x, weight)[:, 1])
 
 
+@pytest.mark.parametrize("threads", [1, 4])  # one pass per sample (batch >= threads), two passes
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+@pytest.mark.parametrize("spatial_reversed", [False, True])
+def test_channels_innermost_inplace_matches_reference(threads, ndim, padding, spatial_reversed):
+    # Channels innermost: rows are overwritten in order, so a source row is read either
+    # before (later rows) or after (earlier rows, from a saved copy) its own shift. Shifts
+    # beyond the sizes make circular / reflect reads land anywhere, both ways.
+    gen = torch.Generator().manual_seed(ndim)
+    sizes = (5, 4, 6)[:ndim]
+    x = torch.randn(2, 20, *sizes, generator=gen)
+    spatial = list(range(2, ndim + 2))
+    order = [0] + (spatial[::-1] if spatial_reversed else spatial) + [1]
+    inverse = [order.index(d) for d in range(ndim + 2)]
+    x = x.permute(order).contiguous().permute(inverse)
+    assert x.stride(1) == 1
+    weight = torch.randint(-7, 8, (20, ndim), generator=gen).float()
+    weight[::3] = 0
+    expected = ts.reference.shift(x, weight, padding)
+    y = x.clone()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), ts.use_backend("cpp"):
+            ts.shift_(y, weight, padding)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(y, expected)
+
+
 def test_refuses_autograd():
     x = torch.randn(1, 2, 5, requires_grad=True)
     with pytest.raises(RuntimeError, match="shift_"):

@@ -394,18 +394,21 @@ void ssl_forward_planes_strided(const T* in, T* out, const Geometry& g, const St
   });
 }
 
-// In place with channels innermost: the moving channels of every position are copied out
-// (K of C lanes), then written back shifted. Only the cache lines holding a moving channel
-// are read and written, but with channels spread over the lines that is most of them: a
-// 64-byte line holds 16 float32 channels.
+// In place with channels innermost. Only the cache lines holding a moving channel need to be
+// read and written, but with channels spread over the lines that is most of them (a 64-byte
+// line holds 16 float32 channels), so the cost is one pass over the tensor at best.
+// One pass per sample (batch >= threads): output rows (slots 0, 1 flattened) in increasing
+// order, each row's moving channels saved before it is written. A source row q of output
+// row r is then read from the saved copy if q <= r (already overwritten) and from the
+// tensor if q > r (not yet), whatever the padding. Fewer samples than threads: two passes
+// parallel over rows, all moving channels copied out first, then written back shifted.
 template <typename T>
 void ssl_shift_inplace_channels_last(T* data, const Geometry& g, const Strides& st,
                                      const std::vector<ChannelShift<double>>& shifts,
                                      const std::vector<int64_t>& moving, T fill) {
   const int64_t K = static_cast<int64_t>(moving.size());
   const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
-  const int64_t rows = g.batch * L0 * L1;
-  std::vector<T> buffer(rows * L2 * K);
+  const int64_t R = L0 * L1;  // rows per sample
   // src[(k * kSlots + s) * L + o]: source index of output o along slot s, kOutside: fill.
   const int64_t Lmax = std::max({L0, L1, L2});
   std::vector<int64_t> src(K * kSlots * Lmax, kOutside);
@@ -414,36 +417,71 @@ void ssl_shift_inplace_channels_last(T* data, const Geometry& g, const Strides& 
       for (int64_t o = 0; o < g.length[s]; ++o)
         src[(k * kSlots + s) * Lmax + o] =
             source_index(o - shifts[moving[k]].shift[s], g.length[s], g.padding);
-  auto row_ptr = [&](int64_t r) {
-    const int64_t n = r / (L0 * L1), i0 = (r / L1) % L0, i1 = r % L1;
-    return data + n * st.batch + i0 * st.slot[0] + i1 * st.slot[1];
+  auto slot_src = [&](int64_t k, int s) { return src.data() + (k * kSlots + s) * Lmax; };
+  auto row_of = [&](T* sample, int64_t r) {
+    return sample + (r / L1) * st.slot[0] + (r % L1) * st.slot[1];
   };
+  // The moving channels of row `row` into b (K per position).
+  auto save_row = [&](const T* row, T* b) {
+    for (int64_t i2 = 0; i2 < L2; ++i2)
+      for (int64_t k = 0; k < K; ++k) b[i2 * K + k] = row[i2 * st.slot[2] + moving[k]];
+  };
+  // Output row r of `sample`: channel k's source row is read through from[k] with element
+  // stride step[k] along slot 2 (from[k] null: the whole row is the fill).
+  auto write_row = [&](T* row, const T* const* from, const int64_t* step) {
+    for (int64_t o2 = 0; o2 < L2; ++o2)
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t j = slot_src(k, 2)[o2];
+        row[o2 * st.slot[2] + moving[k]] =
+            from[k] == nullptr || j == kOutside ? fill : from[k][j * step[k]];
+      }
+  };
+  if (g.batch >= at::get_num_threads()) {
+    at::parallel_for(0, g.batch, 1, [&](int64_t begin, int64_t end) {
+      std::unique_ptr<T[]> saved(new T[R * L2 * K]);
+      std::vector<const T*> from(K);
+      std::vector<int64_t> step(K);
+      for (int64_t n = begin; n < end; ++n) {
+        T* sample = data + n * st.batch;
+        for (int64_t r = 0; r < R; ++r) {
+          T* row = row_of(sample, r);
+          save_row(row, saved.get() + r * L2 * K);
+          const int64_t o0 = r / L1, o1 = r % L1;
+          for (int64_t k = 0; k < K; ++k) {
+            const int64_t q0 = slot_src(k, 0)[o0], q1 = slot_src(k, 1)[o1];
+            const int64_t q = q0 * L1 + q1;
+            if (q0 == kOutside || q1 == kOutside)
+              from[k] = nullptr;
+            else if (q <= r)
+              from[k] = saved.get() + q * L2 * K + k, step[k] = K;
+            else
+              from[k] = row_of(sample, q) + moving[k], step[k] = st.slot[2];
+          }
+          write_row(row, from.data(), step.data());
+        }
+      }
+    });
+    return;
+  }
+  const int64_t rows = g.batch * R;
+  std::unique_ptr<T[]> buffer(new T[rows * L2 * K]);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, L2 * K));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const T* row = row_ptr(r);
-      T* b = buffer.data() + r * L2 * K;
-      for (int64_t i2 = 0; i2 < L2; ++i2)
-        for (int64_t k = 0; k < K; ++k) b[i2 * K + k] = row[i2 * st.slot[2] + moving[k]];
-    }
+    for (int64_t r = begin; r < end; ++r)
+      save_row(row_of(data + (r / R) * st.batch, r % R), buffer.get() + r * L2 * K);
   });
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    std::vector<const T*> from(K);
+    std::vector<int64_t> step(K, K);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (L0 * L1), o0 = (r / L1) % L0, o1 = r % L1;
-      T* row = row_ptr(r);
+      const int64_t n = r / R, o0 = (r % R) / L1, o1 = r % L1;
       for (int64_t k = 0; k < K; ++k) {
-        const int64_t* s0 = src.data() + (k * kSlots + 0) * Lmax;
-        const int64_t* s1 = src.data() + (k * kSlots + 1) * Lmax;
-        const int64_t* s2 = src.data() + (k * kSlots + 2) * Lmax;
-        T* y = row + moving[k];
-        if (s0[o0] == kOutside || s1[o1] == kOutside) {
-          for (int64_t o2 = 0; o2 < L2; ++o2) y[o2 * st.slot[2]] = fill;
-          continue;
-        }
-        const T* b = buffer.data() + ((n * L0 + s0[o0]) * L1 + s1[o1]) * L2 * K + k;
-        for (int64_t o2 = 0; o2 < L2; ++o2)
-          y[o2 * st.slot[2]] = s2[o2] == kOutside ? fill : b[s2[o2] * K];
+        const int64_t q0 = slot_src(k, 0)[o0], q1 = slot_src(k, 1)[o1];
+        from[k] = q0 == kOutside || q1 == kOutside
+                      ? nullptr
+                      : buffer.get() + ((n * L0 + q0) * L1 + q1) * L2 * K + k;
       }
+      write_row(row_of(data + n * st.batch, r % R), from.data(), step.data());
     }
   });
 }
