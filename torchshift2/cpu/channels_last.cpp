@@ -1856,13 +1856,6 @@ void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t position
     for (int64_t c = 0; c < lanes; ++c) rows[p0 * channels + c] = planes[c * plane + p0];
 }
 
-// Dense planes of a geometry's input and output sizes.
-inline Strides plane_strides(const int64_t* length) {
-  Strides s;
-  s.slot[0] = length[1] * length[2], s.slot[1] = length[2], s.slot[2] = 1;
-  return s;
-}
-
 // The distance in elements between consecutive planes of `positions` elements in a plane
 // buffer: an odd number of cache lines, so that a transpose's 16 plane rows fall in 16
 // different L1 sets. Dense planes of a power-of-two size (3d: 16 x 32 x 32 floats = 64 KiB)

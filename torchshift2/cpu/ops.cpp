@@ -78,6 +78,22 @@ std::vector<int64_t> output_sizes(const at::Tensor& input, const Geometry& g) {
   return sizes;
 }
 
+// Channels-innermost bfloat16 / half: the float kernels run on widened copies (cached blocks,
+// channels innermost) and the result is rounded back by copy_ (nearest even, as the reduced
+// kernels round their float sums). The reduced kernels read through per-element conversions
+// in taps and per-lane loops: backward 3d 13-18 -> 2.9-3.3 ms, 2d_28 3.1-4.2 -> 1.8-1.9 ms,
+// 2d_56 12-15 -> 9.9-10.4 ms (benchmarks/NOTES.md, v14).
+bool widens(const at::Tensor& input) {
+  return (input.scalar_type() == at::kBFloat16 || input.scalar_type() == at::kHalf) &&
+         channels_inner(input);
+}
+
+at::Tensor widened(const at::Tensor& t) {
+  at::Tensor w = cached_empty(t.sizes(), at::kFloat, /*channels_last=*/true);
+  w.copy_(t);
+  return w;
+}
+
 }  // namespace
 
 // SPEC §3 into a new tensor from the output cache, contiguous or (channels_last) channels
@@ -115,6 +131,12 @@ at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t p
   }
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
                    "input: active=True needs a floating dtype, got ", input.scalar_type());
+  // Forward: three spatial dims only (3d Active Shift forward 4.1 -> 1.6 ms; in 2D the
+  // conversions cost what the float kernel saves: 2d_28 1.03 -> 1.12 ms, 2d_56 5.3 both).
+  if (cl && widens(input) && input.dim() == 5) {
+    out.copy_(forward(widened(input), weight, padding, active, crop, fill, channels_last));
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "torchshift2_active_forward", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
@@ -170,6 +192,13 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
     grad_input.zero_();
     grad_weight.zero_();
     return {grad_input, grad_weight};
+  }
+  if (widens(input_)) {
+    const auto [wide_grad_input, wide_grad_weight] =
+        backward(widened(grad_output_), widened(input_), weight, padding, active, crop,
+                 channels_last);
+    grad_input.copy_(wide_grad_input);
+    return {grad_input, wide_grad_weight};
   }
   if (channels_inner(input_)) {
     // Channels-last kernel: rows of input and grad_output must be W x C blocks.

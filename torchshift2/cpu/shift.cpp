@@ -1229,6 +1229,48 @@ struct PlaneBackward {
   }
 };
 
+// Dense planes of a geometry's input and output sizes.
+inline Strides plane_strides(const int64_t* length) {
+  Strides s;
+  s.slot[0] = length[1] * length[2], s.slot[1] = length[2], s.slot[2] = 1;
+  return s;
+}
+
+// backward_planes for reduced-precision storage (bfloat16, half): each plane is widened into
+// float buffers, the float kernel runs there (its flat runs vectorise; the reduced-type one
+// converts per element inside them, 3d SSL backward 3.9 ms against float's 0.72), and
+// grad_input is rounded back. Same op-math values in, float accumulation as before.
+template <typename scalar_t>
+void backward_planes_widened(
+    const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in, double* partials,
+    const Geometry& g, const Strides& gos, const Strides& is, const Strides& gis, bool active,
+    const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
+    const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts) {
+  using opmath_t = at::opmath_type<scalar_t>;
+  const PlaneBackward<opmath_t> kernel(g, active, read_shifts, interp_shifts);
+  const int64_t P = g.in_plane(), Q = g.out_plane();
+  const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, P));
+  at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
+    typename PlaneBackward<opmath_t>::Scratch scratch;
+    std::vector<opmath_t> buffer(2 * P + Q);
+    opmath_t* x = buffer.data();
+    opmath_t* gi = x + P;
+    opmath_t* go = gi + P;
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / g.channels, c = p % g.channels;
+      const scalar_t* x_plane = in + n * is.batch + c * is.channel;
+      const scalar_t* go_plane = grad_out + n * gos.batch + c * gos.channel;
+      scalar_t* gi_plane = grad_in + n * gis.batch + c * gis.channel;
+      for (int64_t i = 0; i < P; ++i) x[i] = static_cast<opmath_t>(x_plane[i]);
+      for (int64_t i = 0; i < Q; ++i) go[i] = static_cast<opmath_t>(go_plane[i]);
+      kernel.plane(scratch, c, go, x, gi, qs, ps, ps, nullptr, nullptr,
+                   partials == nullptr ? nullptr : partials + p * kSlots);
+      for (int64_t i = 0; i < P; ++i) gi_plane[i] = round_to<scalar_t>(gi[i]);
+    }
+  });
+}
+
 // Dense (n, c) planes (see PlaneBackward); partials: kSlots per plane, or null.
 template <typename scalar_t>
 void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
@@ -1236,6 +1278,11 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
                      const Strides& is, const Strides& gis, bool active,
                      const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& read_shifts,
                      const std::vector<ChannelShift<at::opmath_type<scalar_t>>>& interp_shifts) {
+  if constexpr (!std::is_same<scalar_t, at::opmath_type<scalar_t>>::value) {
+    backward_planes_widened(grad_out, in, grad_in, partials, g, gos, is, gis, active,
+                            read_shifts, interp_shifts);
+    return;
+  }
   const PlaneBackward<scalar_t> kernel(g, active, read_shifts, interp_shifts);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.in_plane()));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
