@@ -1250,6 +1250,14 @@ void backward_planes_widened(
   const PlaneBackward<opmath_t> kernel(g, active, read_shifts, interp_shifts);
   const int64_t P = g.in_plane(), Q = g.out_plane();
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
+  auto dense = [&](const Strides& s, const Strides& plane, const int64_t* length) {
+    for (int d = 0; d < kSlots; ++d)
+      if (length[d] > 1 && s.slot[d] != plane.slot[d]) return false;
+    return true;
+  };
+  TORCH_INTERNAL_ASSERT(dense(is, ps, g.length) && dense(gis, ps, g.length) &&
+                            dense(gos, qs, g.out_length),
+                        "backward_planes_widened: planes must be dense");
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, P));
   at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
     typename PlaneBackward<opmath_t>::Scratch scratch;
