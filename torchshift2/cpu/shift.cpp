@@ -58,6 +58,13 @@ inline c10::BFloat16 round_to<c10::BFloat16, float>(float v) {
   return c10::BFloat16(bits, c10::BFloat16::from_bits());
 }
 
+// Writes an op-math row into the output (a copy when the types agree, a rounding otherwise).
+template <typename scalar_t, typename opmath_t>
+inline void store_row(scalar_t* dst, const opmath_t* src, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) dst[j] = round_to<scalar_t>(src[j]);
+}
+
 // Lanes of the vector blocks (16 float32 lanes of AVX-512): grad_weight's partial sums and
 // the flat runs (stencil_run, adjoint_run, run_dots_flat).
 constexpr int kLanes = 16;
@@ -1036,14 +1043,14 @@ void combine_plane_dots(opmath_t* sum, const CornerDots<opmath_t>& dots, const G
 // The planar backward of single (n, c) planes: per-channel tables built once, then plane()
 // per plane. Dense planes only: slot 2 of grad_output, input and grad_input is unit-stride
 // (or of length 1), as backward() guarantees with contiguous copies and the channels-last
-// path with its transposed blocks.
+// path with its transposed blocks. Op-math storage (float, double) only: bfloat16 and half
+// planes are widened first (backward_planes_widened).
 template <typename scalar_t>
 struct PlaneBackward {
   using opmath_t = at::opmath_type<scalar_t>;
-  static constexpr bool kDirect = std::is_same<scalar_t, opmath_t>::value;
+  static_assert(std::is_same<scalar_t, opmath_t>::value, "PlaneBackward: op-math storage only");
   // Per-thread working memory of plane().
   struct Scratch {
-    std::vector<opmath_t> rowbuf;
     std::vector<const scalar_t*> src;
     std::vector<opmath_t> cf, p0, p1;
     Row<opmath_t> rows[kMaxRows];
@@ -1111,7 +1118,6 @@ struct PlaneBackward {
     const opmath_t* tap = corner_weight[2];
     const int64_t read_offset = g.before[2] - ws.shift[2];
     const bool weights = partial != nullptr;
-    if (!kDirect) s.rowbuf.resize(L2);
     const bool dense_rows = gos.slot[2] == 1 || O2 == 1;
     if (!dense_rows) next_go = nullptr;
     if (!dense_rows || !(is.slot[2] == 1 || L2 == 1)) next_x = nullptr;
@@ -1124,10 +1130,9 @@ struct PlaneBackward {
 
     // Flat planes of grad_input and grad_output (slot 2 not cropped): a run of regular rows
     // is one adjoint_run.
-    const bool flat_rows = kDirect && flat_planes(g, gis, gos);
-    // The same for input and grad_output: runs of grad_weight rows are flat (op-math
-    // dtypes: the 2-byte conversions inside its selects do not vectorise).
-    const bool flat_weight_rows = kDirect && flat_planes(g, is, gos);
+    const bool flat_rows = flat_planes(g, gis, gos);
+    // The same for input and grad_output: runs of grad_weight rows are flat.
+    const bool flat_weight_rows = flat_planes(g, is, gos);
     // grad_input rows (j0, j1 .. j1 + count_rows - 1): gather of the grad_output rows that
     // read them. A run of rows with regular slot-1 lists (t1.run) reads the same outputs
     // shifted by one row per row, so its pointers just advance.
@@ -1153,7 +1158,7 @@ struct PlaneBackward {
         // No prefetch of these rows' input here (the per-row path below has one): the
         // previous plane's grad_weight pass fetched it (next_x), and re-issuing it cost 2-4%
         // (benchmarks/NOTES.md, v12).
-        opmath_t* dst = reinterpret_cast<opmath_t*>(gi + j0 * gis.slot[0] + j1 * L2);
+        opmath_t* dst = gi + j0 * gis.slot[0] + j1 * L2;
         if (active)
           adjoint_run_any<2>(dst, count, src.data(), s.p0.data(), s.p1.data(), t.offset, L2,
                              count_rows, t.ginside[0].data(), t.ginside[1].data());
@@ -1172,8 +1177,7 @@ struct PlaneBackward {
         if (j1 + r + kAhead < L1)
           prefetch_row_for_write(gi + j0 * gis.slot[0] + (j1 + r + kAhead) * gis.slot[1],
                                  in_row_bytes);
-        scalar_t* girow = gi + j0 * gis.slot[0] + (j1 + r) * gis.slot[1];
-        opmath_t* dst = kDirect ? reinterpret_cast<opmath_t*>(girow) : s.rowbuf.data();
+        opmath_t* dst = gi + j0 * gis.slot[0] + (j1 + r) * gis.slot[1];
         if (count == 0) {
           std::fill(dst, dst + L2, opmath_t(0));
         } else {
@@ -1192,8 +1196,6 @@ struct PlaneBackward {
                   cf[k] * tap[t.extra_a[e]] * static_cast<opmath_t>(src[k][t.extra_o[e]]);
           for (int k = 0; k < count; ++k) src[k] += gos.slot[1];
         }
-        if (!kDirect)
-          for (int64_t i2 = 0; i2 < L2; ++i2) girow[i2] = round_to<scalar_t>(dst[i2]);
       }
     };
     // grad_weight, output rows (o0, o1 .. o1 + count_rows - 1): the interpolation
@@ -1274,7 +1276,7 @@ void backward_planes_widened(
       for (int64_t i = 0; i < Q; ++i) go[i] = static_cast<opmath_t>(go_plane[i]);
       kernel.plane(scratch, c, go, x, gi, qs, ps, ps, nullptr, nullptr,
                    partials == nullptr ? nullptr : partials + p * kSlots);
-      for (int64_t i = 0; i < P; ++i) gi_plane[i] = round_to<scalar_t>(gi[i]);
+      store_row(gi_plane, gi, P);
     }
   });
 }
@@ -1289,29 +1291,29 @@ void backward_planes(const scalar_t* grad_out, const scalar_t* in, scalar_t* gra
   if constexpr (!std::is_same<scalar_t, at::opmath_type<scalar_t>>::value) {
     backward_planes_widened(grad_out, in, grad_in, partials, g, gos, is, gis, active,
                             read_shifts, interp_shifts);
-    return;
-  }
-  const PlaneBackward<scalar_t> kernel(g, active, read_shifts, interp_shifts);
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.in_plane()));
-  at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
-    typename PlaneBackward<scalar_t>::Scratch scratch;
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / g.channels, c = p % g.channels;
-      // The next plane's grad_output and input are prefetched during this plane's
-      // grad_weight phase (input too: 2d_56 SSL backward 2.41-3.08 -> 2.14-2.30 ms).
-      const scalar_t* next_go = nullptr;
-      const scalar_t* next_x = nullptr;
-      if (p + 1 < end) {
-        const int64_t nn = (p + 1) / g.channels, nc = (p + 1) % g.channels;
-        next_go = grad_out + nn * gos.batch + nc * gos.channel;
-        next_x = in + nn * is.batch + nc * is.channel;
+  } else {
+    const PlaneBackward<scalar_t> kernel(g, active, read_shifts, interp_shifts);
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.in_plane()));
+    at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
+      typename PlaneBackward<scalar_t>::Scratch scratch;
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t n = p / g.channels, c = p % g.channels;
+        // The next plane's grad_output and input are prefetched during this plane's
+        // grad_weight phase (input too: 2d_56 SSL backward 2.41-3.08 -> 2.14-2.30 ms).
+        const scalar_t* next_go = nullptr;
+        const scalar_t* next_x = nullptr;
+        if (p + 1 < end) {
+          const int64_t nn = (p + 1) / g.channels, nc = (p + 1) % g.channels;
+          next_go = grad_out + nn * gos.batch + nc * gos.channel;
+          next_x = in + nn * is.batch + nc * is.channel;
+        }
+        kernel.plane(scratch, c, grad_out + n * gos.batch + c * gos.channel,
+                     in + n * is.batch + c * is.channel, grad_in + n * gis.batch + c * gis.channel,
+                     gos, is, gis, next_go, next_x,
+                     partials == nullptr ? nullptr : partials + p * kSlots);
       }
-      kernel.plane(scratch, c, grad_out + n * gos.batch + c * gos.channel,
-                   in + n * is.batch + c * is.channel, grad_in + n * gis.batch + c * gis.channel,
-                   gos, is, gis, next_go, next_x,
-                   partials == nullptr ? nullptr : partials + p * kSlots);
-    }
-  });
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1514,12 +1516,6 @@ void stencil_rows(opmath_t* dst, int64_t count, const scalar_t* const* src, cons
   }
 }
 
-// Writes an op-math row into the output (a copy when the types agree, a rounding otherwise).
-template <typename scalar_t, typename opmath_t>
-inline void store_row(scalar_t* dst, const opmath_t* src, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) dst[j] = round_to<scalar_t>(src[j]);
-}
 
 // Tap weights of one slot: (1 - frac, frac), or (1) for SSL / a missing slot.
 template <typename opmath_t>
