@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     limits = [(6, 3, 4)] + ([(70, 2, 48)] if args.large else [])
     count, failures = 0, []
     with ts.use_backend(args.backend):
-        chosen = ts.backend.resolve(device)
+        chosen = ts.backends.resolve(device)
         for (max_size, max_batch, max_channels), ndim, padding, active, fmt in itertools.product(
                 limits, (1, 2, 3), args.paddings.split(","), (False, True),
                 ("contiguous", "channels_last", "permuted")):

@@ -7,14 +7,14 @@ import time
 
 import torch
 
-from torchshift2.cpu import loader
+from torchshift2.backends.cpp import build as loader
 
 RUN = """
 import time, warnings, torch
 warnings.simplefilter("always")
 start = time.time()
 import torchshift2 as ts
-from torchshift2 import backend
+from torchshift2 import backends as backend
 imported = time.time() - start
 out = ts.shift(torch.arange(4.).reshape(1, 1, 4), torch.tensor([[1.0]]))
 assert out.flatten().tolist() == [0.0, 0.0, 1.0, 2.0], out
@@ -70,10 +70,10 @@ def test_stale_lock_is_removed_with_a_warning(tmp_path, recwarn):
 
 def test_backend_environment_variable_selects_reference():
     env = dict(os.environ, TORCHSHIFT2_BACKEND="reference")
-    code = ("import torch, torchshift2 as ts; from torchshift2 import backend; "
+    code = ("import torch, torchshift2 as ts; from torchshift2 import backends as backend; "
             "print(backend.resolve(torch.device('cpu')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.stdout.strip() == "reference"
     with __import__("torchshift2").use_backend("cpp"):
-        from torchshift2 import backend
+        from torchshift2 import backends as backend
         assert backend.resolve(torch.device("cpu")) == "cpp"

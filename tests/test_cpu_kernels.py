@@ -228,23 +228,23 @@ def test_inplace_matches_oracle(dtype, layout, padding):
 # --- output cache ----------------------------------------------------------------------
 
 def test_output_cache_reuses_freed_blocks_and_empties():
-    from torchshift2.cpu import loader
+    from torchshift2.backends import cpp
 
     x = torch.randn(4, 16, 64, 64)  # 1 MiB: above the cache's threshold
     weight = torch.randn(16, 2)
     expected = ts.reference.shift(x, weight, "border")
     ts.shift(x, weight, "border")
-    before = loader.cache_info()
+    before = cpp.cache_info()
     for _ in range(3):
         out = ts.shift(x, weight, "border")
         assert torch.equal(out, expected)  # a reused block never leaks old values
         del out
-    after = loader.cache_info()
+    after = cpp.cache_info()
     assert after["hits"] >= before["hits"] + 3
     assert after["free_bytes"] >= x.numel() * 4
-    ts.backend.empty_cpu_cache()
-    assert loader.cache_info()["free_bytes"] == 0
-    assert ts.backend.cpu_cache_info()["free_blocks"] == 0
+    ts.backends.empty_cpu_cache()
+    assert cpp.cache_info()["free_bytes"] == 0
+    assert ts.backends.cpu_cache_info()["free_blocks"] == 0
 
 
 CACHE_RUN = """
@@ -254,7 +254,7 @@ outs = [ts.shift(x, w) for _ in range(4)]  # four 1 MiB blocks live at once
 expected = ts.reference.shift(x, w)
 assert all(torch.equal(o, expected) for o in outs)
 del outs
-info = ts.backend.cpu_cache_info()
+info = ts.backends.cpu_cache_info()
 print("FREE", info["free_bytes"], "LIMIT", info["limit_bytes"])
 """
 
@@ -319,8 +319,8 @@ def test_eager_entry_equals_custom_op(shape, layout, active):
         x = channels_inner(x, gapped=layout == "gapped")
     weight = torch.randn(shape[1], len(shape) - 2) * 2
     grad_output = torch.randn(shape)
-    ts.cpu.loader.load()  # the eager entry points exist once the library is loaded
-    assert ts.ops.eager_shift(x, weight, "circular", active) is not None
+    ts.backends.cpp.build.load()  # the eager entry points exist once the library is loaded
+    assert ts._eager.try_shift(x, weight, "circular", active) is not None
     results = []
     for fast in (True, False):
         xr = x.detach().requires_grad_()  # (a clone would not keep the gapped layout)
@@ -339,8 +339,8 @@ def test_eager_entry_equals_custom_op(shape, layout, active):
 def test_eager_entry_declines_what_the_full_path_handles(monkeypatch):
     x = torch.randn(2, 3, 5, 6)
     weight = torch.randn(3, 2)
-    ts.cpu.loader.load()
-    eager = ts.ops.eager_shift
+    ts.backends.cpp.build.load()
+    eager = ts._eager.try_shift
     declined = [
         eager(x.long(), weight, "zeros", False),  # exact dtypes: the Python rules
         eager(x, weight[:, :1], "zeros", False),  # wrong weight shape
@@ -356,10 +356,10 @@ def test_eager_entry_declines_what_the_full_path_handles(monkeypatch):
     assert all(result is None for result in declined)
     with ts.use_backend("reference"):
         assert eager(x, weight, "zeros", False) is None
-        assert not ts.ops.eager_shift_(x, weight, "zeros")
+        assert not ts._eager.try_shift_(x, weight, "zeros")
     monkeypatch.setenv("TORCHSHIFT2_BACKEND", "reference")
     assert eager(x, weight, "zeros", False) is None
-    assert not ts.ops.eager_shift_(x, weight, "zeros")
+    assert not ts._eager.try_shift_(x, weight, "zeros")
     monkeypatch.setenv("TORCHSHIFT2_BACKEND", " cpp ")
     assert eager(x, weight, "zeros", False) is not None
     monkeypatch.setenv("TORCHSHIFT2_BACKEND", "fastest")
@@ -374,14 +374,14 @@ def test_eager_inplace_entry():
     expected = ts.shift(x, weight, "reflect")  # (loads the library)
     y = x.clone()
     version = y._version
-    assert ts.ops.eager_shift_(y, weight, "reflect")
+    assert ts._eager.try_shift_(y, weight, "reflect")
     assert torch.equal(y, expected) and y._version > version
-    assert not ts.ops.eager_shift_(y.requires_grad_(), weight, "reflect")
+    assert not ts._eager.try_shift_(y.requires_grad_(), weight, "reflect")
     with pytest.raises(RuntimeError, match="in-place shifting has no gradient"):
         ts.shift_(y, weight)
     with torch.no_grad():
-        assert ts.ops.eager_shift_(y, weight, "reflect")
-    assert not ts.ops.eager_shift_(torch.empty(0, 4, 5, 6), weight, "reflect")
+        assert ts._eager.try_shift_(y, weight, "reflect")
+    assert not ts._eager.try_shift_(torch.empty(0, 4, 5, 6), weight, "reflect")
 
 
 def test_fast_path_is_skipped_when_ops_are_intercepted():

@@ -25,7 +25,7 @@ def _case(shape, memory_format="contiguous", dtype=torch.float32, seed=0, scale=
 
 
 def test_auto_backend_is_triton_on_cuda():
-    assert ts.backend.resolve(CUDA) == "triton"
+    assert ts.backends.resolve(CUDA) == "triton"
 
 
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last", "permuted"])

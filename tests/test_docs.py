@@ -17,7 +17,7 @@ import pytest
 import torchshift2
 
 ROOT = Path(__file__).resolve().parent.parent
-API_MODULES = ("functional", "nn", "convert", "quantized", "backend", "reference")
+API_MODULES = ("functional", "nn", "convert", "quantized", "backends", "reference")
 
 
 def _env():

@@ -37,7 +37,7 @@ def test_module_docstring_examples(name):
 def test_the_public_api_has_examples():
     """The modules users read have runnable examples (guards against doctest finding none)."""
     finder = doctest.DocTestFinder()
-    for name in ("torchshift2.functional", "torchshift2.nn", "torchshift2.backend",
+    for name in ("torchshift2.functional", "torchshift2.nn", "torchshift2.backends",
                  "torchshift2.convert", "torchshift2.quantized"):
         examples = sum(len(t.examples) for t in finder.find(importlib.import_module(name)))
         assert examples > 0, name

@@ -5,7 +5,7 @@ See SPEC.md / the docs for the exact contract.
 
 from . import functional, nn, reference
 from ._spec import PADDINGS, PADDING_ALIASES
-from .backend import BACKENDS, selected_backend, use_backend
+from .backends import BACKENDS, selected_backend, use_backend
 from .functional import shift, shift1d, shift2d, shift3d, shift_
 from .nn import Shift1d, Shift2d, Shift3d
 from . import convert, quantized

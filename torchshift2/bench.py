@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.utils.benchmark import Timer
 
-from . import backend as _backend
+from . import backends as _backend
 from . import reference
 from .functional import shift, shift_
 

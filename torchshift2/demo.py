@@ -439,7 +439,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _require("matplotlib")
     if args.threads:
         torch.set_num_threads(args.threads)
-    backend = ts.backend.resolve(torch.device("cpu"))
+    backend = ts.backends.resolve(torch.device("cpu"))
     print(f"torchshift2 demo: torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"shift backend {backend!r}, torch.compile {'on' if args.compile else 'off'}, "
           f"{args.epochs} epochs")

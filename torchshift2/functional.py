@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import _spec, ops
+from . import _eager, _spec, ops
 
 __all__ = ["shift", "shift_", "shift1d", "shift2d", "shift3d", "check_shift_args"]
 
@@ -161,7 +161,7 @@ def shift_(input: Tensor, weight: Tensor, padding: str = "zeros") -> Tensor:
         tensor([[[0., 1., 2., 3.],
                  [7., 4., 5., 6.]]])
     """
-    if ops.eager_shift_(input, weight, padding):
+    if _eager.try_shift_(input, weight, padding):
         return input
     if torch.is_grad_enabled() and (
         getattr(input, "requires_grad", False) or getattr(weight, "requires_grad", False)
@@ -179,7 +179,7 @@ def shift_(input: Tensor, weight: Tensor, padding: str = "zeros") -> Tensor:
 
 def _shift(input, weight, padding, active, crop, ndim: Optional[int] = None) -> Tensor:
     if crop is None:
-        out = ops.eager_shift(input, weight, padding, active, -1 if ndim is None else ndim)
+        out = _eager.try_shift(input, weight, padding, active, -1 if ndim is None else ndim)
         if out is not None:
             return out
     padding, crop = check_shift_args(input, weight, padding, active, crop, ndim)

@@ -2,7 +2,7 @@
 
 The interpreter runs the kernels' Python semantics but never lowers them; this script
 drives the real compiler (TTIR -> TTGIR -> LLVM -> PTX -> ptxas) for the launches that
-``torchshift2.triton.forward`` / ``backward`` would make, by replacing each kernel's
+``torchshift2.backends.triton.forward`` / ``backward`` would make, by replacing each kernel's
 ``[grid](...)`` launch with a compile for ``GPUTarget("cuda", ARCH, 32)``.
 
 Usage (TRITON_INTERPRET must be unset):
@@ -25,8 +25,8 @@ from triton.compiler import compile as triton_compile  # noqa: E402
 from triton.compiler import make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-import torchshift2.triton as backend_module  # noqa: E402
-from torchshift2.triton import kernels  # noqa: E402
+import torchshift2.backends.triton as backend_module  # noqa: E402
+from torchshift2.backends.triton import kernels  # noqa: E402
 
 _ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
 ARCH = int(_ARGS[0]) if _ARGS else 90

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(autouse=True, scope="session")
 def _interpreted_kernels():
-    from torchshift2.triton import kernels
+    from torchshift2.backends.triton import kernels
 
     if ON_CUDA:
         import torch

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import torchshift2 as ts
-import torchshift2.triton as triton_backend
-from torchshift2 import _reference_backend, _spec
+import torchshift2.backends.triton as triton_backend
+from torchshift2 import _spec
+from torchshift2.backends import reference as _reference_backend
 from helpers import FORMATS, TEST_DEVICE as DEVICE, assert_close, layout, shift_cases, \
     shift_with_grads
 

@@ -1,12 +1,8 @@
 """Triton backend (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``).
 
-The backend interface called by :mod:`torchshift2.ops` (as :mod:`torchshift2.cpu.loader`)::
-
-    forward(input, weight, padding, active, crop, fill) -> out
-    backward(grad_output, input, weight, padding, active, crop) -> (grad_input, grad_weight)
-
-allocate their outputs (:mod:`torchshift2._spec`'s layout rule) and call ``forward_into`` /
-``backward_into``, which write into preallocated outputs of any strides. The kernels live in :mod:`.kernels`; this module
+The :class:`~torchshift2.backends.Backend` functions allocate their outputs
+(:mod:`torchshift2._spec`'s layout rule) and call ``forward_into`` / ``backward_into``,
+which write into preallocated outputs of any strides. The kernels live in :mod:`.kernels`; this module
 chooses the layout (planar for contiguous outputs, channels-last for channels-last ones),
 tile sizes and index width, and launches them on the current stream.
 
@@ -36,10 +32,12 @@ import functools
 
 import torch
 
-from .. import _spec
+from ... import _spec
 from . import kernels
 
-__all__ = ["forward", "backward", "forward_into", "backward_into"]
+__all__ = ["forward", "backward", "forward_into", "backward_into", "shift_inplace"]
+
+name = "triton"
 
 #: Launch configuration (benchmarks/gpu_tune.py sweeps these on a GPU): bytes of one dtype
 #: per program tile, the warps of a full tile, and the widest channel block (channels-last).
@@ -245,6 +243,11 @@ def backward(grad_output, input, weight, padding, active, crop):
     grad_input, grad_weight = _spec.empty_grads(input, weight)
     backward_into(grad_input, grad_weight, grad_output, input, weight, padding, active, crop)
     return grad_input, grad_weight
+
+
+def shift_inplace(input, weight, padding):
+    """SSL in place: out of place into a new tensor, then copied back."""
+    input.copy_(forward(input, weight, padding, False, [0, 0] * (input.dim() - 2), 0))
 
 
 def forward_into(out, input, weight, padding, active, crop, fill):

@@ -1,19 +1,4 @@
-"""Compile the C++ kernel at first use with ``load_inline``; the C++ backend.
-
-Sources: ``shift.cpp`` (the kernels), ``output_cache.cpp`` (the allocator of their outputs),
-``ops.cpp`` (op entry points and registrations; ``eager_shift``, ``eager_shift_inplace`` and
-``shift_autograd``: the eager fast path).
-
-The backend interface (shared with :mod:`torchshift2.triton` and the reference)::
-
-    forward(input, weight, padding, active, crop, fill) -> out
-    backward(grad_output, input, weight, padding, active, crop) -> (grad_input, grad_weight)
-    shift_inplace(input, weight, padding) -> None
-
-The kernels allocate ``out`` and ``grad_input`` themselves, from a cache of freed blocks
-(``output_cache.cpp``: big fresh CPU tensors cost more in page faults than the shift
-itself), in the memory format that :func:`torchshift2._spec.is_channels_last` picks; they
-refuse non-finite weights with a ``ValueError``.
+"""Compile the C++ kernels at first use with ``load_inline`` and cache the library.
 
 The build goes to ``$TORCHSHIFT2_BUILD_DIR`` (default ``~/.cache/torchshift2``) under a name
 that hashes the source, the torch version and the flags: an unchanged source reuses the
@@ -32,7 +17,6 @@ from typing import Optional
 
 import torch
 
-from .. import _spec
 
 _SOURCE_PATHS = [
     Path(__file__).with_name(name) for name in ("output_cache.cpp", "shift.cpp", "channels_last.cpp", "ops.cpp")
@@ -53,10 +37,6 @@ STALE_LOCK_SECONDS = 600
 _lock = threading.Lock()
 _ops = None
 _error: Optional[BaseException] = None
-#: The eager entry points ``torchshift2_cpu::eager_shift`` / ``eager_shift_inplace``
-#: (:func:`torchshift2.ops.eager_shift`); ``None`` until the library is loaded.
-eager_shift_op = None
-eager_shift_inplace_op = None
 
 
 def _cpu_identity() -> str:
@@ -97,7 +77,7 @@ def load():
 
     Raises the build error if it fails; a failure is remembered for the process.
     """
-    global _ops, _error, eager_shift_op, eager_shift_inplace_op
+    global _ops, _error
     with _lock:
         if _ops is not None:
             return _ops
@@ -128,8 +108,6 @@ def load():
             _error = error
             raise
         _ops = torch.ops.torchshift2_cpu
-        eager_shift_op = _ops.eager_shift.default
-        eager_shift_inplace_op = _ops.eager_shift_inplace.default
         return _ops
 
 
@@ -144,40 +122,11 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
-def forward(input, weight, padding, active, crop, fill):
-    return _ops_or_load().forward(input, weight, _spec.padding_code(padding), active, crop,
-                                  float(fill), _spec.is_channels_last(input))
+def loaded():
+    """The op namespace ``torch.ops.torchshift2_cpu`` if the library is loaded, else ``None``."""
+    return _ops
 
 
-def backward(grad_output, input, weight, padding, active, crop):
-    return _ops_or_load().backward(grad_output, input, weight, _spec.padding_code(padding),
-                                   active, crop, _spec.is_channels_last(input))
-
-
-def shift_autograd(input, weight, padding, active, crop):
-    """The forward with a C++ autograd node (the eager fast path of :func:`torchshift2.ops.apply_shift`)."""
-    return _ops_or_load().shift_autograd(input, weight, padding, _spec.padding_code(padding),
-                                         active, crop, _spec.is_channels_last(input))
-
-
-def shift_inplace(input, weight, padding):
-    _ops_or_load().shift_inplace(input, weight, _spec.padding_code(padding))
-
-
-def _ops_or_load():
+def ops():
+    """The op namespace, building or loading the library first if needed."""
     return _ops if _ops is not None else load()
-
-
-def empty_cache() -> None:
-    """Release the free blocks of the output cache (no-op when the kernel is not built)."""
-    if _ops is not None:
-        _ops.empty_cache()
-
-
-def cache_info() -> dict:
-    """The output cache's state: free bytes and blocks, limit, hits and misses."""
-    if _ops is None:
-        return {"free_bytes": 0, "free_blocks": 0, "limit_bytes": None, "hits": 0, "misses": 0}
-    free_bytes, free_blocks, limit, hits, misses = _ops.cache_info()
-    return {"free_bytes": free_bytes, "free_blocks": free_blocks, "limit_bytes": limit,
-            "hits": hits, "misses": misses}

@@ -1,7 +1,6 @@
-"""The reference (:mod:`torchshift2.reference`) behind the ops' backend interface.
+"""The reference (:mod:`torchshift2.reference`) as a :class:`~torchshift2.backends.Backend`.
 
-``forward`` / ``backward`` allocate and return (the interface of :mod:`torchshift2.cpu.loader`);
-``forward_into`` / ``backward_into`` write into preallocated outputs.
+``forward_into`` / ``backward_into`` write into preallocated outputs (the CUDA tests use them).
 """
 
 from __future__ import annotations
@@ -10,7 +9,9 @@ import contextlib
 
 import torch
 
-from . import _spec, reference
+from .. import _spec, reference
+
+name = "reference"
 
 
 def forward(input, weight, padding, active, crop, fill):
@@ -30,6 +31,10 @@ def backward(grad_output, input, weight, padding, active, crop):
     else:
         backward_into(grad_input, grad_weight, grad_output, input, weight, padding, active, crop)
     return grad_input, grad_weight
+
+
+def shift_inplace(input, weight, padding):
+    input.copy_(forward(input, weight, padding, False, [0, 0] * (input.dim() - 2), 0))
 
 
 def forward_into(out, input, weight, padding, active, crop, fill):

@@ -1,24 +1,52 @@
-"""Backend selection: ``TORCHSHIFT2_BACKEND`` and :func:`use_backend`.
+"""The backends behind the ops: their interface, and which one runs.
 
-``auto`` runs the C++ kernel on CPU, the Triton kernels on CUDA and the reference anywhere
-else. The choice is read when an op runs (not when it is traced), so it also applies inside
-``torch.compile``'d models.
+Three implementations of :class:`Backend`: :mod:`.reference` (pure torch, the oracle),
+:mod:`.cpp` (C++ CPU kernels) and :mod:`.triton` (CUDA). ``auto`` runs the C++ kernel on
+CPU, the Triton kernels on CUDA and the reference anywhere else; ``TORCHSHIFT2_BACKEND``
+and :func:`use_backend` choose another. The choice is read when an op runs (not when it is
+traced), so it also applies inside ``torch.compile``'d models.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib
 import os
 import warnings
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Protocol, Tuple
 
 import torch
+from torch import Tensor
 
-from .cpu import loader as _cpu_loader
+from .cpp import build as _cpp_build
 
-__all__ = ["BACKENDS", "cpu_cache_info", "empty_cpu_cache", "resolve", "selected_backend",
-           "use_backend"]
+__all__ = ["BACKENDS", "Backend", "cpu_cache_info", "empty_cpu_cache", "module_for", "resolve",
+           "selected_backend", "use_backend"]
+
+
+class Backend(Protocol):
+    """What :mod:`torchshift2.ops` calls: each backend module implements these functions.
+
+    Arguments arrive checked by :mod:`torchshift2.functional` (``padding`` a canonical name,
+    ``crop`` flat ``[before1, after1, ...]``); the backends still refuse anything that
+    could make a kernel read or write out of bounds, and non-finite weights on CPU
+    (``ValueError``). Outputs are new tensors in the layout of
+    :func:`torchshift2._spec.is_channels_last`, never aliasing an argument.
+    """
+
+    name: str
+
+    def forward(self, input: Tensor, weight: Tensor, padding: str, active: bool,
+                crop: List[int], fill: float) -> Tensor:
+        """SPEC §3. ``fill``: the value of zeros padding (a quantized zero point)."""
+
+    def backward(self, grad_output: Tensor, input: Tensor, weight: Tensor, padding: str,
+                 active: bool, crop: List[int]) -> Tuple[Tensor, Tensor]:
+        """SPEC §4: ``(grad_input, grad_weight)``."""
+
+    def shift_inplace(self, input: Tensor, weight: Tensor, padding: str) -> None:
+        """SSL forward in place, without crop; touches only channels that move."""
 
 #: Names accepted by ``TORCHSHIFT2_BACKEND`` and :func:`use_backend`.
 BACKENDS = ("auto", "cpp", "triton", "reference")
@@ -104,14 +132,14 @@ def resolve(device: torch.device) -> str:
     Example:
         >>> import torch, torchshift2 as ts
         >>> with ts.use_backend("reference"):
-        ...     ts.backend.resolve(torch.device("cpu"))
+        ...     ts.backends.resolve(torch.device("cpu"))
         'reference'
     """
     name = selected_backend()
     if name != "auto":
         return name
     if device.type == "cpu":
-        reason = _cpu_loader.unavailable_reason()
+        reason = _cpp_build.unavailable_reason()
         if reason is None:
             return "cpp"
         warn_once("cpp", f"torchshift2: the C++ CPU kernel is unavailable ({reason}); "
@@ -144,10 +172,10 @@ def cpu_cache_info() -> dict:
 
     Example:
         >>> import torchshift2 as ts
-        >>> sorted(ts.backend.cpu_cache_info())
+        >>> sorted(ts.backends.cpu_cache_info())
         ['free_blocks', 'free_bytes', 'hits', 'limit_bytes', 'misses']
     """
-    return _cpu_loader.cache_info()
+    return _cpp().cache_info()
 
 
 def empty_cpu_cache() -> None:
@@ -157,8 +185,20 @@ def empty_cpu_cache() -> None:
 
     Example:
         >>> import torchshift2 as ts
-        >>> ts.backend.empty_cpu_cache()
-        >>> ts.backend.cpu_cache_info()["free_bytes"]
+        >>> ts.backends.empty_cpu_cache()
+        >>> ts.backends.cpu_cache_info()["free_bytes"]
         0
     """
-    _cpu_loader.empty_cache()
+    _cpp().empty_cache()
+
+
+def _cpp():
+    return importlib.import_module(".cpp", __name__)
+
+
+def module_for(device: torch.device) -> Backend:
+    """The backend module that runs ops on ``device`` (:func:`resolve`'s choice)."""
+    name = resolve(device)
+    if name == "cpp" and device.type != "cpu":
+        raise RuntimeError(f"backend 'cpp': expected CPU tensors, got device {device}")
+    return importlib.import_module(f".{name}", __name__)
