@@ -14,6 +14,9 @@ import torch
 #: Triton kernels, which receive ``PADDINGS.index(name)``).
 PADDINGS: Tuple[str, ...] = ("zeros", "border", "periodic", "reflect", "symmetric")
 
+#: Quantized dtypes the shift accepts (one stored integer per element).
+QUANTIZED_DTYPES = (torch.quint8, torch.qint8, torch.qint32)
+
 #: ``torch.nn.Conv*d(padding_mode=...)`` names accepted as aliases.
 PADDING_ALIASES = {"replicate": "border", "circular": "periodic"}
 
@@ -41,8 +44,12 @@ def canonical_padding(padding: str) -> str:
 
 
 def padding_code(padding: str) -> int:
-    """Integer code of a canonical padding name, as the kernels know it."""
-    return PADDING_CODES[padding][1]
+    """Integer code of a padding name (or alias), as the kernels know it.
+
+    Raises ``ValueError`` / ``TypeError`` naming ``padding`` for anything else (the ops reach
+    here with whatever a direct ``torch.ops.torchshift2.shift`` call passed)."""
+    code = PADDING_CODES.get(padding) if isinstance(padding, str) else None
+    return PADDING_CODES[canonical_padding(padding)][1] if code is None else code[1]
 
 
 def normalize_crop(crop: Optional[Sequence[Sequence[int]]], spatial: Sequence[int]) -> Crop:
@@ -88,11 +95,27 @@ def pair_crop(flat: Sequence[int]) -> Crop:
     return tuple((int(flat[2 * d]), int(flat[2 * d + 1])) for d in range(len(flat) // 2))
 
 
-def output_shape(input_shape: Sequence[int], crop: Crop) -> list:
-    """Shape of the shift output: spatial dim d shrinks by ``before_d + after_d``."""
-    return list(input_shape[:2]) + [
+def output_shape(input_shape: Sequence[int], crop: Crop, channels: Optional[int] = None) -> list:
+    """Shape of the shift output: ``channels`` channels (default: the input's; ``k·C`` with a
+    channel multiplier), spatial dim d shrunk by ``before_d + after_d``."""
+    channels = input_shape[1] if channels is None else channels
+    return [input_shape[0], channels] + [
         length - before - after for length, (before, after) in zip(input_shape[2:], crop)
     ]
+
+
+def multiplier(input_channels: int, weight_rows: int) -> int:
+    """The channel multiplier k of a ``(k·C, D)`` weight for ``C`` input channels (1 when
+    ``C == 0``); output channel ``o`` reads input channel ``o // k`` (SPEC §1).
+
+    Raises ``ValueError`` naming ``weight`` when the rows are not ``k·C`` for an integer
+    ``k >= 1`` (the ops reach here with whatever a direct op call passed)."""
+    if input_channels == 0 and weight_rows == 0:
+        return 1
+    if input_channels <= 0 or weight_rows <= 0 or weight_rows % input_channels:
+        raise ValueError(f"weight: expected k·C rows for C = {input_channels} input channels "
+                         f"and an integer k >= 1, got {weight_rows} rows")
+    return weight_rows // input_channels
 
 
 def is_channels_last(tensor: torch.Tensor) -> bool:
@@ -118,16 +141,29 @@ def empty_like_layout(like: torch.Tensor, shape: Sequence[int], dtype=None) -> t
     return torch.empty(physical, dtype=dtype, device=like.device).permute(inverse)
 
 
-def empty_output(input: torch.Tensor, crop: Sequence[int]) -> torch.Tensor:
-    """Uninitialised shift output for ``input`` and flat ``crop``, in the layout rule's format."""
-    return empty_like_layout(input, output_shape(input.shape, pair_crop(crop)))
+def empty_output(input: torch.Tensor, crop: Sequence[int],
+                 weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Uninitialised shift output for ``input`` and flat ``crop`` (``weight.shape[0]``
+    channels when ``weight`` is given), in the layout rule's format."""
+    channels = None if weight is None else weight.shape[0]
+    return empty_like_layout(input, output_shape(input.shape, pair_crop(crop), channels))
 
 
-def empty_grads(input: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Uninitialised ``(grad_input, grad_weight)``: input's layout rule, weight contiguous."""
-    return empty_like_layout(input, input.shape), torch.empty_like(
-        weight, memory_format=torch.contiguous_format
-    )
+def not_computed(like: torch.Tensor) -> torch.Tensor:
+    """What ``torchshift2::shift_backward`` returns for a gradient left out of its
+    ``output_mask``: an empty tensor of shape ``(0,)`` (a custom op cannot return ``None``
+    for a ``Tensor`` output)."""
+    return torch.empty((0,), dtype=like.dtype, device=like.device)
+
+
+def empty_grads(input: torch.Tensor, weight: torch.Tensor, output_mask: Sequence[bool] = (True, True)
+                ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Uninitialised ``(grad_input, grad_weight)``: input's layout rule, weight contiguous;
+    ``None`` for a gradient not in ``output_mask``."""
+    grad_input = empty_like_layout(input, input.shape) if output_mask[0] else None
+    grad_weight = (torch.empty_like(weight, memory_format=torch.contiguous_format)
+                   if output_mask[1] else None)
+    return grad_input, grad_weight
 
 
 def check_finite(weight: torch.Tensor) -> None:

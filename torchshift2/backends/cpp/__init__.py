@@ -1,16 +1,17 @@
-"""The C++ CPU backend: the kernels of ``*.cpp`` here, built at first use by :mod:`.build`.
+"""The C++ CPU backend: the kernels of ``csrc/`` (map: ``README.md`` here), built once per
+environment by :mod:`.build` (at the first CPU call, or ``python -m torchshift2.build``).
 
 Implements :class:`torchshift2.backends.Backend`. The kernels allocate ``out`` and
-``grad_input`` themselves, from a cache of freed blocks (``output_cache.cpp``: big fresh CPU
-tensors cost more in page faults than the shift itself), in the memory format that
+``grad_input`` themselves, from a cache of freed blocks (``csrc/output_cache.cpp``: big fresh
+CPU tensors cost more in page faults than the shift itself), in the memory format that
 :func:`torchshift2._spec.is_channels_last` picks; they refuse non-finite weights with a
 ``ValueError``.
 
 Besides the interface, the library registers the eager fast path that
 :mod:`torchshift2._eager` calls: ``shift_autograd`` (the forward with a C++ autograd node),
-``eager_shift`` and ``eager_shift_inplace`` (see ``ops.cpp``).
+``eager_shift`` and ``eager_shift_inplace`` (see ``csrc/eager.cpp``), and
+:func:`kernel_name`, which says which kernel a call would run.
 """
-
 from __future__ import annotations
 
 from ... import _spec
@@ -20,13 +21,29 @@ name = "cpp"
 
 
 def forward(input, weight, padding, active, crop, fill):
+    k = _spec.multiplier(input.shape[1], weight.shape[0])
+    if k != 1:  # TODO(lead): channel multiplier inside the kernels
+        out = _spec.empty_output(input, crop, weight)
+        for j in range(k):
+            out[:, j::k] = forward(input, weight[j::k], padding, active, crop, fill)
+        return out
     return build.ops().forward(input, weight, _spec.padding_code(padding), active, crop,
                                float(fill), _spec.is_channels_last(input))
 
 
-def backward(grad_output, input, weight, padding, active, crop):
-    return build.ops().backward(grad_output, input, weight, _spec.padding_code(padding),
-                                active, crop, _spec.is_channels_last(input))
+def backward(grad_output, input, weight, padding, active, crop, output_mask=(True, True)):
+    k = _spec.multiplier(input.shape[1], weight.shape[0])
+    if k != 1:  # TODO(lead): channel multiplier inside the kernels
+        grad_input, grad_weight = _spec.empty_grads(input, weight, (True, True))
+        for j in range(k):
+            gi, gw = backward(grad_output[:, j::k], input, weight[j::k], padding, active, crop)
+            grad_input = gi if j == 0 else grad_input + gi
+            grad_weight[j::k] = gw
+    else:
+        grad_input, grad_weight = build.ops().backward(
+            grad_output, input, weight, _spec.padding_code(padding), active, crop,
+            _spec.is_channels_last(input))
+    return (grad_input if output_mask[0] else None, grad_weight if output_mask[1] else None)
 
 
 def shift_inplace(input, weight, padding):
@@ -54,3 +71,24 @@ def cache_info() -> dict:
     free_bytes, free_blocks, limit, hits, misses = ops.cache_info()
     return {"free_bytes": free_bytes, "free_blocks": free_blocks, "limit_bytes": limit,
             "hits": hits, "misses": misses}
+
+
+def kernel_name(direction, input, padding="zeros", active=False, crop=None,
+                grad_output=None) -> str:
+    """The C++ kernel a call would run, without running it (``README.md`` here, kernel
+    selection): ``direction`` is ``"forward"``, ``"backward"`` or ``"inplace"``; ``input``
+    any tensor with the call's dtype, sizes and strides (a ``meta`` tensor will do);
+    ``crop`` flat ``[before, after] * D`` or ``None``; ``grad_output`` (backward, any device)
+    by default in the layout the forward gives. Answers ``"<function>"``,
+    ``"<function> [widened]"`` (bfloat16 / half through the float kernels) or ``"none"``."""
+    ndim = input.dim() - 2
+    crop = [0] * (2 * max(ndim, 0)) if crop is None else [int(v) for v in crop]
+    return build.ops().kernel_name(direction, input.dtype, list(input.shape), list(input.stride()),
+                                   _spec.padding_code(_spec.canonical_padding(padding)), active,
+                                   crop, _spec.is_channels_last(input),
+                                   [] if grad_output is None else list(grad_output.stride()))
+
+
+def isa() -> str:
+    """The instruction set the library was built for: ``avx512``, ``avx2`` or ``portable``."""
+    return build.ops().isa()

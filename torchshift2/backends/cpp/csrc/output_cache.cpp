@@ -1,9 +1,9 @@
 // torchshift2 CPU output cache: the allocator behind the outputs of the C++ kernels
 // (forward's output, backward's grad_input).
 //
-// Why: a fresh multi-megabyte CPU tensor is page-faulted in on first touch (about 2 us per
-// 4 KiB page here, roughly ten times the cost of streaming it), and glibc hands big blocks
-// back to the kernel (mmap above 32 MiB, heap trimming below), so a training step that
+// Why: a fresh multi-megabyte CPU tensor is page-faulted in on first touch, which costs
+// several times streaming it (benchmarks/archive/NOTES.md), and glibc hands big blocks back to the
+// kernel (mmap above its threshold, heap trimming below), so a training step that
 // allocates and frees the same activations every iteration faults them in every time. This
 // allocator keeps freed blocks of at least kMinBytes and hands them out again for requests
 // of the same rounded size, like the CUDA caching allocator does for GPU memory. Smaller
@@ -13,11 +13,11 @@
 // eighth of physical memory, at most 4 GiB; 0 disables it); beyond that the oldest free
 // blocks are released. empty_cache() releases them all. Thread-safe; the pool object is
 // never destroyed, so tensors freed during interpreter shutdown are still handled.
-#include <ATen/ATen.h>
+#include "output_cache.h"
+
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
-#include <torch/library.h>
 
 #include <pthread.h>
 #include <unistd.h>
@@ -157,9 +157,7 @@ class OutputCache final : public c10::Allocator {
 
 }  // namespace
 
-// An uninitialised CPU tensor from the cache: contiguous, or channels innermost (the
-// physical order N, spatial..., C) when channels_last.
-at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype, bool channels_last) {
+std::vector<int64_t> dense_strides(at::IntArrayRef sizes, bool channels_last) {
   const int64_t dim = static_cast<int64_t>(sizes.size());
   std::vector<int64_t> strides(dim);
   if (channels_last && dim >= 3) {
@@ -178,7 +176,12 @@ at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype, bool channe
       stride *= std::max<int64_t>(sizes[d], 1);
     }
   }
-  return at::detail::empty_strided_generic(sizes, strides, &OutputCache::get(),
+  return strides;
+}
+
+at::Tensor cached_empty(at::IntArrayRef sizes, at::ScalarType dtype, bool channels_last) {
+  return at::detail::empty_strided_generic(sizes, dense_strides(sizes, channels_last),
+                                           &OutputCache::get(),
                                            c10::DispatchKeySet(c10::DispatchKey::CPU), dtype);
 }
 

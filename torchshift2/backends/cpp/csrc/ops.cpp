@@ -1,0 +1,569 @@
+// torchshift2 CPU ops: the argument checks, output allocation, the choice of a kernel for a
+// call (choose_kernel: README.md's kernel selection table, which
+// tests/test_cpu_kernel_table.py checks through the kernel_name op), the dispatch to the
+// entry points of kernels.h, and the registrations of the private ops torchshift2_cpu::*.
+//
+// Two layouts have kernels: channels innermost with every row (n, i0, i1) a W x C block
+// ("cl"), and planes with a unit-stride last dim ("planar"). Other strides are copied into
+// the nearer of the two first. The layout rules (plan_forward, plan_backward) work on sizes
+// and strides only, so that kernel_name answers for tensors that do not exist.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "corners.h"
+#include "geometry.h"
+#include "isa.h"
+#include "kernels.h"
+#include "ops.h"
+#include "output_cache.h"
+
+namespace torchshift2_cpu {
+namespace {
+
+// --- Arguments -------------------------------------------------------------------------
+
+// The argument checks every op shares; returns the weight as contiguous float64, the form
+// the kernels read (converted once per call).
+at::Tensor check_common(const at::Tensor& input, const at::Tensor& weight) {
+  TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(),
+              "torchshift2_cpu: expected CPU tensors, got input on ", input.device(),
+              " and weight on ", weight.device());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == input.size(1) &&
+                  weight.size(1) == input.dim() - 2,
+              "weight: expected shape (", input.size(1), ", ", input.dim() - 2, "), got ",
+              weight.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()),
+                   "weight: expected a floating dtype, got ", weight.scalar_type());
+  // SPEC §5: non-finite shifts are refused on CPU, before anything is allocated or read.
+  const at::Tensor w = weight.to(at::kDouble).contiguous();
+  const double* data = w.const_data_ptr<double>();
+  for (int64_t i = 0; i < w.numel(); ++i)
+    TORCH_CHECK_VALUE(std::isfinite(data[i]), "weight: expected finite values on CPU, got ",
+                      data[i], " at [", i / std::max<int64_t>(1, w.size(1)), ", ",
+                      i % std::max<int64_t>(1, w.size(1)), "]");
+  return w;
+}
+
+Geometry geometry_of(at::IntArrayRef sizes, int64_t padding, at::IntArrayRef crop) {
+  const int64_t ndim = static_cast<int64_t>(sizes.size()) - 2;
+  TORCH_CHECK(ndim >= 1 && ndim <= kSlots, "input: expected 3D, 4D or 5D, got ", sizes.size(),
+              "D");
+  TORCH_CHECK(padding >= kZeros && padding <= kSymmetric, "padding: unknown code ", padding);
+  TORCH_CHECK(static_cast<int64_t>(crop.size()) == 2 * ndim, "crop: expected ", 2 * ndim,
+              " values, got ", crop.size());
+  Geometry g;
+  g.batch = sizes[0];
+  g.channels = sizes[1];
+  g.padding = padding;
+  for (int64_t d = 0; d < ndim; ++d) {
+    const int64_t slot = kSlots - ndim + d;
+    const int64_t before = crop[2 * d], after = crop[2 * d + 1];
+    const int64_t length = sizes[2 + d];
+    TORCH_CHECK(before >= 0 && after >= 0 && before + after <= length, "crop: dim ", d,
+                " of size ", length, " cannot drop ", before, " + ", after);
+    g.length[slot] = length;
+    g.out_length[slot] = length - before - after;
+    g.before[slot] = before;
+    g.is_spatial[slot] = true;
+  }
+  return g;
+}
+
+Strides strides_of(at::IntArrayRef strides) {
+  Strides s;
+  const int64_t ndim = static_cast<int64_t>(strides.size()) - 2;
+  s.batch = strides[0];
+  s.channel = strides[1];
+  for (int64_t d = 0; d < ndim; ++d) s.slot[kSlots - ndim + d] = strides[2 + d];
+  return s;
+}
+
+void check_output(const at::Tensor& t, at::IntArrayRef sizes, at::ScalarType dtype,
+                  const char* name) {
+  TORCH_CHECK(t.sizes() == sizes && t.scalar_type() == dtype && t.device().is_cpu(), name,
+              ": expected a CPU tensor of shape ", sizes, " and dtype ", dtype, ", got ",
+              t.sizes(), " ", t.scalar_type());
+}
+
+std::vector<int64_t> output_sizes(at::IntArrayRef sizes, const Geometry& g) {
+  std::vector<int64_t> out{sizes[0], sizes[1]};
+  const int64_t ndim = static_cast<int64_t>(sizes.size()) - 2;
+  for (int64_t d = 0; d < ndim; ++d) out.push_back(g.out_length[kSlots - ndim + d]);
+  return out;
+}
+
+// The bits of `fill` in input's dtype (0 is all-zero bits in every dtype).
+uint64_t fill_bits(const at::Tensor& input, double fill) {
+  uint64_t bits = 0;
+  if (fill != 0) {
+    const at::Tensor value = at::full({}, fill, input.options());
+    std::memcpy(&bits, value.const_data_ptr(), input.element_size());
+  }
+  return bits;
+}
+
+// --- Layouts ---------------------------------------------------------------------------
+
+// Channels innermost, more than one channel: the channels-last kernels' layout.
+bool channels_inner(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  return sizes[1] > 1 && strides[1] == 1 && strides.back() != 1;
+}
+
+// Every row (n, i0, i1) a W x C block.
+bool channel_rows(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  return strides[1] == 1 && (sizes.back() == 1 || strides.back() == sizes[1]);
+}
+
+bool is_contiguous(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  int64_t expected = 1;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    if (sizes[d] == 1) continue;
+    if (strides[d] != expected) return false;
+    expected *= sizes[d];
+  }
+  return true;
+}
+
+// The copy a kernel needs of a tensor: none, contiguous, or dense channels innermost
+// (channels_last / _3d, or (N, L, C) for 1D).
+enum class Copy { kNone, kContiguous, kChannelsLast };
+
+at::Tensor channels_last_copy(const at::Tensor& t) {
+  std::vector<int64_t> order{0}, inverse{0, t.dim() - 1};
+  for (int64_t d = 2; d < t.dim(); ++d) {
+    order.push_back(d);
+    inverse.push_back(d - 1);
+  }
+  order.push_back(1);
+  return t.permute(order).contiguous().permute(inverse);
+}
+
+at::Tensor channels_last_empty(const at::Tensor& t) {
+  std::vector<int64_t> sizes{t.size(0)}, inverse{0, t.dim() - 1};
+  for (int64_t d = 2; d < t.dim(); ++d) {
+    sizes.push_back(t.size(d));
+    inverse.push_back(d - 1);
+  }
+  sizes.push_back(t.size(1));
+  return at::empty(sizes, t.options()).permute(inverse);
+}
+
+at::Tensor copied(Copy copy, const at::Tensor& t) {
+  switch (copy) {
+    case Copy::kContiguous: return t.contiguous();
+    case Copy::kChannelsLast:
+      return channel_rows(t.sizes(), t.strides()) ? t : channels_last_copy(t);
+    default: return t;
+  }
+}
+
+// The strides `copied` leaves.
+std::vector<int64_t> strides_after(Copy copy, at::IntArrayRef sizes, at::IntArrayRef strides) {
+  if (copy == Copy::kContiguous && !is_contiguous(sizes, strides))
+    return dense_strides(sizes, false);
+  if (copy == Copy::kChannelsLast && !channel_rows(sizes, strides))
+    return dense_strides(sizes, true);
+  return strides.vec();
+}
+
+// bfloat16 / half tensors that some kernels take as widened float copies (cached blocks,
+// channels innermost); the results are rounded back by copy_ (nearest even, as the
+// reduced kernels round their float sums).
+at::Tensor widened(const at::Tensor& t) {
+  at::Tensor w = cached_empty(t.sizes(), at::kFloat, /*channels_last=*/true);
+  w.copy_(t);
+  return w;
+}
+
+// --- The kernel selection table ------------------------------------------------------------
+
+enum class Direction { kForward, kBackward, kInplace };
+
+// How a backward kernel leaves grad_weight (kernels.h): kSlots per (n, c), or 2^D corners
+// per (row, c) with one row per sample or one per gather chunk.
+enum class Partials { kNone, kPlanes, kCorners, kCornerChunks };
+
+// A kernel of the table: its entry point and name; or `widen`: bfloat16 / half inputs go
+// to the float kernels on widened copies (choose again for float32).
+struct Choice {
+  const char* name = "none";
+  ForwardKernel forward = nullptr;
+  BackwardKernel backward = nullptr;
+  InplaceKernel inplace = nullptr;
+  Partials partials = Partials::kNone;
+  bool widen = false;
+};
+
+constexpr Choice kWiden{"widen", nullptr, nullptr, nullptr, Partials::kNone, true};
+
+#define TS2_FORWARD(f) Choice{#f, &f, nullptr, nullptr, Partials::kNone, false}
+#define TS2_BACKWARD(f, partials) Choice{#f, nullptr, &f, nullptr, partials, false}
+#define TS2_INPLACE(f) Choice{#f, nullptr, nullptr, &f, Partials::kNone, false}
+
+// What choose_kernel reads of a call: the strides are those the kernel will see, after the
+// layout copies of plan_forward / plan_backward.
+struct Query {
+  Direction direction;
+  bool active;
+  at::ScalarType dtype;
+  const Geometry& g;
+  bool cl;  // the channels-last kernels run (channels innermost, rows W x C blocks)
+  Strides input, output, grad_input;  // output: forward's output / backward's grad_output
+};
+
+// The one place that decides which kernel runs (README.md, kernel selection).
+Choice choose_kernel(const Query& q) {
+  const Geometry& g = q.g;
+  const int64_t size = c10::elementSize(q.dtype);
+  const bool reduced = q.dtype == at::kBFloat16 || q.dtype == at::kHalf;
+  const bool op_math = q.dtype == at::kFloat || q.dtype == at::kDouble;
+  switch (q.direction) {
+    case Direction::kForward:
+      if (!q.active) {
+        if (!q.cl)
+          return flat_planes(g, q.input, q.output) ? TS2_FORWARD(ssl_forward_planar)
+                                                   : TS2_FORWARD(ssl_forward_strided);
+        // Planes where gathers are slow (AVX2 only), in 3D only: in 2D the three passes
+        // cost as much as the gathers (benchmarks/archive/NOTES.md v10).
+        if (size == 4 && kAvx2Only && g.is_spatial[0] &&
+            through_planes(size, g, q.input, q.output, nullptr))
+          return TS2_FORWARD(ssl_forward_cl_planes);
+        // 2-byte elements on AVX2-only CPUs: the portable per-lane gather, since their taps
+        // would be one per-lane loop per distinct shift of a block.
+        if ((size == 4 || size == 8 || (kAvx2Only && size == 2)) && gather_indexable(g, q.input))
+          return TS2_FORWARD(ssl_forward_cl_gather);
+        return TS2_FORWARD(ssl_forward_cl_taps);
+      }
+      if (!q.cl) return TS2_FORWARD(active_forward_planar);
+      // 3D only: in 2D the conversions cost what the float kernel saves (v14).
+      if (reduced && g.is_spatial[0]) return kWiden;
+      if (op_math) {
+        if (through_planes(size, g, q.input, q.output, nullptr))
+          return TS2_FORWARD(active_forward_cl_planes);
+        if (gather_indexable(g, q.input)) return TS2_FORWARD(active_forward_cl_gather);
+      }
+      return TS2_FORWARD(active_forward_cl_taps);
+    case Direction::kBackward:
+      if (!q.cl)
+        return reduced ? TS2_BACKWARD(backward_planar_widened, Partials::kPlanes)
+                       : TS2_BACKWARD(backward_planar, Partials::kPlanes);
+      // The reduced-type kernels converted inside their inner loops (v14).
+      if (reduced) return kWiden;
+      TORCH_INTERNAL_ASSERT(op_math, "choose_kernel: backward of ", q.dtype);
+      if (through_planes(size, g, q.input, q.output, &q.grad_input))
+        return TS2_BACKWARD(backward_cl_planes, Partials::kPlanes);
+      if (gather_indexable(g, q.input) && gather_indexable(g, q.output) &&
+          gather_indexable(g, q.grad_input))
+        return g.padding == kZeros
+                   ? TS2_BACKWARD(backward_cl_gather_fused, Partials::kCornerChunks)
+                   : TS2_BACKWARD(backward_cl_gather, Partials::kCornerChunks);
+      return TS2_BACKWARD(backward_cl_blocks, Partials::kCorners);
+    case Direction::kInplace: {
+      if (q.cl)
+        return g.batch >= at::get_num_threads() ? TS2_INPLACE(shift_inplace_cl_one_pass)
+                                                : TS2_INPLACE(shift_inplace_cl_two_pass);
+      const Strides& st = q.input;
+      const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
+      const bool dense = (st.slot[2] == 1 || L2 == 1) && (st.slot[1] == L2 || L1 == 1) &&
+                         (st.slot[0] == L1 * L2 || L0 == 1);
+      if (!dense) return TS2_INPLACE(shift_inplace_strided);
+      return g.padding == kZeros ? TS2_INPLACE(shift_inplace_planar_zeros)
+                                 : TS2_INPLACE(shift_inplace_planar);
+    }
+  }
+  TORCH_INTERNAL_ASSERT(false, "choose_kernel: unknown direction");
+  return Choice{};
+}
+
+#undef TS2_FORWARD
+#undef TS2_BACKWARD
+#undef TS2_INPLACE
+
+// A call's kernel and the copies it needs; widened: bfloat16 / half run on widened float
+// copies of every input (the kernel is float32's choice for them).
+struct Plan {
+  Choice choice;
+  bool widened = false;
+  bool cl = false;
+  Copy input = Copy::kNone, grad_output = Copy::kNone;
+  bool grad_input_temp = false;  // the kernel writes a temporary, copied into grad_input
+};
+
+Plan plan_forward(at::ScalarType dtype, const Geometry& g, bool active, at::IntArrayRef sizes,
+                  at::IntArrayRef strides, at::IntArrayRef out_sizes,
+                  at::IntArrayRef out_strides) {
+  Plan p;
+  p.cl = channels_inner(sizes, strides) && channel_rows(out_sizes, out_strides);
+  if (p.cl && !channel_rows(sizes, strides)) p.input = Copy::kChannelsLast;
+  if (!p.cl && sizes.back() > 1 && strides.back() != 1) p.input = Copy::kContiguous;
+  const std::vector<int64_t> is = strides_after(p.input, sizes, strides);
+  p.choice = choose_kernel(
+      {Direction::kForward, active, dtype, g, p.cl, strides_of(is), strides_of(out_strides), {}});
+  if (!p.choice.widen) return p;
+  Plan wide = plan_forward(at::kFloat, g, active, sizes, dense_strides(sizes, true), out_sizes,
+                           out_strides);
+  wide.widened = true;
+  return wide;
+}
+
+// grad_input_strides: those of the grad_input the op allocates.
+Plan plan_backward(at::ScalarType dtype, const Geometry& g, bool active, at::IntArrayRef sizes,
+                   at::IntArrayRef strides, at::IntArrayRef out_sizes,
+                   at::IntArrayRef grad_output_strides, at::IntArrayRef grad_input_strides) {
+  Plan p;
+  p.cl = channels_inner(sizes, strides);
+  std::vector<int64_t> gis = grad_input_strides.vec();
+  if (p.cl) {
+    // Rows of input and grad_output must be W x C blocks.
+    p.input = p.grad_output = Copy::kChannelsLast;
+    p.grad_input_temp = grad_input_strides[1] != 1;
+    if (p.grad_input_temp) gis = dense_strides(sizes, true);
+  } else {
+    // The plane kernel wants each (n, c) plane dense: channels-last and other layouts go
+    // through planar copies, which costs less than strided walks over every plane.
+    p.input = p.grad_output = Copy::kContiguous;
+    p.grad_input_temp = !is_contiguous(sizes, grad_input_strides);
+    if (p.grad_input_temp) gis = dense_strides(sizes, false);
+  }
+  const std::vector<int64_t> is = strides_after(p.input, sizes, strides);
+  const std::vector<int64_t> gos = strides_after(p.grad_output, out_sizes, grad_output_strides);
+  p.choice = choose_kernel({Direction::kBackward, active, dtype, g, p.cl, strides_of(is),
+                            strides_of(gos), strides_of(gis)});
+  if (!p.choice.widen) return p;
+  Plan wide = plan_backward(at::kFloat, g, active, sizes, dense_strides(sizes, true), out_sizes,
+                            dense_strides(out_sizes, true), grad_input_strides);
+  wide.widened = true;
+  return wide;
+}
+
+Choice choose_inplace(at::ScalarType dtype, const Geometry& g, at::IntArrayRef strides) {
+  const Strides st = strides_of(strides);
+  return choose_kernel(
+      {Direction::kInplace, false, dtype, g, st.channel == 1 && g.channels > 1, st, {}, {}});
+}
+
+// --- grad_weight from the kernels' partials ------------------------------------------------
+
+// Plane partials (kSlots per (n, c)): a serial fixed-order sum over the batch; slots of
+// missing leading dims are dropped.
+void reduce_plane_partials(const at::Tensor& partials, const Geometry& g, at::Tensor grad_weight) {
+  const int64_t ndim = grad_weight.size(1);
+  at::Tensor total = at::zeros({g.channels, ndim}, at::kDouble);
+  const double* part = partials.const_data_ptr<double>();
+  double* sum = total.data_ptr<double>();
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t c = 0; c < g.channels; ++c)
+      for (int64_t d = 0; d < ndim; ++d)
+        sum[c * ndim + d] += part[(n * g.channels + c) * kSlots + kSlots - ndim + d];
+  grad_weight.copy_(total);
+}
+
+// Corner partials (2^D per (row, c), corners.h): a fixed-order sum over the rows, then
+// d/dw_d = sum_k corner_slope(k, d) D_k, in double.
+void combine_corner_partials(const at::Tensor& partials, const Geometry& g,
+                             const at::Tensor& weight64, at::Tensor grad_weight) {
+  const int64_t C = g.channels, ndim = weight64.size(1), K = corner_count(g);
+  const int64_t rows = partials.size(0);
+  const double* part = partials.const_data_ptr<double>();
+  const double* wd = weight64.const_data_ptr<double>();
+  at::Tensor total = at::zeros({C, ndim}, at::kDouble);
+  double* out = total.data_ptr<double>();
+  std::vector<double> D(K);
+  for (int64_t c = 0; c < C; ++c) {
+    std::fill(D.begin(), D.end(), 0.0);
+    for (int64_t n = 0; n < rows; ++n)
+      for (int64_t k = 0; k < K; ++k) D[k] += part[(n * C + c) * K + k];
+    double f[kSlots] = {0, 0, 0};
+    for (int64_t d = 0; d < ndim; ++d) {
+      const double v = wd[c * ndim + d];
+      f[kSlots - ndim + d] = v - std::floor(v);
+    }
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t d = 0; d < ndim; ++d)
+        out[c * ndim + d] += corner_slope(g, f, static_cast<int>(k), kSlots - ndim + d) * D[k];
+  }
+  grad_weight.copy_(total);
+}
+
+}  // namespace
+
+// --- The ops -------------------------------------------------------------------------------
+
+at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t padding,
+                   bool active, at::IntArrayRef crop, double fill, bool channels_last) {
+  const at::Tensor weight64 = check_common(input_, weight);
+  const Geometry g = geometry_of(input_.sizes(), padding, crop);
+  at::Tensor out =
+      cached_empty(output_sizes(input_.sizes(), g), input_.scalar_type(), channels_last);
+  if (out.numel() == 0) return out;
+  if (active)
+    TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()),
+                     "input: active=True needs a floating dtype, got ", input_.scalar_type());
+  const Plan plan = plan_forward(input_.scalar_type(), g, active, input_.sizes(),
+                                 input_.strides(), out.sizes(), out.strides());
+  if (plan.widened) {
+    out.copy_(forward(widened(input_), weight, padding, active, crop, fill, channels_last));
+    return out;
+  }
+  const at::Tensor input = copied(plan.input, input_);
+  const ForwardCall call{input.const_data_ptr(), out.data_ptr(), input.scalar_type(), g,
+                         strides_of(input.strides()), strides_of(out.strides()),
+                         weight64.const_data_ptr<double>(), active ? 0 : fill_bits(input, fill)};
+  plan.choice.forward(call);
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
+                                            const at::Tensor& input_, const at::Tensor& weight,
+                                            int64_t padding, bool active, at::IntArrayRef crop,
+                                            bool channels_last) {
+  const at::Tensor weight64 = check_common(input_, weight);
+  TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()),
+                   "input: gradients need a floating dtype, got ", input_.scalar_type());
+  const Geometry g = geometry_of(input_.sizes(), padding, crop);
+  check_output(grad_output_, output_sizes(input_.sizes(), g), input_.scalar_type(), "grad_output");
+  at::Tensor grad_input = cached_empty(input_.sizes(), input_.scalar_type(), channels_last);
+  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
+  if (input_.numel() == 0 || grad_output_.numel() == 0) {
+    grad_input.zero_();
+    grad_weight.zero_();
+    return {grad_input, grad_weight};
+  }
+  const Plan plan = plan_backward(input_.scalar_type(), g, active, input_.sizes(),
+                                  input_.strides(), grad_output_.sizes(), grad_output_.strides(),
+                                  grad_input.strides());
+  if (plan.widened) {
+    const auto [wide_grad_input, wide_grad_weight] =
+        backward(widened(grad_output_), widened(input_), weight, padding, active, crop,
+                 channels_last);
+    grad_input.copy_(wide_grad_input);
+    return {grad_input, wide_grad_weight};
+  }
+  const at::Tensor input = copied(plan.input, input_);
+  const at::Tensor grad_output = copied(plan.grad_output, grad_output_);
+  at::Tensor kernel_grad = grad_input;
+  if (plan.grad_input_temp)
+    kernel_grad = plan.cl ? channels_last_empty(input) : at::empty_like(input);
+  const int64_t corners = corner_count(g);
+  at::Tensor partials;
+  switch (plan.choice.partials) {
+    case Partials::kPlanes:
+      partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
+      break;
+    case Partials::kCorners:
+      partials = at::empty({g.batch, g.channels, corners}, at::kDouble);
+      break;
+    case Partials::kCornerChunks:
+      partials = at::empty({g.batch * gather_chunks(g), g.channels, corners}, at::kDouble);
+      break;
+    default:
+      TORCH_INTERNAL_ASSERT(false, "backward: ", plan.choice.name, " without partials");
+  }
+  const BackwardCall call{grad_output.const_data_ptr(), input.const_data_ptr(),
+                          kernel_grad.data_ptr(), partials.data_ptr<double>(),
+                          input.scalar_type(), g, strides_of(grad_output.strides()),
+                          strides_of(input.strides()), strides_of(kernel_grad.strides()),
+                          weight64.const_data_ptr<double>(), active};
+  plan.choice.backward(call);
+  if (!kernel_grad.is_same(grad_input)) grad_input.copy_(kernel_grad);
+  if (plan.choice.partials == Partials::kPlanes)
+    reduce_plane_partials(partials, g, grad_weight);
+  else
+    combine_corner_partials(partials, g, weight64, grad_weight);
+  return {grad_input, grad_weight};
+}
+
+void shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding) {
+  const at::Tensor weight64 = check_common(input, weight);
+  const int64_t ndim = input.dim() - 2;
+  const std::vector<int64_t> no_crop(2 * std::max<int64_t>(ndim, 0), 0);
+  const Geometry g = geometry_of(input.sizes(), padding, no_crop);
+  TORCH_CHECK(input.is_non_overlapping_and_dense(),
+              "input: shifting in place needs a dense tensor without overlapping memory");
+  if (input.numel() == 0) return;
+  const Choice choice = choose_inplace(input.scalar_type(), g, input.strides());
+  const InplaceCall call{input.data_ptr(), input.element_size(), g, strides_of(input.strides()),
+                         weight64.const_data_ptr<double>()};
+  choice.inplace(call);
+}
+
+namespace {
+
+// The kernel a call would run, without running it (tests, README.md's table): direction
+// "forward", "backward" or "inplace"; sizes / strides of the input (any tensor, even one
+// that does not exist); grad_output_strides: empty for the layout the forward would give.
+// "<name>", "<name> [widened]" (bfloat16 / half on float copies), or "none" (empty).
+std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::IntArrayRef sizes,
+                        at::IntArrayRef strides, int64_t padding, bool active,
+                        at::IntArrayRef crop, bool channels_last,
+                        at::IntArrayRef grad_output_strides) {
+  TORCH_CHECK(sizes.size() == strides.size(), "kernel_name: sizes and strides differ in length");
+  const Geometry g = geometry_of(sizes, padding, crop);
+  const std::vector<int64_t> out_sizes = output_sizes(sizes, g);
+  const std::vector<int64_t> out_strides = dense_strides(out_sizes, channels_last);
+  const bool empty = g.batch * g.channels * g.in_plane() == 0 || g.out_plane() == 0;
+  Plan plan;
+  if (direction == "forward") {
+    if (empty) return "none";
+    plan = plan_forward(dtype, g, active, sizes, strides, out_sizes, out_strides);
+  } else if (direction == "backward") {
+    if (empty) return "none";
+    plan = plan_backward(dtype, g, active, sizes, strides, out_sizes,
+                         grad_output_strides.empty() ? at::IntArrayRef(out_strides)
+                                                     : grad_output_strides,
+                         dense_strides(sizes, channels_last));
+  } else if (direction == "inplace") {
+    if (g.batch * g.channels * g.in_plane() == 0) return "none";
+    plan.choice = choose_inplace(dtype, g, strides);
+  } else {
+    TORCH_CHECK(false, "kernel_name: unknown direction ", direction);
+  }
+  return std::string(plan.choice.name) + (plan.widened ? " [widened]" : "");
+}
+
+std::string isa() { return kIsa; }
+
+}  // namespace
+
+TORCH_LIBRARY(torchshift2_cpu, m) {
+  m.def("forward(Tensor input, Tensor weight, int padding, bool active, int[] crop, float fill, "
+        "bool channels_last) -> Tensor");
+  m.def("backward(Tensor grad_output, Tensor input, Tensor weight, int padding, bool active, "
+        "int[] crop, bool channels_last) -> (Tensor, Tensor)");
+  m.def("shift_inplace(Tensor(a!) input, Tensor weight, int padding) -> ()");
+  // The eager entry (eager.cpp). padding twice: the code for the kernels, the name for
+  // torchshift2::shift_backward.
+  m.def("shift_autograd(Tensor input, Tensor weight, str padding, int padding_code, "
+        "bool active, int[] crop, bool channels_last) -> Tensor");
+  m.def("eager_shift(Tensor input, Tensor weight, str padding, int padding_code, bool active, "
+        "int ndim, bool channels_last) -> Tensor");
+  m.def("eager_shift_inplace(Tensor(a!) input, Tensor weight, int padding_code) -> bool");
+  m.def("empty_cache() -> ()");
+  m.def("cache_info() -> int[]");
+  // Introspection (README.md, kernel selection).
+  m.def("kernel_name(str direction, ScalarType dtype, int[] sizes, int[] strides, int padding, "
+        "bool active, int[] crop, bool channels_last, int[] grad_output_strides) -> str");
+  m.def("isa() -> str");
+}
+
+TORCH_LIBRARY_IMPL(torchshift2_cpu, CPU, m) {
+  m.impl("forward", &forward);
+  m.impl("backward", &backward);
+  m.impl("shift_inplace", &shift_inplace);
+}
+
+TORCH_LIBRARY_IMPL(torchshift2_cpu, CatchAll, m) {
+  m.impl("empty_cache", &empty_cache);
+  m.impl("cache_info", &cache_info);
+  m.impl("kernel_name", &kernel_name);
+  m.impl("isa", &isa);
+}
+
+}  // namespace torchshift2_cpu
