@@ -42,13 +42,15 @@ def test_low_precision_matches_oracle(case):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @given(case=shift_cases(), dtype=st.sampled_from(
-    [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool]))
+    [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool, torch.uint16,
+     torch.uint32, torch.uint64]))
 def test_integer_dtypes_shift_exactly(backend, case, dtype):
     x, weight, padding, _, crop = case
-    x = (x * 100).to(dtype)
+    x = (x.abs() * 100).to(dtype)
     with torch.no_grad(), ts.use_backend(backend):
         out = ts.shift(x, weight, padding, False, crop)
-    expected = ts.reference.shift(x, weight, padding, False, crop)
+    # The unsigned types the gather lacks (issue 18 item 8) are checked through int64.
+    expected = ts.reference.shift(x.to(torch.int64), weight, padding, False, crop).to(dtype)
     assert out.dtype == dtype and torch.equal(out, expected)
 
 
@@ -239,3 +241,52 @@ def test_more_than_two_to_the_31_elements():
         out = ts.shift(x, torch.tensor([[2.0], [-3.0]]), "periodic")
     assert out[0, 0, :4].tolist() == [17, 18, 1, 2]
     assert out[0, 1, -4:].tolist() == [18, 1, 2, 3]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@given(case=shift_cases(dtypes=(torch.float64, torch.float32)), k=st.integers(2, 3))
+def test_channel_multiplier_equals_shifting_the_repeated_input(backend, case, k):
+    # SPEC §1: output channel o reads input channel o // k; grad_input sums the k readers.
+    x, weight, padding, active, crop = case
+    weight = weight.repeat_interleave(k, 0) + torch.linspace(-2, 2, k * weight.shape[0],
+                                                             dtype=weight.dtype)[:, None]
+    out, (grad_input, grad_weight) = shift_with_grads(backend, x, weight, padding, active, crop)
+    repeated = x.detach().requires_grad_()
+    w = weight.detach().requires_grad_()
+    ref = ts.reference.shift(repeated.repeat_interleave(k, 1), w, padding, active, crop)
+    grad_output = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1),
+                              dtype=torch.float64).to(x.dtype)
+    ref_input, ref_weight = torch.autograd.grad(ref, (repeated, w), grad_output)
+    # (repeat_interleave made the oracle's input contiguous: the layout is the input's)
+    flat_crop = ts._spec.flat_crop(ts._spec.normalize_crop(crop, x.shape[2:]))
+    assert out.shape == ref.shape
+    assert out.stride() == ts._spec.empty_output(x, flat_crop, weight).stride()
+    assert_close(out, ref.detach(), x.dtype)
+    assert_close(grad_input, ref_input, x.dtype)
+    scale = max(1.0, float(ref_weight.abs().max()))
+    assert_close(grad_weight / scale, ref_weight / scale, x.dtype)
+
+
+@given(case=shift_cases(), k=st.integers(1, 2), block=st.sampled_from([1, 7, 40]))
+def test_reference_backend_in_blocks_matches_the_oracle(case, k, block):
+    # The reference backend runs in blocks of samples and channels (bounded temporaries,
+    # SPEC §5): tiny blocks must give the oracle's values and gradients.
+    from torchshift2.backends import reference as backend
+
+    x, weight, padding, active, crop = case
+    weight = weight.repeat_interleave(k, 0)
+    saved = backend.BLOCK_ELEMENTS
+    backend.BLOCK_ELEMENTS = block
+    try:
+        out, (grad_input, grad_weight) = shift_with_grads("reference", x, weight, padding,
+                                                          active, crop)
+    finally:
+        backend.BLOCK_ELEMENTS = saved
+    oracle = x.repeat_interleave(k, 1) if k > 1 else x
+    ref, (ref_input, ref_weight) = shift_with_grads("oracle", oracle, weight, padding, active,
+                                                    crop)
+    assert_close(out, ref)
+    if k > 1:
+        ref_input = ref_input.unflatten(1, (-1, k)).sum(2)
+    assert_close(grad_input, ref_input)
+    assert_close(grad_weight, ref_weight, weight.dtype)

@@ -45,6 +45,28 @@ CASES = [
     ("nan weight, empty input", lambda: ts.shift(torch.randn(0, 3, 4), torch.full((3, 1), float("nan"))),
      ValueError, "weight"),
     ("meta weight", lambda: ts.shift(X2, W2.to("meta")), RuntimeError, "weight"),
+    ("weight rows not a multiple", lambda: ts.shift(X2, torch.randn(5, 2)), ValueError, "k·C"),
+    ("weight no rows", lambda: ts.shift(X2, torch.randn(0, 2)), ValueError, "weight"),
+    ("multiplier in place", lambda: ts.shift_(X2.clone(), torch.randn(6, 2)), ValueError,
+     "weight"),
+    # Issue 18 item 8: each raised an internal error before.
+    ("sparse input", lambda: ts.shift(X2.to_sparse(), W2), TypeError, "input: expected a dense"),
+    ("sparse weight", lambda: ts.shift(X2, W2.to_sparse()), TypeError, "weight: expected a dense"),
+    ("quint4x2", lambda: ts.shift(torch.quantize_per_tensor(torch.rand(1, 3, 4, 4), 0.1, 0,
+                                                            torch.quint4x2), W2),
+     TypeError, "input: expected a quantized dtype"),
+    ("raw op padding", lambda: torch.ops.torchshift2.shift(X2, W2, "mirror", False, [0] * 4),
+     ValueError, "padding"),
+    ("raw backward padding", lambda: torch.ops.torchshift2.shift_backward(
+        X2, X2, W2, "mirror", False, [0] * 4, [True, True]), ValueError, "padding"),
+    ("sparsity_term nan", lambda: ts.Shift2d(3, sparsity_term=float("nan")), ValueError,
+     "sparsity_term"),
+    ("sparsity_term inf", lambda: ts.Shift2d(3, sparsity_term=float("inf")), ValueError,
+     "sparsity_term"),
+    ("out_channels", lambda: ts.Shift2d(3, out_channels=7), ValueError, "out_channels"),
+    ("emulated kernel larger than input",
+     lambda: ts.Shift2d(3, emulate_dw=dict(kernel_size=7))(X2), ValueError,
+     r"input: spatial dim 0 has size 4, smaller than the emulated depthwise conv needs \(6"),
 ]
 
 

@@ -2,6 +2,7 @@
 models built from the shift layers: no graph breaks, same values and gradients as eager."""
 
 import io
+import warnings
 
 import pytest
 import torch
@@ -124,10 +125,13 @@ def test_export_matches_eager(net):
             torch.testing.assert_close(actual, expected.detach(), atol=1e-12, rtol=0)
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # size checks are Python ifs
-def test_jit_trace_matches_eager(net):
+def test_jit_trace_matches_eager_and_is_quiet(net):
     inputs = make_inputs()
-    traced = torch.jit.trace(net, inputs, check_trace=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(net, inputs, check_trace=False)
+    # Issue 18 item 10: the argument checks warned once per layer.
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     assert "torchshift2::shift" in str(traced.inlined_graph)
     assert_same(run(traced, inputs), run(net, inputs))
     other = make_inputs(batch=3, size=8)  # neither batch nor spatial sizes are baked in
@@ -165,4 +169,56 @@ def test_compiled_layer_keeps_the_python_argument_checks():
     strict = torch.compile(ts.Shift2d(3), backend="eager", fullgraph=True)
     with pytest.raises(Exception, match="input: expected a 4D tensor"):
         strict(torch.randn(2, 3, 5))
+    torch._dynamo.reset()
+
+
+# Issue 18 item 3: a strided emulate_dw layer failed to compile at the second input size
+# (Inductor could not order the strides of a (1, 1, blocks, 1) view when `blocks` may be 1).
+EMULATED = [
+    (1, dict(kernel_size=3, stride=2)),
+    (1, dict(kernel_size=4, stride=3, padding=3, dilation=2)),
+    (2, dict(kernel_size=3, stride=2)),
+    (2, dict(kernel_size=(3, 5), stride=(2, 3), padding=(2, 1), dilation=(1, 2))),
+    (2, dict(kernel_size=1, stride=2, padding=1)),
+    (3, dict(kernel_size=3, stride=(1, 2, 3), padding=(0, 2, 1))),
+]
+
+
+@pytest.mark.parametrize("ndim, emulate_dw", EMULATED, ids=[str(e) for e in EMULATED])
+def test_emulated_conv_geometries_compile_dynamic_without_recompiles(ndim, emulate_dw):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch.manual_seed(0)
+    layer_cls = (ts.Shift1d, ts.Shift2d, ts.Shift3d)[ndim - 1]
+    layer = ts.DepthwiseShift(layer_cls(3, emulate_dw=emulate_dw, active_flag=ndim != 2,
+                                        padding="reflect")).double()
+    model = torch.nn.Sequential(layer, torch.nn.Tanh())
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(model, backend=counter, fullgraph=True, dynamic=True)
+    # Sizes all distinct and > 1 (Dynamo specialises 0 / 1 and unifies equal sizes).
+    sizes = [(2, 9, 13, 11), (4, 14, 10, 17), (5, 7, 19, 8)]
+    frames = []
+    with torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        for batch, *spatial in sizes:
+            x = torch.randn(batch, 3, *spatial[:ndim], dtype=torch.float64)
+            assert_same(run(compiled, [x]), run(model, [x]))
+            frames.append(counter.frame_count)
+    assert frames[1:] == frames[:1] * 2, f"frames compiled after each input size: {frames}"
+    torch._dynamo.reset()
+
+
+def test_strided_emulation_between_convs_compiles_at_every_size():
+    # The model of the issue (its convs' own dynamic-shape recompiles are not counted).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 1),
+        ts.DepthwiseShift(ts.Shift2d(8, emulate_dw=dict(kernel_size=3, stride=2))),
+        torch.nn.Conv2d(8, 4, 1))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, dynamic=True)
+    for shape in [(2, 3, 9, 9), (1, 3, 6, 11), (3, 3, 7, 8)]:
+        x = torch.randn(shape)
+        assert_same(run(compiled, [x]), run(model, [x]), atol=1e-5)
     torch._dynamo.reset()

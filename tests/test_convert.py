@@ -148,13 +148,15 @@ def test_padding_modes_and_kwargs():
 def test_only_depthwise_convs_are_replaced_in_every_dimension():
     model = nn.Sequential(
         nn.Conv1d(4, 4, 3, groups=4),                  # depthwise 1D
-        nn.Conv1d(4, 8, 3, groups=4),                  # depth multiplier 2: not depthwise
+        nn.Conv1d(4, 8, 3, groups=4),                  # depth multiplier 2: converted too
         nn.Conv1d(8, 8, 1),                            # pointwise
+        nn.Conv1d(8, 8, 3, groups=2),                  # grouped, not depthwise
     )
     converted = ts.replace_depthwise(model)
     assert isinstance(converted[0], ts.DepthwiseShift)
     assert isinstance(converted[0].shift, ts.Shift1d)
-    assert type(converted[1]) is nn.Conv1d and type(converted[2]) is nn.Conv1d
+    assert converted[1].shift.weight.shape == (8, 1) and converted[1].shift.in_channels == 4
+    assert type(converted[2]) is nn.Conv1d and type(converted[3]) is nn.Conv1d
     conv3d = nn.Conv3d(3, 3, (3, 1, 3), stride=(1, 2, 2), padding=(0, 1, 2), dilation=(1, 1, 2),
                        groups=3)
     x = torch.randn(1, 3, 5, 6, 7)
@@ -186,3 +188,83 @@ def test_replaced_model_compiles_scripts_and_exports():
     compiled = torch.compile(model, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), expected)
     torch._dynamo.reset()
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's Conv2dSame: TensorFlow's SAME padding, computed for each input size."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, padding=0, **kwargs)
+
+    def forward(self, x):
+        pads = []
+        for size, k, s, d in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1],
+                                 self.dilation[::-1]):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads += [total // 2, total - total // 2]
+        return nn.functional.conv2d(nn.functional.pad(x, pads), self.weight, self.bias,
+                                    self.stride, 0, self.dilation, self.groups)
+
+
+class Cropping(nn.Conv2d):
+    """A subclass whose forward is not a plain conv's."""
+
+    def forward(self, x):
+        return super().forward(x)[..., 1:, :]
+
+
+def test_summary_names_what_was_replaced_and_what_was_kept_and_why():
+    # Issue 18 item 9: dynamic-"same" subclasses and channel-multiplier convs were skipped
+    # silently.
+    qat = torch.ao.nn.qat.Conv2d(4, 4, 3, groups=4, qconfig=torch.ao.quantization.get_default_qat_qconfig())
+    model = nn.Sequential(Conv2dSame(4, 4, 3, stride=2, groups=4), nn.Conv2d(4, 12, 3, padding=1, groups=4),
+                          Cropping(12, 12, 3, groups=12), qat, nn.Conv2d(12, 4, 1))
+    model[3] = nn.Identity()  # the QAT conv is checked on its own below
+    shapes = {size: model(torch.randn(1, 4, *size)).shape for size in [(9, 9), (10, 13), (17, 8)]}
+    with pytest.warns(UserWarning, match=r"kept depthwise-shaped convs.*2 \(Cropping"):
+        model, summary = ts.replace_depthwise(model, return_summary=True)
+    assert sorted(summary.replaced) == ["0", "1"] and list(summary.skipped) == ["2"]
+    assert "neither nn.Conv's nor TensorFlow's SAME" in summary.skipped["2"]
+    assert "kept 2: Cropping" in str(summary)
+    assert model[0].shift.emulate_dw["padding"] == "same"
+    assert model[1].shift.weight.shape == (12, 2)
+    for size, shape in shapes.items():  # every input size, as the dynamic padding gives
+        assert model(torch.randn(1, 4, *size)).shape == shape
+    with pytest.warns(UserWarning, match="QAT"):
+        _, summary = ts.replace_depthwise(nn.Sequential(qat), return_summary=True)
+    assert list(summary.skipped) == ["0"] and not summary.replaced
+
+
+def test_nothing_skipped_warns_nothing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, summary = ts.replace_depthwise(TinyMobileNetV2(), return_summary=True)
+    assert len(summary.replaced) == 8 and not summary.skipped
+
+
+def test_channel_multiplier_conv_becomes_a_multiplier_shift():
+    # Output channel o of a conv with groups == in_channels reads input channel o // k.
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3, padding=1, groups=3, bias=False)
+    with torch.no_grad():  # a conv that is a pure (whole) shift per output channel
+        conv.weight.zero_()
+        for o, (dy, dx) in enumerate([(0, 0), (1, 0), (0, 1), (2, 2), (1, 1), (2, 0)]):
+            conv.weight[o, 0, dy, dx] = 1.0
+    x = torch.randn(2, 3, 7, 8)
+    expected = conv(x)
+    shift = ts.replace_depthwise(conv, sparsity_term=0).shift
+    with torch.no_grad():  # tap (dy, dx) of a 3x3 conv is the shift (1 - dy, 1 - dx)
+        shift.weight.copy_(torch.tensor([[1.0 - dy, 1.0 - dx] for dy, dx in
+                                         [(0, 0), (1, 0), (0, 1), (2, 2), (1, 1), (2, 0)]]))
+    torch.testing.assert_close(shift(x)[0], expected)
+
+
+def test_a_single_input_channel_stem_is_a_dense_conv():
+    # groups == in_channels == 1 with 16 outputs: the shape of a depthwise conv with a
+    # multiplier, but a grayscale stem; a 1 -> 1 conv is depthwise.
+    model = nn.Sequential(nn.Conv2d(1, 16, 3), nn.Conv2d(1, 1, 3))
+    _, summary = ts.replace_depthwise(model, return_summary=True)
+    assert type(model[0]) is nn.Conv2d and isinstance(model[1], ts.DepthwiseShift)
+    assert list(summary.replaced) == ["1"] and not summary.skipped

@@ -98,3 +98,78 @@ def test_sparsity_loss_shrinks_weights():
         optimizer.step()
     assert float(layer.weight.abs().sum()) < 0.3 * start
     assert float((layer.weight.detach().round() == 0).float().mean()) > 0.9
+
+
+@pytest.mark.parametrize("layer_cls,ndim", LAYERS)
+def test_factory_arguments_and_channel_multiplier(layer_cls, ndim):
+    # Issue 18 items 8-9: the nn.Module factory arguments, and out_channels = k·C.
+    layer = layer_cls(3, out_channels=6, dtype=torch.float64, device="cpu", active_flag=True,
+                      init_thumb_rule=2)
+    assert layer.weight.dtype == torch.float64 and layer.weight.shape == (6, ndim)
+    x = torch.randn(2, 3, *[5] * ndim, dtype=torch.float64)
+    out, _ = layer(x)
+    torch.testing.assert_close(out, ts.reference.shift(x.repeat_interleave(2, 1),
+                                                       layer.weight.detach(), active=True))
+    assert "out_channels=6" in repr(layer)
+    meta = layer_cls(3, device="meta")
+    assert meta.weight.device.type == "meta"
+    reloaded = layer_cls(3, out_channels=6, dtype=torch.float64)
+    reloaded.load_state_dict(layer.state_dict())
+    assert torch.equal(reloaded.weight, layer.weight)
+    with pytest.raises(ValueError, match="out_channels"):
+        layer_cls(3, out_channels=6, inplace=True)
+
+
+GROUPED = [(ts.GroupedShift1d, 1), (ts.GroupedShift2d, 2), (ts.GroupedShift3d, 3)]
+
+
+@pytest.mark.parametrize("layer_cls,ndim", GROUPED)
+def test_grouped_shift_pattern_is_the_papers(layer_cls, ndim):
+    # Issue 23: k^D groups of C // k^D channels in raster order of the taps, the remainder
+    # with the centre tap (no shift); a tap moves as a one-hot depthwise kernel does.
+    import itertools
+
+    channels = 2 * 3 ** ndim + 2
+    layer = layer_cls(channels, kernel_size=3, dilation=2)
+    taps = list(itertools.product(range(3), repeat=ndim))
+    expected = []
+    for tap in taps:
+        count = 2 + (2 if tap == (1,) * ndim else 0)
+        expected += [[2.0 * (1 - i) for i in tap]] * count
+    assert layer.weight.tolist() == expected
+    assert not list(layer.parameters()) and "weight" in layer.state_dict()
+    x = torch.randn(2, channels, *[6] * ndim, requires_grad=True)
+    out, loss = layer(x)
+    assert loss is None
+    torch.testing.assert_close(out, ts.reference.shift(x, layer.weight))
+    out.sum().backward()
+    assert x.grad is not None and layer.weight.grad is None
+
+
+def test_grouped_shift_equals_a_one_hot_depthwise_conv():
+    torch.manual_seed(0)
+    layer = ts.GroupedShift2d(9, kernel_size=3, emulate_dw=dict(kernel_size=3, padding=1))
+    conv = torch.nn.Conv2d(9, 9, 3, padding=1, groups=9, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()
+        for c in range(9):
+            conv.weight[c, 0, c // 3, c % 3] = 1.0
+    x = torch.randn(2, 9, 7, 6)
+    torch.testing.assert_close(layer(x)[0], conv(x))
+    valid = ts.GroupedShift2d(9, kernel_size=3, emulate_dw=dict(kernel_size=3))
+    conv.padding = (0, 0)
+    torch.testing.assert_close(valid(x)[0], conv(x))
+
+
+def test_replace_depthwise_grouped():
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                                torch.nn.Conv2d(8, 16, 5, stride=2, padding=2, dilation=1,
+                                                groups=8))
+    x = torch.randn(1, 8, 9, 10)
+    shape = model(x).shape
+    model = ts.replace_depthwise(model, grouped=True, padding="reflect")
+    assert [type(m.shift) for m in model] == [ts.GroupedShift2d] * 2
+    assert model[1].shift.kernel_size == (5, 5) and model[1].shift.weight.shape == (16, 2)
+    assert model[0].shift.padding == "reflect" and model(x).shape == shape
+    with pytest.raises(TypeError, match="grouped=True takes only padding"):
+        ts.replace_depthwise(torch.nn.Sequential(), grouped=True, sparsity_term=0)

@@ -14,7 +14,8 @@ def _samples():
             for active in (False, True):
                 for memory_format in FORMATS:
                     x = layout(torch.randn(shape, dtype=torch.float64), memory_format)
-                    weight = torch.randn(shape[1], ndim, dtype=torch.float64) * 3
+                    k = 2 if memory_format == "permuted" else 1  # a channel multiplier
+                    weight = torch.randn(k * shape[1], ndim, dtype=torch.float64) * 3
                     crop = [1, 0] * ndim
                     yield pytest.param(x, weight, padding, active, crop,
                                        id=f"{ndim}d-{padding}-{'active' if active else 'ssl'}-{memory_format}")
@@ -27,13 +28,41 @@ def test_opcheck(backend, x, weight, padding, active, crop):
         x = x.requires_grad_()
         weight = weight.requires_grad_()
         torch.library.opcheck(torch.ops.torchshift2.shift.default, (x, weight, padding, active, crop))
-        out_shape = ts._spec.output_shape(x.shape, ts._spec.pair_crop(crop))
+        out_shape = ts._spec.output_shape(x.shape, ts._spec.pair_crop(crop), weight.shape[0])
         grad_output = torch.randn(out_shape, dtype=x.dtype)
-        torch.library.opcheck(torch.ops.torchshift2.shift_backward.default,
-                              (grad_output, x.detach(), weight.detach(), padding, active, crop))
+        for mask in ([True, True], [True, False], [False, True]):
+            torch.library.opcheck(torch.ops.torchshift2.shift_backward.default,
+                                  (grad_output, x.detach(), weight.detach(), padding, active,
+                                   crop, mask))
 
 
 def test_opcheck_integer_input():
     x = torch.randint(-50, 50, (2, 3, 6), dtype=torch.int16)
     torch.library.opcheck(torch.ops.torchshift2.shift.default,
                           (x, torch.randn(3, 1), "symmetric", False, [0, 0]))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("active", [False, True])
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_backward_computes_only_the_gradients_in_output_mask(backend, active, padding):
+    """Issue 23: each masked backward equals its part of the full one; the other output is
+    the empty placeholder."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    weight = torch.randn(6, 2, dtype=torch.float64) * 2  # with a channel multiplier of 2
+    crop = [1, 0, 0, 2]
+    grad_output = torch.randn(2, 6, 5, 3, dtype=torch.float64)
+    op = torch.ops.torchshift2.shift_backward.default
+    with ts.use_backend(backend):
+        full = op(grad_output, x, weight, padding, active, crop, [True, True])
+        only_input = op(grad_output, x, weight, padding, active, crop, [True, False])
+        only_weight = op(grad_output, x, weight, padding, active, crop, [False, True])
+    torch.testing.assert_close(only_input[0], full[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(only_weight[1], full[1], rtol=0, atol=1e-12)
+    assert only_input[1].shape == (0,) and only_weight[0].shape == (0,)
+    x_ref, w_ref = x.clone().requires_grad_(), weight.clone().requires_grad_()
+    ref = ts.reference.shift(x_ref, w_ref, padding, active, ts._spec.pair_crop(crop))
+    expected = torch.autograd.grad(ref, (x_ref, w_ref), grad_output)
+    torch.testing.assert_close(full[0], expected[0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(full[1], expected[1], rtol=1e-10, atol=1e-10)

@@ -1,4 +1,5 @@
-"""The original torchshifts' measured bugs (../shared/LESSONS.md), one test each."""
+"""The original torchshifts' measured bugs, one test each, named by the bug it pins (the list
+is in docs/migration.md, "Bugs of the original that are fixed")."""
 
 import subprocess
 import sys
@@ -21,7 +22,7 @@ def _grads(backend, x, weight, padding, active, grad_output):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_lesson1_active_forward_is_not_mirrored_and_is_continuous(backend):
+def test_active_forward_interpolates_towards_the_shift_and_is_continuous(backend):
     x = torch.arange(6.0, dtype=torch.float64).reshape(1, 1, 6) ** 2
     with ts.use_backend(backend):
         at = lambda w: ts.shift(x, torch.tensor([[w]], dtype=torch.float64), "zeros", True)
@@ -39,13 +40,13 @@ def test_lesson1_active_forward_is_not_mirrored_and_is_continuous(backend):
     ("reflect", [100, 1010, 10001, 0, 0]),
     ("symmetric", [110, 1001, 10000, 0, 0]),
 ])
-def test_lesson2_grad_input_is_the_adjoint(backend, active, padding, adjoint):
+def test_grad_input_is_the_adjoint_for_every_padding(backend, active, padding, adjoint):
     grad_input, _ = _grads(backend, torch.zeros(1, 1, 5), torch.tensor([[2.0]]), padding, active, G)
     assert grad_input.flatten().tolist() == adjoint
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_lesson3_active_grad_input_direction(backend):
+def test_active_grad_input_shifts_back_the_right_way(backend):
     grad_output = [1, 10, 100, 1000, 10000, 100000]
     grad_input, _ = _grads(backend, torch.zeros(1, 1, 6), torch.tensor([[2.0]]), "zeros", True,
                            grad_output)
@@ -54,7 +55,7 @@ def test_lesson3_active_grad_input_direction(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("w", [1.2, 1.7, -0.3, -0.8])
-def test_lesson4_ssl_grad_weight_sign_fraction_and_axis(backend, w):
+def test_ssl_grad_weight_keeps_fraction_sign_and_axis(backend, w):
     # A ramp along H only: the W component of the gradient must vanish, the H component is
     # the ramp's slope (d out / d w = x[i - fl - 1] - x[i - fl] = -1 per interior element).
     x = torch.arange(6.0).reshape(1, 1, 6, 1).expand(1, 1, 6, 4).contiguous()
@@ -66,7 +67,7 @@ def test_lesson4_ssl_grad_weight_sign_fraction_and_axis(backend, w):
         assert grad_weight.flatten().tolist() == [-4.0, 0.0]
 
 
-def test_lesson5_grad_weight_is_deterministic_with_two_threads():
+def test_grad_weight_is_deterministic_with_two_threads():
     code = """
 import torch, torchshift2 as ts
 torch.set_num_threads(2)
@@ -93,7 +94,7 @@ print("ok")
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("active", [False, True])
-def test_lesson6_zeros_padding_shifts_size_one_axes(backend, active):
+def test_zeros_padding_shifts_size_one_axes(backend, active):
     x = torch.arange(5.0).reshape(1, 1, 1, 5)
     with torch.no_grad(), ts.use_backend(backend):
         out = ts.shift(x, torch.tensor([[2.0, 1.0]]), "zeros", active)

@@ -7,16 +7,20 @@ from . import functional, nn, reference
 from ._spec import PADDINGS, PADDING_ALIASES
 from .backends import BACKENDS, selected_backend, use_backend
 from .functional import shift, shift1d, shift2d, shift3d, shift_
-from .nn import Shift1d, Shift2d, Shift3d
+from .nn import GroupedShift1d, GroupedShift2d, GroupedShift3d, Shift1d, Shift2d, Shift3d
 from . import convert, quantized
-from .convert import DepthwiseShift, replace_depthwise, sparsity_loss
+from .convert import ConversionSummary, DepthwiseShift, replace_depthwise, sparsity_loss
 from .quantized import QuantizedShift1d, QuantizedShift2d, QuantizedShift3d, quant_mapping
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "ConversionSummary",
     "DepthwiseShift",
+    "GroupedShift1d",
+    "GroupedShift2d",
+    "GroupedShift3d",
     "PADDINGS",
     "PADDING_ALIASES",
     "QuantizedShift1d",

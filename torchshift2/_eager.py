@@ -14,6 +14,7 @@ from typing import List, Optional
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from . import _spec, backends
 from .backends import cpp
@@ -30,9 +31,11 @@ _CPP_FORCED = (None, "auto", "cpp")
 
 
 def intercepted() -> bool:
-    """Whether something traces or intercepts ops, which must then see the custom ops."""
+    """Whether something traces or intercepts ops, or forward-mode AD is on (the C++ autograd
+    node has no tangents): then the call must take the custom ops."""
     return (
         torch.compiler.is_compiling()
+        or forward_ad._current_level >= 0
         or torch.jit.is_tracing()
         or torch._C._is_torch_function_mode_enabled()
         or torch._C._len_torch_dispatch_stack() > 0
@@ -49,6 +52,7 @@ def _takes(input: Tensor, weight: Tensor) -> bool:
         and input.device.type == "cpu"
         and not input.is_quantized
         and not intercepted()
+        and weight.shape[0] == input.shape[1]  # the C++ node takes no channel multiplier
         and backends.resolve(input.device) == "cpp"
     )
 
@@ -60,6 +64,8 @@ def _ready(input, weight, padding) -> bool:
         not intercepted()
         and type(input) is Tensor
         and type(weight) in _PLAIN
+        and input.layout is torch.strided  # sparse tensors get the full path's error
+        and weight.layout is torch.strided
         and type(padding) is str
         and backends.forced_backend() in _CPP_FORCED
     )

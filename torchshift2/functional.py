@@ -5,6 +5,7 @@ All argument checks of SPEC §5 happen here, before any kernel runs.
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import torch
@@ -42,10 +43,24 @@ def check_shift_args(input, weight, padding, active, crop, ndim: Optional[int] =
         ...                  [(1, 0), (0, 2)])
         ('periodic', ((1, 0), (0, 2)))
     """
+    if torch.jit.is_tracing():
+        # Sizes are traced tensors here, and every comparison would warn that its value is
+        # baked into the trace; the checks record nothing, so there is nothing to bake.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return _check_shift_args(input, weight, padding, active, crop, ndim)
+    return _check_shift_args(input, weight, padding, active, crop, ndim)
+
+
+def _check_shift_args(input, weight, padding, active, crop, ndim):
     if not isinstance(input, Tensor):
         raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
     if not isinstance(weight, Tensor):
         raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+    for name, tensor in (("input", input), ("weight", weight)):
+        if tensor.layout != torch.strided:
+            raise TypeError(f"{name}: expected a dense (strided) tensor, got layout "
+                            f"{tensor.layout}; convert it with .to_dense()")
     if ndim is None:
         if input.dim() not in (3, 4, 5):
             raise ValueError(
@@ -59,10 +74,12 @@ def check_shift_args(input, weight, padding, active, crop, ndim: Optional[int] =
         )
     spatial = input.dim() - 2
     channels = input.shape[1]
-    if weight.dim() != 2 or weight.shape[0] != channels or weight.shape[1] != spatial:
+    rows = weight.shape[0] if weight.dim() == 2 else -1
+    multiple = rows == channels if channels == 0 else rows > 0 and rows % channels == 0
+    if weight.dim() != 2 or not multiple or weight.shape[1] != spatial:
         raise ValueError(
-            f"weight: expected shape (C, D) = ({channels}, {spatial}) for input of shape "
-            f"{tuple(input.shape)}, got {tuple(weight.shape)}"
+            f"weight: expected shape (k·C, D) = (k·{channels}, {spatial}) with an integer "
+            f"k >= 1 for input of shape {tuple(input.shape)}, got {tuple(weight.shape)}"
         )
     if not weight.dtype.is_floating_point:
         raise TypeError(f"weight: expected a floating dtype, got {weight.dtype}")
@@ -85,6 +102,12 @@ def check_shift_args(input, weight, padding, active, crop, ndim: Optional[int] =
                 f"weight: requires_grad, but input has dtype {input.dtype}, which has no "
                 "gradient; shift integer or quantized tensors under torch.no_grad() or with "
                 "a detached weight"
+            )
+        if input.is_quantized and input.dtype not in _spec.QUANTIZED_DTYPES:
+            raise TypeError(
+                f"input: expected a quantized dtype with one value per byte or word "
+                f"{list(_spec.QUANTIZED_DTYPES)}, got {input.dtype} (sub-byte packed values "
+                "cannot be shifted element by element)"
             )
         if input.is_quantized and input.qscheme() != torch.per_tensor_affine:
             raise ValueError(
@@ -110,7 +133,9 @@ def shift(
     Args:
         input: ``(N, C, L1)``, ``(N, C, L1, L2)`` or ``(N, C, L1, L2, L3)``; any floating
             dtype, or (SSL without gradient) an integer, bool or per-tensor quantized dtype.
-        weight: floating ``(C, D)`` shifts, D = ``input.dim() - 2``, on ``input``'s device.
+        weight: floating ``(C, D)`` shifts, D = ``input.dim() - 2``, on ``input``'s device;
+            or ``(k·C, D)`` for a channel multiplier k: output channel ``o`` reads input
+            channel ``o // k`` (a depthwise conv with ``out_channels = k·C``).
         padding: where out-of-range reads come from: ``"zeros"``, ``"border"``,
             ``"periodic"``, ``"reflect"`` or ``"symmetric"`` (``nn.Conv`` aliases
             ``"replicate"`` and ``"circular"`` accepted).
@@ -119,8 +144,8 @@ def shift(
             of each spatial dim of the output.
 
     Returns:
-        ``(N, C, L1 - before1 - after1, ...)`` tensor of ``input``'s dtype, device and memory
-        format (contiguous, or channels-last for channels-last inputs).
+        ``(N, k·C, L1 - before1 - after1, ...)`` tensor of ``input``'s dtype, device and
+        memory format (contiguous, or channels-last for channels-last inputs).
 
     Example:
         >>> import torch, torchshift2 as ts
@@ -171,6 +196,10 @@ def shift_(input: Tensor, weight: Tensor, padding: str = "zeros") -> Tensor:
             "grad (use torchshift2.shift for training, or run under torch.no_grad())"
         )
     padding, _ = check_shift_args(input, weight, padding, False, None)
+    if weight.shape[0] != input.shape[1]:
+        raise ValueError(
+            f"weight: shifting in place keeps the channels, expected shape ({input.shape[1]}, "
+            f"{input.dim() - 2}), got {tuple(weight.shape)} (a channel multiplier needs shift)")
     if input.is_quantized:
         raise TypeError("input: shift_ does not modify quantized tensors in place; use shift")
     ops.apply_shift_(input, weight, padding)

@@ -11,6 +11,7 @@ imports :mod:`torchshift2`.
 """
 
 
+import itertools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,10 +19,11 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor, nn
 
-from . import _spec, ops
+from . import _spec, ops, reference
 from . import functional as F
 
-__all__ = ["Shift1d", "Shift2d", "Shift3d", "depthwise_plan", "extend_input", "pool_output"]
+__all__ = ["GroupedShift1d", "GroupedShift2d", "GroupedShift3d", "Shift1d", "Shift2d", "Shift3d",
+           "depthwise_plan", "extend_input", "grouped_shifts", "pool_output"]
 
 #: Keys of ``emulate_dw`` that shape the emulation (the ``nn.Conv*d`` argument names).
 EMULATE_DW_KEYS = ("kernel_size", "stride", "padding", "padding_mode", "dilation")
@@ -60,7 +62,10 @@ def depthwise_plan(emulate_dw: dict, ndim: int) -> Dict[str, object]:
       and ``ceil_mode=True``, which gives ``ceil((L + t) / stride)`` =
       ``floor((L + t - 1) / stride) + 1`` elements, the conv's output size.
 
-    ``padding="same"`` (stride 1) keeps the size; ``padding="valid"`` is ``padding=0``.
+    ``padding="same"`` keeps the size before the stride, so the output has ``ceil(L / stride)``
+    elements: ``nn.Conv``'s ``"same"`` (stride 1) and, with a stride, TensorFlow's ``"SAME"``
+    (timm's ``Conv2dSame``, which pads at run time for any input size).
+    ``padding="valid"`` is ``padding=0``.
 
     Args:
         emulate_dw: ``nn.Conv*d`` arguments: ``kernel_size`` (required), ``stride``,
@@ -100,10 +105,7 @@ def depthwise_plan(emulate_dw: dict, ndim: int) -> Dict[str, object]:
     if isinstance(padding, str):
         if padding == "valid":
             padding = (0,) * ndim
-        elif padding == "same":
-            if any(s != 1 for s in stride):
-                raise ValueError("emulate_dw['padding']: 'same' needs stride 1, as in nn.Conv")
-        else:
+        elif padding != "same":
             raise ValueError(
                 f"emulate_dw['padding']: expected ints, 'same' or 'valid', got {padding!r}"
             )
@@ -138,21 +140,10 @@ def depthwise_plan(emulate_dw: dict, ndim: int) -> Dict[str, object]:
 def _source_positions(length: int, before: int, after: int, padding: str,
                       device: torch.device) -> Tensor:
     """SPEC §2 source indices of positions ``-before .. length + after - 1`` (not zeros)."""
-    if length == 0:
+    if not torch.jit.is_tracing() and length == 0:  # traced, a size is a tensor: no check
         raise ValueError("input: cannot extend a zero-length dim with a non-zeros padding")
     k = torch.arange(-before, length + after, device=device)
-    if padding == "border":
-        return k.clamp(0, length - 1)
-    if padding == "periodic":
-        return k.remainder(length)
-    if padding == "reflect":
-        if length == 1:
-            return torch.zeros_like(k)
-        period = 2 * length - 2
-        m = k.remainder(period)
-        return torch.where(m < length, m, period - m)
-    m = k.remainder(2 * length)  # symmetric
-    return torch.where(m < length, m, 2 * length - 1 - m)
+    return reference.source_index(k, length, padding)[0]
 
 
 def extend_input(input: Tensor, extend: List[int], padding: str) -> Tensor:
@@ -198,9 +189,9 @@ def _block_mean(input: Tensor, dim: int, size: int) -> Tensor:
     pads = [0, 0] * (input.dim() - 1 - dim) + [0, blocks * size - length]
     sums = TF.pad(input, pads).unflatten(dim, [blocks, size]).sum(dim + 1)
     counts = (length - torch.arange(blocks, device=input.device) * size).clamp(max=size)
-    shape = [1] * input.dim()
-    shape[dim] = blocks
-    return sums / counts.to(sums.dtype).reshape(shape)
+    # (blocks, 1, ...) broadcasts from the right; a (1, 1, blocks, 1) view would have strides
+    # Inductor cannot order when `blocks` may be 1 (dynamic shapes).
+    return sums / counts.to(sums.dtype).reshape([blocks] + [1] * (input.dim() - 1 - dim))
 
 
 def pool_output(output: Tensor, pool: List[int]) -> Tensor:
@@ -252,6 +243,19 @@ def _block_means(output: Tensor, pool: List[int]) -> Tensor:
     return output
 
 
+def _checked_out_channels(in_channels: int, out_channels: Optional[int]) -> int:
+    """``out_channels`` (default ``in_channels``) after checking that it is ``k·in_channels``."""
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 0:
+        raise ValueError(f"in_channels: expected a non-negative int, got {in_channels!r}")
+    out_channels = in_channels if out_channels is None else out_channels
+    if (isinstance(out_channels, bool) or not isinstance(out_channels, int)
+            or (out_channels != in_channels if in_channels == 0
+                else out_channels <= 0 or out_channels % in_channels)):
+        raise ValueError(f"out_channels: expected a positive multiple of in_channels = "
+                         f"{in_channels} (a channel multiplier), got {out_channels!r}")
+    return out_channels
+
+
 class _ShiftBase(nn.Module):
     """The forward pipeline shared by the float and the quantized layers (not public).
 
@@ -286,11 +290,30 @@ class _ShiftBase(nn.Module):
     @torch.jit.unused
     def _checked_shift(self, input: Tensor, weight: Tensor, active: bool) -> Tensor:
         crop = _spec.pair_crop(self._crop) if any(self._crop) else None
+        if crop is not None and not torch.jit.is_tracing():
+            self._check_emulated_size(input)
         # The crop is checked against the unextended input: a dim is cropped or extended,
         # never both.
         padding, crop = F.check_shift_args(input, weight, self.padding, active, crop, self.ndim)
         input = extend_input(input, self._extend, padding)
         return ops.apply_shift(input, weight, padding, active, _spec.flat_crop(crop))
+
+    @torch.jit.unused
+    def _check_emulated_size(self, input) -> None:
+        """An input too small for the emulated conv's kernel, named in its own terms (the
+        crop it becomes is the layer's business, not the caller's)."""
+        if not isinstance(input, Tensor) or input.dim() != self.ndim + 2:
+            return  # check_shift_args reports it
+        for d in range(self.ndim):
+            needed = self._crop[2 * d] + self._crop[2 * d + 1]
+            if input.shape[2 + d] < needed:
+                dw = self.emulate_dw or {}
+                raise ValueError(
+                    f"input: spatial dim {d} has size {input.shape[2 + d]}, smaller than the "
+                    f"emulated depthwise conv needs ({needed}: kernel_size "
+                    f"{dw.get('kernel_size')}, dilation {dw.get('dilation')}, padding "
+                    f"{dw.get('padding')}); got input of shape {tuple(input.shape)}"
+                )
 
     def _shift(self, input: Tensor, weight: Tensor, active: bool) -> Tensor:
         if torch.jit.is_scripting():
@@ -315,10 +338,13 @@ class _ShiftNd(_ShiftBase):
         emulate_dw: Optional[dict] = None,
         init_thumb_rule: int = 1,
         inplace: bool = False,
+        *,
+        out_channels: Optional[int] = None,
+        device=None,
+        dtype=None,
     ) -> None:
         super().__init__()
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 0:
-            raise ValueError(f"in_channels: expected a non-negative int, got {in_channels!r}")
+        out_channels = _checked_out_channels(in_channels, out_channels)
         if init_thumb_rule not in (1, 2):
             raise ValueError(f"init_thumb_rule: expected 1 or 2, got {init_thumb_rule!r}")
         plan = self._init_plan(padding, emulate_dw)
@@ -327,6 +353,9 @@ class _ShiftNd(_ShiftBase):
         if inplace and active_flag:
             raise ValueError("inplace: True needs SSL (active_flag=False); an interpolating "
                              "shift cannot run in place, got active_flag=True")
+        if inplace and out_channels != in_channels:
+            raise ValueError(f"inplace: True keeps the channels, but out_channels = "
+                             f"{out_channels} != in_channels = {in_channels}")
         if inplace and (any(self._crop) or any(self._extend) or self._pool):
             raise ValueError(
                 f"inplace: True needs an output of the input's shape, but emulate_dw="
@@ -341,27 +370,30 @@ class _ShiftNd(_ShiftBase):
             raise ValueError(
                 f"init_shift: expected a non-negative float or {self.ndim} of them, got {init_shift!r}"
             )
-        if not isinstance(sparsity_term, (int, float)) or sparsity_term < 0:
-            raise ValueError(f"sparsity_term: expected a float >= 0, got {sparsity_term!r}")
+        if (isinstance(sparsity_term, bool) or not isinstance(sparsity_term, (int, float))
+                or not math.isfinite(sparsity_term) or sparsity_term < 0):
+            raise ValueError(f"sparsity_term: expected a finite float >= 0, got {sparsity_term!r}")
         self.in_channels = in_channels
+        self.out_channels = out_channels
         self.init_shift = init_shift
         self.sparsity_term = float(sparsity_term)
         self.active_flag = bool(active_flag)
         self.init_thumb_rule = init_thumb_rule
         self.inplace = inplace
-        self.weight = nn.Parameter(torch.empty(in_channels, self.ndim))
+        self.weight = nn.Parameter(torch.empty(out_channels, self.ndim, device=device, dtype=dtype))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Draw the shifts: rule 1 uniform in ``[-init_shift, init_shift]``, rule 2 uniform in
         ``[0, init_shift]`` with a random sign per element."""
         with torch.no_grad():
-            bound = torch.tensor(self.init_shift, dtype=self.weight.dtype)
+            bound = torch.tensor(self.init_shift, dtype=self.weight.dtype,
+                                 device=self.weight.device)
             magnitude = torch.rand_like(self.weight) * bound
             if self.init_thumb_rule == 1:
                 self.weight.copy_(2 * magnitude - bound)
             else:
-                sign = torch.randint(0, 2, self.weight.shape, dtype=self.weight.dtype) * 2 - 1
+                sign = torch.randint_like(self.weight, 0, 2) * 2 - 1
                 self.weight.copy_(magnitude * sign)
 
     def sparsity_loss(self) -> Optional[Tensor]:
@@ -403,8 +435,11 @@ class _ShiftNd(_ShiftBase):
         return F.shift_(input, self.weight, self.padding)
 
     def extra_repr(self) -> str:
-        text = (
-            f"{self.in_channels}, padding={self.padding!r}, active_flag={self.active_flag}, "
+        text = f"{self.in_channels}, "
+        if self.out_channels != self.in_channels:
+            text += f"out_channels={self.out_channels}, "
+        text += (
+            f"padding={self.padding!r}, active_flag={self.active_flag}, "
             f"sparsity_term={self.sparsity_term}, init_shift={self.init_shift}, "
             f"init_thumb_rule={self.init_thumb_rule}"
         )
@@ -442,10 +477,16 @@ class Shift1d(_ShiftNd):
             with :func:`torchshift2.shift_`, touching only the channels whose rounded shift
             is non-zero (after sparsity training most are), and return it. Raises while
             autograd records; the attribute can be switched on a trained layer.
+        out_channels: ``k · in_channels`` for a channel multiplier k (default ``in_channels``):
+            output channel ``o`` is input channel ``o // k`` shifted by ``weight[o]``, as a
+            depthwise conv with ``out_channels = k · in_channels``; ``weight`` is
+            ``(out_channels, D)``.
+        device: where the weight is created (``nn.Module`` factory argument).
+        dtype: the weight's floating dtype (``nn.Module`` factory argument).
 
     Shape:
-        input ``(N, C, L)`` -> output ``(N, C, L)`` (with ``emulate_dw``: the conv's
-        ``L_out``); ``weight`` is ``(C, 1)``.
+        input ``(N, C, L)`` -> output ``(N, out_channels, L)`` (with ``emulate_dw``: the
+        conv's ``L_out``); ``weight`` is ``(out_channels, 1)``.
 
     Example:
         >>> import torch, torchshift2 as ts
@@ -464,8 +505,8 @@ class Shift2d(_ShiftNd):
     """Learnable per-channel shift of ``(N, C, H, W)`` tensors; arguments as :class:`Shift1d`.
 
     Shape:
-        input ``(N, C, H, W)`` -> output ``(N, C, H, W)`` (with ``emulate_dw``: the conv's
-        ``(H_out, W_out)``); ``weight`` is ``(C, 2)``.
+        input ``(N, C, H, W)`` -> output ``(N, out_channels, H, W)`` (with ``emulate_dw``:
+        the conv's ``(H_out, W_out)``); ``weight`` is ``(out_channels, 2)``.
 
     Example:
         >>> import torch, torchshift2 as ts
@@ -485,14 +526,174 @@ class Shift3d(_ShiftNd):
     """Learnable per-channel shift of ``(N, C, D, H, W)`` tensors; arguments as :class:`Shift1d`.
 
     Shape:
-        input ``(N, C, D, H, W)`` -> output ``(N, C, D, H, W)`` (with ``emulate_dw``: the
-        conv's output size); ``weight`` is ``(C, 3)``.
+        input ``(N, C, D, H, W)`` -> output ``(N, out_channels, D, H, W)`` (with
+        ``emulate_dw``: the conv's output size); ``weight`` is ``(out_channels, 3)``.
 
     Example:
         >>> import torch, torchshift2 as ts
         >>> layer = ts.Shift3d(2, active_flag=True)
         >>> layer(torch.randn(1, 2, 3, 4, 5))[0].shape
         torch.Size([1, 2, 3, 4, 5])
+    """
+
+    ndim = 3
+
+
+def grouped_shifts(channels: int, kernel_size: Union[int, Sequence[int]] = 3,
+                   dilation: Union[int, Sequence[int]] = 1, ndim: int = 2) -> Tensor:
+    """The fixed shifts of Grouped Shift (Wu et al., arXiv 1711.08141).
+
+    The channels are split into ``K = k_1 ... k_D`` groups, one per tap of a ``k_1 x ... x
+    k_D`` kernel in raster order; every group has ``channels // K`` channels, and the
+    remainder joins the centre tap's group (which does not move). A group moves as a
+    depthwise conv whose kernel is one-hot at its tap: tap ``i`` along dim d shifts by
+    ``dilation_d * ((k_d - 1) // 2 - i)`` (the centre tap of an even kernel is its lower
+    middle, as ``nn.Conv``'s ``padding="same"`` places it).
+
+    Args:
+        channels: C.
+        kernel_size: k, an int or one per spatial dim.
+        dilation: spacing of the taps, an int or one per spatial dim.
+        ndim: number of spatial dims D.
+
+    Returns:
+        ``(C, D)`` float32 tensor of integer shifts, groups in channel order.
+
+    Example:
+        >>> from torchshift2.nn import grouped_shifts
+        >>> grouped_shifts(10, 3, ndim=1).flatten().tolist()
+        [1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0, -1.0, -1.0]
+    """
+    kernel = _per_dim(kernel_size, ndim, "kernel_size", 1)
+    spacing = _per_dim(dilation, ndim, "dilation", 1)
+    taps = list(itertools.product(*[range(k) for k in kernel]))
+    centre = tuple((k - 1) // 2 for k in kernel)
+    size, extra = divmod(channels, len(taps))
+    rows: List[List[float]] = []
+    for tap in taps:
+        count = size + (extra if tap == centre else 0)
+        rows += [[float(dil * (c - i)) for i, c, dil in zip(tap, centre, spacing)]] * count
+    return torch.tensor(rows, dtype=torch.float32).reshape(channels, ndim)
+
+
+class _GroupedShiftNd(_ShiftBase):
+    # No class annotations here (see _ShiftNd).
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: Union[int, Sequence[int]] = 3,
+        dilation: Union[int, Sequence[int]] = 1,
+        padding: str = "zeros",
+        emulate_dw: Optional[dict] = None,
+        *,
+        out_channels: Optional[int] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        out_channels = _checked_out_channels(in_channels, out_channels)
+        self._init_plan(padding, emulate_dw)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _per_dim(kernel_size, self.ndim, "kernel_size", 1)
+        self.dilation = _per_dim(dilation, self.ndim, "dilation", 1)
+        shifts = grouped_shifts(out_channels, self.kernel_size, self.dilation, self.ndim)
+        # A buffer: fixed shifts, saved in the state_dict, never trained.
+        self.register_buffer("weight", shifts.to(device=device, dtype=dtype or torch.float32))
+
+    def forward(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Shift ``input`` of shape ``(N, C, *L)`` by the fixed group shifts.
+
+        Returns:
+            ``(output, None)``: the shifted tensor (the emulated depthwise conv's output
+            shape with ``emulate_dw``) and no sparsity loss. The backward computes
+            ``grad_input`` only: the shifts are not trained.
+        """
+        return self._shift(input, self.weight, False), None
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, "
+        if self.out_channels != self.in_channels:
+            text += f"out_channels={self.out_channels}, "
+        text += (f"kernel_size={self.kernel_size}, dilation={self.dilation}, "
+                 f"padding={self.padding!r}")
+        if self.emulate_dw is not None:
+            text += f", emulate_dw={self.emulate_dw}"
+        return text
+
+
+class GroupedShift1d(_GroupedShiftNd):
+    """Grouped Shift (Wu et al.) of ``(N, C, L)`` tensors: fixed shifts, no parameters.
+
+    The channels move in ``k`` groups, one per tap of a size-``k`` kernel
+    (:func:`grouped_shifts`); the shifts are a buffer (saved in the ``state_dict``, not
+    trained), so training computes only ``grad_input``.
+
+    Args:
+        in_channels: C.
+        kernel_size: k: the groups are the taps of a size-k kernel (an int, or one per
+            spatial dim in 2D / 3D).
+        dilation: spacing of the taps.
+        padding: padding mode, as in :class:`Shift1d`.
+        emulate_dw: as in :class:`Shift1d`: reproduce a depthwise conv's output shape.
+        out_channels: ``k · in_channels`` for a channel multiplier (the groups are then
+            taken over the output channels).
+        device: where the shifts are created.
+        dtype: the shifts' floating dtype (default float32).
+
+    Shape:
+        input ``(N, C, L)`` -> output ``(N, out_channels, L)`` (with ``emulate_dw``: the
+        conv's ``L_out``); ``weight`` is an ``(out_channels, 1)`` buffer.
+
+    Example:
+        >>> import torch, torchshift2 as ts
+        >>> layer = ts.GroupedShift1d(3, kernel_size=3)
+        >>> layer.weight.flatten().tolist()
+        [1.0, 0.0, -1.0]
+        >>> out, loss = layer(torch.arange(12.).reshape(1, 3, 4))
+        >>> out, loss
+        (tensor([[[ 0.,  0.,  1.,  2.],
+                 [ 4.,  5.,  6.,  7.],
+                 [ 9., 10., 11.,  0.]]]), None)
+    """
+
+    ndim = 1
+
+
+class GroupedShift2d(_GroupedShiftNd):
+    """Grouped Shift (Wu et al.) of ``(N, C, H, W)`` tensors; arguments as
+    :class:`GroupedShift1d`: ``k x k`` groups, the shifts of a ``k x k`` kernel's taps.
+
+    Shape:
+        input ``(N, C, H, W)`` -> output ``(N, out_channels, H, W)`` (with ``emulate_dw``:
+        the conv's ``(H_out, W_out)``); ``weight`` is an ``(out_channels, 2)`` buffer.
+
+    Example:
+        >>> import torch, torchshift2 as ts
+        >>> layer = ts.GroupedShift2d(18, kernel_size=3)
+        >>> layer.weight[::2].tolist()  # 2 channels per group
+        [[1.0, 1.0], [1.0, 0.0], [1.0, -1.0], [0.0, 1.0], [0.0, 0.0], [0.0, -1.0], [-1.0, 1.0], [-1.0, 0.0], [-1.0, -1.0]]
+        >>> layer(torch.randn(2, 18, 5, 5))[0].shape
+        torch.Size([2, 18, 5, 5])
+    """
+
+    ndim = 2
+
+
+class GroupedShift3d(_GroupedShiftNd):
+    """Grouped Shift (Wu et al.) of ``(N, C, D, H, W)`` tensors; arguments as
+    :class:`GroupedShift1d`: ``k x k x k`` groups.
+
+    Shape:
+        input ``(N, C, D, H, W)`` -> output ``(N, out_channels, D, H, W)`` (with
+        ``emulate_dw``: the conv's output size); ``weight`` is an ``(out_channels, 3)``
+        buffer.
+
+    Example:
+        >>> import torch, torchshift2 as ts
+        >>> ts.GroupedShift3d(30)(torch.randn(1, 30, 3, 4, 5))[0].shape
+        torch.Size([1, 30, 3, 4, 5])
     """
 
     ndim = 3

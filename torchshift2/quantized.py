@@ -43,14 +43,15 @@ class _QuantizedShiftNd(shift_nn._ShiftBase):
     _FLOAT_MODULE = shift_nn._ShiftNd
 
     def __init__(self, in_channels: int, padding: str = "zeros",
-                 emulate_dw: Optional[dict] = None) -> None:
+                 emulate_dw: Optional[dict] = None, *, out_channels: Optional[int] = None) -> None:
         super().__init__()
         if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 0:
             raise ValueError(f"in_channels: expected a non-negative int, got {in_channels!r}")
         self.in_channels = in_channels
+        self.out_channels = in_channels if out_channels is None else out_channels
         self._init_plan(padding, emulate_dw)
         # Integer-valued shifts (floating: the op's weight dtype); a buffer, not a parameter.
-        self.register_buffer("weight", torch.zeros(in_channels, self.ndim))
+        self.register_buffer("weight", torch.zeros(self.out_channels, self.ndim))
 
     def forward(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """Shift ``input`` (quantized, integer or floating) by the integer shifts ``weight``.
@@ -77,14 +78,17 @@ class _QuantizedShiftNd(shift_nn._ShiftBase):
             raise TypeError(
                 f"mod: expected a {cls._FLOAT_MODULE.__name__}, got {type(mod).__name__}"
             )
-        qmod = cls(mod.in_channels, mod.padding)
+        qmod = cls(mod.in_channels, mod.padding, out_channels=mod.out_channels)
         qmod._copy_plan(mod)
         with torch.no_grad():
             qmod.weight = torch.round(mod.weight.detach()).clone()
         return qmod
 
     def extra_repr(self) -> str:
-        text = f"{self.in_channels}, padding={self.padding!r}"
+        text = f"{self.in_channels}, "
+        if self.out_channels != self.in_channels:
+            text += f"out_channels={self.out_channels}, "
+        text += f"padding={self.padding!r}"
         if self.emulate_dw is not None:
             text += f", emulate_dw={self.emulate_dw}"
         return text
@@ -97,6 +101,7 @@ class QuantizedShift1d(_QuantizedShiftNd):
         in_channels: C.
         padding: padding mode (zeros fills with the zero point).
         emulate_dw: as in :class:`~torchshift2.Shift1d`.
+        out_channels: as in :class:`~torchshift2.Shift1d` (a channel multiplier).
 
     Shape:
         input ``(N, C, L)`` -> output ``(N, C, L)`` (or the emulated conv's size);

@@ -39,17 +39,16 @@ def source_index(position: torch.Tensor, length: int, padding: str):
     elif padding == "periodic":
         index = position.remainder(length)
     elif padding == "reflect":
-        if length == 1:
-            index = torch.zeros_like(position)
-        else:
-            period = 2 * length - 2
-            m = position.remainder(period)
-            index = torch.where(m < length, m, period - m)
+        # Period 2L - 2, or 1 when L == 1 (every position reads index 0), without a branch
+        # on the size: under torch.jit.trace sizes are tensors.
+        period = 2 * length - 2 + (length == 1)
+        m = position.remainder(period)
+        index = torch.where(m < length, m, period - m)
     elif padding == "symmetric":
         m = position.remainder(2 * length)
         index = torch.where(m < length, m, 2 * length - 1 - m)
     else:  # pragma: no cover - callers pass canonical names
-        raise ValueError(f"padding: unknown {padding!r}")
+        raise ValueError(f"padding: unknown '{padding}'")
     return index, valid
 
 
@@ -68,6 +67,9 @@ def _reduce_shift(shift: torch.Tensor, length: int, padding: str) -> torch.Tenso
     else:
         shift = shift.clamp(-(length + 2), length + 2)
     return shift.to(torch.int64)
+
+
+_SIGNED_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 def _gather(x: torch.Tensor, shifts: torch.Tensor, padding: str, crop, fill, corner=None):
@@ -94,7 +96,12 @@ def _gather(x: torch.Tensor, shifts: torch.Tensor, padding: str, crop, fill, cor
         flat_index = flat_index * length + index.reshape(view)
         valid = valid & ok.reshape(view)
     flat_index = flat_index.expand([c] + out_spatial).reshape(1, c, -1).expand(n, c, -1)
-    values = x.reshape(n, c, -1).gather(2, flat_index).reshape([n, c] + out_spatial)
+    flat = x.reshape(n, c, -1)
+    if x.dtype in _SIGNED_TWIN:  # gather has no kernel for these: move their bits instead
+        values = flat.view(_SIGNED_TWIN[x.dtype]).gather(2, flat_index).view(x.dtype)
+    else:  # (a view as the same dtype would cut the autograd graph)
+        values = flat.gather(2, flat_index)
+    values = values.reshape([n, c] + out_spatial)
     if padding == "zeros":
         values = torch.where(valid, values, torch.full((), fill, dtype=values.dtype))
     return values
@@ -133,14 +140,15 @@ def shift(
 
     Args:
         input: ``(N, C, *L)`` with ``D = len(L)`` in 1..3.
-        weight: ``(C, D)`` floating shifts.
+        weight: ``(C, D)`` floating shifts, or ``(k·C, D)``: output channel ``o`` reads input
+            channel ``o // k`` (a channel multiplier, SPEC §1).
         padding: a padding name or alias (SPEC §2).
         active: interpolate (Active Shift) instead of rounding (SSL).
         crop: ``None`` or D ``(before, after)`` pairs.
         fill: value of *outside* reads for zeros padding (the zero point of quantized data).
 
     Returns:
-        ``(N, C, *L_out)`` tensor, same dtype and memory format as ``input``.
+        ``(N, k·C, *L_out)`` tensor, same dtype and memory format as ``input``.
     """
     padding = _spec.canonical_padding(padding)
     crop = _spec.normalize_crop(crop, input.shape[2:])
@@ -151,7 +159,12 @@ def shift(
         return torch._make_per_tensor_quantized_tensor(
             values, input.q_scale(), input.q_zero_point()
         )
-    out_shape = _spec.output_shape(input.shape, crop)
+    out_shape = _spec.output_shape(input.shape, crop, weight.shape[0])
+    k = _spec.multiplier(input.shape[1], weight.shape[0])
+    if k != 1:  # output channel o reads input channel o // k
+        layout = input
+        input = input.index_select(1, torch.arange(weight.shape[0], device=input.device) // k)
+        input = _spec.empty_like_layout(layout, input.shape, input.dtype).copy_(input)
     if input.numel() == 0 or 0 in out_shape:
         out = _spec.empty_like_layout(input, out_shape)
         if input.dtype.is_floating_point and torch.is_grad_enabled():
