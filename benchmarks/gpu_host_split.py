@@ -8,7 +8,7 @@ import time
 import torch
 
 import torchshift2 as ts
-from torchshift2 import triton as backend
+from torchshift2.backends import triton as backend
 
 
 def rate(fn, n=300):
@@ -35,10 +35,11 @@ def main():
             "autograd fwd+bwd (ts.shift)": lambda: torch.autograd.grad(ts.shift(x, w), (x, w), g),
             "op fwd + op bwd (no autograd)": lambda: (
                 torch.ops.torchshift2.shift(xd, wd, "zeros", False, crop),
-                torch.ops.torchshift2.shift_backward(g, xd, wd, "zeros", False, crop)),
+                torch.ops.torchshift2.shift_backward(g, xd, wd, "zeros", False, crop,
+                                                     [True, True])),
             "op fwd": lambda: torch.ops.torchshift2.shift(xd, wd, "zeros", False, crop),
             "op bwd": lambda: torch.ops.torchshift2.shift_backward(g, xd, wd, "zeros", False,
-                                                                    crop),
+                                                                    crop, [True, True]),
             "backend fwd + bwd": lambda: (
                 backend.forward_into(out, xd, wd, "zeros", False, crop, 0),
                 backend.backward_into(gi, gw, g, xd, wd, "zeros", False, crop)),
@@ -52,7 +53,8 @@ def main():
     wc = torch.rand(16, 2, requires_grad=True)
     gc = torch.randn_like(xc)
     print("CPU tensors (8, 16, 8, 8), cpp backend")
-    for name, fn in {"autograd fwd+bwd": lambda: torch.autograd.grad(ts.shift(xc, wc), (xc, wc), gc),
+    for name, fn in {"autograd fwd+bwd": lambda: torch.autograd.grad(ts.shift(xc, wc), (xc, wc),
+                                                                     gc),
                      "autograd of x * 2": lambda: torch.autograd.grad(xc * 2, xc, gc)}.items():
         for _ in range(30):
             fn()

@@ -156,14 +156,122 @@ def test_compiled_model_on_cuda_matches_eager_without_graph_breaks(memory_format
     assert_close(x1.grad, x2.grad, torch.float32)
 
 
-def test_in_place_sparse_shift_on_cuda():
-    x, _ = _case((2, 16, 9, 11), "contiguous")
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+def test_in_place_sparse_shift_on_cuda(padding, memory_format):
+    """The in-place kernel writes only the channels that move: the others keep their bits
+    (NaN payloads included)."""
+    x, _ = _case((2, 16, 9, 12), memory_format)
+    sentinel = (torch.arange(2 * 9 * 12, device=CUDA, dtype=torch.int32) | 0x7FA00000)
+    x[:, 5] = sentinel.view(torch.float32).reshape(2, 9, 12)
     weight = torch.zeros(16, 2, device=CUDA)
     weight[3] = torch.tensor([1.0, -2.0])
-    expected = ts.reference.shift(x, weight, "border")
+    weight[7] = torch.tensor([0.4, 5.0])
+    weight[5] = torch.tensor([0.3, -0.2])  # rounds to 0: must not be touched
+    before = x.clone()
+    expected = ts.reference.shift(x, weight, padding)
     with torch.no_grad():
-        assert ts.shift_(x, weight, "border") is x
-    assert torch.equal(x, expected)
+        assert ts.shift_(x, weight, padding) is x
+    assert torch.equal(x[:, [3, 7]], expected[:, [3, 7]])
+    keep = [c for c in range(16) if c not in (3, 7)]
+    assert torch.equal(x[:, keep].contiguous().view(torch.int32),
+                       before[:, keep].contiguous().view(torch.int32))
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_non_finite_weight_gives_nan_channel_on_cuda(memory_format):
+    """SPEC §5 on CUDA: no synchronising check, but never a silently finite value."""
+    x, weight = _case((2, 8, 10, 12), memory_format)
+    weight[2, 1] = float("nan")
+    weight[5, 0] = float("inf")
+    xs = x.detach().requires_grad_()
+    ws = weight.detach().requires_grad_()
+    for active in (False, True):
+        out = ts.shift(xs, ws, "reflect", active)
+        grad_input, grad_weight = torch.autograd.grad(out, (xs, ws), torch.ones_like(out))
+        assert torch.isnan(out[:, [2, 5]]).all() and torch.isfinite(out[:, [0, 1, 3]]).all()
+        assert torch.isnan(grad_input[:, [2, 5]]).all()
+        assert torch.isfinite(grad_input[:, [0, 1, 3, 4, 6, 7]]).all()
+        assert torch.isnan(grad_weight[[2, 5]]).all()
+        assert torch.isfinite(grad_weight[[0, 1, 3, 4, 6, 7]]).all()
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_channel_multiplier_on_cuda(memory_format):
+    x, _ = _case((2, 6, 14, 15), memory_format)
+    weight = (torch.randn(18, 2, generator=torch.Generator().manual_seed(4)) * 2).to(CUDA)
+    xs = x.detach().requires_grad_()
+    ws = weight.detach().requires_grad_()
+    out = ts.shift(xs, ws, "symmetric", True)
+    grads = torch.autograd.grad(out, (xs, ws), torch.ones_like(out))
+    xr = x.detach().double().requires_grad_()
+    wr = weight.detach().double().requires_grad_()
+    ref = ts.reference.shift(xr, wr, "symmetric", True)
+    ref_grads = torch.autograd.grad(ref, (xr, wr), torch.ones_like(ref))
+    assert out.shape == (2, 18, 14, 15) and out.stride() == ref.stride()
+    assert_close(out.double(), ref, torch.float32)
+    assert_close(grads[0].double(), ref_grads[0], torch.float32)
+    assert_close(grads[1].double() / 100, ref_grads[1] / 100, torch.float32)
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_grad_weight_bitwise_across_launch_configurations(memory_format):
+    """The reduction layout is canonical: warps, tiles per program and path thresholds
+    change nothing (here on the GPU, where the warps really differ)."""
+    from torchshift2.backends import triton as backend
+
+    x, weight = _case((4, 48, 33, 70), memory_format)
+    g = torch.randn_like(x)
+    saved = dict(backend.CONFIG)
+    results = []
+    try:
+        for config in ({}, dict(WARPS=8, BWD_WARPS=4, CHUNK_TILES=2),
+                       dict(BWD_WARPS=2, CMAX_BWD=(0, 0, 0), CPAD=0, CL_BYTES=64)):
+            backend.CONFIG.update(saved)
+            backend.CONFIG.update(config)
+            results.append(backend.backward(g, x, weight, "reflect", True, [0, 0, 0, 0]))
+    finally:
+        backend.CONFIG.clear()
+        backend.CONFIG.update(saved)
+    for grad_input, grad_weight in results[1:]:
+        assert torch.equal(grad_input, results[0][0])
+        assert torch.equal(grad_weight, results[0][1])
+
+
+def test_grad_output_in_the_other_layout_on_cuda():
+    x, weight = _case((2, 16, 20, 24), "channels_last")
+    xs = x.detach().requires_grad_()
+    out = ts.shift(xs, weight, "border", True)
+    g = torch.randn(out.shape, device=CUDA)  # contiguous, not channels-last
+    (grad_input,) = torch.autograd.grad(out, xs, g)
+    xr = x.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad(ts.reference.shift(xr, weight.double(), "border", True),
+                                      xr, g.double())
+    assert_close(grad_input.double(), expected, torch.float32)
+
+
+def test_training_step_captures_in_a_cuda_graph():
+    """No host synchronisation in a forward+backward: it can be captured and replayed."""
+    x, weight = _case((8, 32, 28, 28), "channels_last")
+    xs = x.detach().requires_grad_()
+    ws = weight.detach().requires_grad_()
+    g = torch.randn_like(x)
+
+    def step():
+        return torch.autograd.grad(ts.shift(xs, ws, "zeros", True), (xs, ws), g)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            eager = step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured[0], eager[0]) and torch.equal(captured[1], eager[1])
 
 
 def test_mixed_devices_are_refused():

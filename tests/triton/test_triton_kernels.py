@@ -3,8 +3,6 @@
 Small shapes only: the interpreter executes every program of a grid in numpy.
 """
 
-import itertools
-
 import pytest
 import torch
 from hypothesis import HealthCheck, Phase, given, settings
@@ -13,16 +11,15 @@ from hypothesis import strategies as st
 import torchshift2 as ts
 import torchshift2.backends.triton as triton_backend
 from torchshift2 import _spec
-from torchshift2.backends import reference as _reference_backend
 from helpers import FORMATS, TEST_DEVICE as DEVICE, assert_close, layout, shift_cases, \
     shift_with_grads
 
 # No shrinking: under the interpreter it can take minutes; failures print their example.
-# Example counts sized so that this file stays ~4 min on a 2-core AVX2 VM (25 / 50 took 8).
-FEW = settings(max_examples=12, deadline=None, derandomize=True,
+# Example counts sized for the whole directory to stay within a few minutes on 2 cores.
+FEW = settings(max_examples=8, deadline=None, derandomize=True,
                phases=(Phase.explicit, Phase.generate),
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SOME = settings(FEW, max_examples=24)
+SOME = settings(FEW, max_examples=16)
 
 
 def _compare(x, weight, padding, active, crop, grad_dtype_scale=False):
@@ -50,7 +47,15 @@ def test_float64_forward_and_gradients_match_oracle(case):
 
 
 @FEW
-@given(case=shift_cases(dtypes=(torch.float32, torch.float16, torch.bfloat16)))
+@given(case=shift_cases(dtypes=(torch.float32,)))
+def test_float32_matches_oracle(case):
+    _compare(*case, grad_dtype_scale=True)
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the interpreter's bfloat16 / half "
+                    "arithmetic is unreliable upstream: evidence only on a GPU")
+@FEW
+@given(case=shift_cases(dtypes=(torch.float16, torch.bfloat16)))
 def test_low_precision_matches_oracle(case):
     _compare(*case, grad_dtype_scale=True)
 
@@ -141,30 +146,6 @@ def test_exact_reduction_of_huge_shifts(padding):
     assert torch.equal(out, ref)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf in the interpreter
-@pytest.mark.parametrize("active", [False, True])
-@pytest.mark.parametrize("padding", ts.PADDINGS)
-def test_non_finite_weights_act_as_zero(padding, active):
-    """NaN / inf weights can only reach the kernels on CUDA (CPU checks them first); the
-    kernels must stay in bounds and treat them as a zero shift (documented)."""
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=DEVICE)
-    weight = torch.tensor([[float("nan"), 1.0], [float("inf"), float("-inf")],
-                           [0.0, float("nan")]], dtype=torch.float64, device=DEVICE)
-    crop = [0, 0, 1, 1]
-    out = torch.empty(2, 3, 4, 3, dtype=torch.float64, device=DEVICE)
-    triton_backend.forward_into(out, x, weight, padding, active, crop, 0)
-    clean = torch.nan_to_num(weight, nan=0.0, posinf=0.0, neginf=0.0)
-    expected = ts.reference.shift(x, clean, padding, active, _spec.pair_crop(crop))
-    assert torch.equal(out, expected)
-    grad_input, grad_weight = torch.empty_like(x), torch.empty_like(weight)
-    g = torch.randn_like(out)
-    triton_backend.backward_into(grad_input, grad_weight, g, x, weight, padding, active, crop)
-    ref_input, ref_weight = torch.empty_like(x), torch.empty_like(weight)
-    _reference_backend.backward_into(ref_input, ref_weight, g, x, clean, padding, active, crop)
-    assert_close(grad_input, ref_input)
-    assert_close(grad_weight, ref_weight)
-
-
 # LESSONS.md #2 and #3: the adjoint with several outputs reading one input.
 @pytest.mark.parametrize("padding, expected", [
     ("zeros", [100, 1000, 10000, 0, 0]),
@@ -185,7 +166,7 @@ def test_adjoint_examples_from_lessons(padding, expected, active):
 
 
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
-def test_in_place_shift_through_the_fallback(padding):
+def test_in_place_shift_through_the_op(padding):
     x = torch.randn(2, 3, 5, 4, device=DEVICE)
     weight = torch.tensor([[1.0, -2.0], [0.0, 0.0], [3.0, 1.0]], device=DEVICE)
     expected = ts.reference.shift(x, weight, padding)
@@ -211,30 +192,39 @@ def test_zeros_padding_shifts_along_size_one_axis():  # LESSONS.md #6
     assert torch.equal(out, torch.zeros_like(x))
 
 
-@pytest.mark.parametrize("shape, memory_format", [
-    ((1, 2, 2100), "contiguous"),          # 1D rows wider than one tile
-    ((2, 3, 40, 37), "contiguous"),        # several row tiles per plane
-    ((1, 70, 5, 6), "channels_last"),      # several channel tiles
-    ((2, 5, 9, 40), "channels_last"),      # several position tiles
-    ((1, 2, 3, 4, 90), "contiguous"),
-    ((1, 3, 10, 9, 8), "channels_last"),
+@pytest.mark.parametrize("shape, memory_format, padding", [
+    ((1, 2, 700), "contiguous", "border"),           # 1D rows wider than one tile
+    ((1, 2, 20, 19), "contiguous", "reflect"),       # several row tiles and chunks per plane
+    ((1, 40, 3, 4), "channels_last", "border"),      # several channel blocks
+    ((1, 4, 9, 20), "channels_last", "reflect"),     # several position tiles and chunks
+    ((1, 2, 3, 4, 30), "contiguous", "reflect"),
+    ((1, 3, 5, 4, 6), "channels_last", "symmetric"),
 ])
-@pytest.mark.parametrize("padding", ["border", "reflect"])
-def test_multi_tile_shapes(shape, memory_format, padding):
+def test_multi_tile_shapes(shape, memory_format, padding, config, monkeypatch):
+    """Small tiles (64 float64 elements) so that small tensors span many tiles, chunks of
+    tiles and channel blocks."""
+    config(TILE_BYTES=512, CL_BYTES=32)
+    monkeypatch.setattr(triton_backend._plan, "BWD_TILE_BYTES", 512)
     generator = torch.Generator().manual_seed(sum(shape))
-    x = layout(torch.randn(*shape, generator=generator, dtype=torch.float64), memory_format).to(DEVICE)
+    x = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    x = layout(x, memory_format).to(DEVICE)
     ndim = len(shape) - 2
-    weight = torch.randn(shape[1], ndim, generator=generator, dtype=torch.float64) * 4
+    # Shifts up to ~5: several terms at the edges, and channel blocks wide enough for the
+    # channels-last gather path (border adjoints cost the product of the run lengths).
+    weight = torch.randn(shape[1], ndim, generator=generator, dtype=torch.float64) * 2
     weight = weight.to(DEVICE)
     crop = [(1, 2)] * ndim
+    triton_backend._PLANS.clear()  # BWD_TILE_BYTES is not part of the cache key
     for active in (False, True):
         _compare(x, weight, padding, active, crop)
+    triton_backend._PLANS.clear()
 
 
 @pytest.mark.parametrize("active", [False, True])
 def test_any_strides_for_weight_and_grad_output(active):
     x = torch.randn(2, 4, 6, 5, dtype=torch.float64, device=DEVICE)
-    weight = (torch.randn(2, 4, dtype=torch.float64, device=DEVICE) * 3).t()  # (C, D), not contiguous
+    # (C, D), not contiguous
+    weight = (torch.randn(2, 4, dtype=torch.float64, device=DEVICE) * 3).t()
     x1 = x.clone().requires_grad_()
     w1 = weight.clone().requires_grad_()
     with ts.use_backend("triton"):
@@ -274,15 +264,15 @@ def test_backward_is_deterministic(memory_format):
 def test_int64_index_path(case):
     """The BIG (int64 offsets) variant of every kernel computes the same values."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(triton_backend, "_needs_int64", lambda *tensors: True)
+        patch.setattr(triton_backend._plan, "needs_int64", lambda *tensors: True)
         patch.setattr(triton_backend, "_PLANS", {})  # cached launch plans hold BIG
         _compare(*case)
 
 
-@pytest.mark.parametrize("padding", ts.PADDINGS)
+@pytest.mark.parametrize("padding", ["reflect", "symmetric"])  # the others: test_training's sweep
 def test_gradcheck_float64(padding):
-    x = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True, device=DEVICE)
-    weight = torch.tensor([[0.3], [-2.6]], dtype=torch.float64, requires_grad=True, device=DEVICE)
+    x = torch.randn(1, 1, 5, dtype=torch.float64, requires_grad=True, device=DEVICE)
+    weight = torch.tensor([[-2.6]], dtype=torch.float64, requires_grad=True, device=DEVICE)
     with ts.use_backend("triton"):
         for active in (False, True):  # SSL: straight-through, so only grad_input is exact
             assert torch.autograd.gradcheck(

@@ -1,0 +1,333 @@
+"""The training-path contract of the Triton backend (issue 20) against the reference:
+every padding x D x mode x crop x layout, the channel multiplier, backward output masks,
+non-finite weights, the in-place kernel, and results that do not depend on which kernel
+path or launch configuration ran (grad_weight bitwise).
+
+Values are always compared with :func:`torchshift2.reference.shift` and its autograd
+gradients, never with the kernels themselves; path and configuration variants are then
+compared with each other bit for bit. Shapes are tiny (the interpreter runs every program
+in numpy) but chosen so that the fast paths run: float64 rows of even length (2-element
+vectors) for the funnelled planar reads, 4 channels for the channels-last candidates.
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import torchshift2 as ts
+import torchshift2.backends.triton as backend
+from torchshift2 import _spec
+from helpers import TEST_DEVICE as DEVICE, assert_close, layout
+
+SHAPES = {1: (1, 2, 10), 2: (1, 2, 4, 6), 3: (1, 2, 3, 3, 4)}
+CL_CHANNELS = 4
+CROPS = {1: [(2, 1)], 2: [(1, 0), (0, 2)], 3: [(0, 1), (1, 0), (2, 0)]}
+
+
+def _weights(rows, ndim, seed, scale=2.5):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, ndim, generator=generator, dtype=torch.float64) * scale
+    weight[0] = torch.round(weight[0] * 2) / 2  # integers / halves: rounding and floor edges
+    return weight.to(DEVICE)
+
+
+def _case(ndim, memory_format, seed, k=1, dtype=torch.float64):
+    shape = list(SHAPES[ndim])
+    if memory_format == "channels_last":
+        shape[1] = CL_CHANNELS
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+    x = layout(x, memory_format).to(DEVICE)
+    return x, _weights(shape[1] * k, ndim, seed + 1)
+
+
+def _reference(x, weight, padding, active, crop, grad_output, mask=(True, True)):
+    xr = x.detach().requires_grad_(mask[0])
+    wr = weight.detach().requires_grad_(mask[1])
+    out = ts.reference.shift(xr, wr, padding, active, crop)
+    wanted = [t for t, m in zip((xr, wr), mask) if m]
+    grads = iter(torch.autograd.grad(out, wanted, grad_output))
+    return out, tuple(next(grads) if m else None for m in mask)
+
+
+def _triton(x, weight, padding, active, crop, grad_output, mask=(True, True)):
+    flat = _spec.flat_crop(_spec.normalize_crop(crop, x.shape[2:]))
+    out = backend.forward(x, weight, padding, active, flat, 0)
+    grads = backend.backward(grad_output, x, weight, padding, active, flat, mask)
+    return out, grads
+
+
+def _grad_output(out, seed=7):
+    generator = torch.Generator().manual_seed(seed)
+    g = torch.randn(out.shape, generator=generator, dtype=torch.float64).to(out.dtype)
+    return _spec.empty_like_layout(out, out.shape).copy_(g.to(out.device))
+
+
+def _check(x, weight, padding, active, crop, mask=(True, True)):
+    """Forward and the masked backward against the reference; returns the Triton results."""
+    ref_out = ts.reference.shift(x, weight, padding, active, crop)
+    g = _grad_output(ref_out)
+    ref_out, ref_grads = _reference(x, weight, padding, active, crop, g, mask)
+    out, grads = _triton(x, weight, padding, active, crop, g, mask)
+    assert out.shape == ref_out.shape and out.stride() == ref_out.stride()
+    assert_close(out, ref_out, x.dtype)
+    for got, want, m in zip(grads, ref_grads, mask):
+        if not m:
+            assert got is None
+            continue
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert_close(got, want, x.dtype)
+    return out, grads
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last", "permuted"])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+def test_every_padding_dim_mode_crop_and_layout(padding, ndim, memory_format):
+    seed = 10 * ndim + ts.PADDINGS.index(padding)
+    x, weight = _case(ndim, memory_format, seed)
+    for active, cropped in itertools.product((False, True), (False, True)):
+        crop = CROPS[ndim] if cropped else None
+        _check(x, weight, padding, active, crop)
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_channel_multiplier(k, memory_format):
+    """Output channel o reads input channel o // k; grad_input sums the k readers."""
+    for ndim, (padding, active) in zip((1, 2, 3), [("reflect", True), ("border", False),
+                                                   ("periodic", True)]):
+        x, weight = _case(ndim, memory_format, 40 + k + ndim, k=k)
+        out, _ = _check(x, weight, padding, active, CROPS[ndim])
+        assert out.shape[1] == k * x.shape[1]
+
+
+def test_multiplier_output_channels_are_depthwise_conv_groups():
+    x, weight = _case(2, "contiguous", 3, k=2)
+    weight = torch.round(weight)
+    out = backend.forward(x, weight, "zeros", False, [0, 0, 0, 0], 0)
+    for o in range(weight.shape[0]):
+        expected = ts.reference.shift(x[:, o // 2:o // 2 + 1], weight[o:o + 1], "zeros")
+        assert torch.equal(out[:, o:o + 1], expected)
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("active", [False, True])
+@pytest.mark.parametrize("mask", [(True, False), (False, True)])
+def test_output_mask_computes_only_what_is_asked(mask, active, memory_format):
+    x, weight = _case(2, memory_format, 5)
+    _check(x, weight, "symmetric", active, CROPS[2], mask)
+    g = _grad_output(ts.reference.shift(x, weight, "symmetric", active, CROPS[2]))
+    calls = []
+    saved = backend._launch
+    backend._launch = lambda kernel: (calls.append(kernel), kernel)[1]
+    try:
+        backend.backward(g, x, weight, "symmetric", active, _spec.flat_crop(CROPS[2]), mask)
+    finally:
+        backend._launch = saved
+    names = [getattr(kernel, "__name__", None) or kernel.fn.__name__ for kernel in calls]
+    assert len(names) == (1 if mask == (True, False) else 2), names
+    assert ("reduce_partials" in names) == mask[1]
+
+
+def test_masked_gradients_equal_the_full_backward_bitwise():
+    for memory_format in ("contiguous", "channels_last"):
+        x, weight = _case(2, memory_format, 6)
+        out = backend.forward(x, weight, "reflect", True, [1, 0, 0, 0], 0)
+        g = _grad_output(out)
+        full = backend.backward(g, x, weight, "reflect", True, [1, 0, 0, 0], (True, True))
+        gi, none = backend.backward(g, x, weight, "reflect", True, [1, 0, 0, 0], (True, False))
+        none2, gw = backend.backward(g, x, weight, "reflect", True, [1, 0, 0, 0], (False, True))
+        assert none is None and none2 is None
+        assert torch.equal(gi, full[0]) and torch.equal(gw, full[1])
+
+
+# --- the same bits whichever path or configuration ran -----------------------------------
+
+VARIANTS = [
+    dict(CMAX_FWD=0, CMAX_BWD=(0, 0, 0), CPAD=0),         # every gather / general path
+    dict(CMAX_FWD=64, CMAX_BWD=(64, 64, 64), CPAD=64),    # candidates / funnel everywhere
+    dict(TILE_BYTES=1024, CHUNK_TILES=1, WARPS=1, BWD_WARPS=2, CL_BYTES=32),
+]
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("padding, ndims", [("zeros", (2,)), ("border", (2,)),
+                                            ("reflect", (1, 2, 3))])
+def test_results_do_not_depend_on_path_or_configuration(padding, ndims, memory_format, config):
+    """grad_weight bitwise across configurations: the partials' layout is canonical and
+    their sums order-independent (on CUDA this also varies the warps)."""
+    for ndim in ndims:
+        x, weight = _case(ndim, memory_format, 60 + ndim)
+        crop = _spec.flat_crop(_spec.normalize_crop(CROPS[ndim], x.shape[2:]))
+        results = []
+        for variant in [{}] + VARIANTS:
+            config(**variant)
+            for active in (False, True):
+                out = backend.forward(x, weight, padding, active, crop, 0)
+                g = _grad_output(out)
+                results.append((active, out, *backend.backward(g, x, weight, padding, active,
+                                                               crop)))
+        baseline = results[:2]
+        for i, (active, out, gi, gw) in enumerate(results):
+            ref = baseline[i % 2]
+            assert torch.equal(out, ref[1]), (ndim, i)
+            assert torch.equal(gi, ref[2]), (ndim, i)
+            assert torch.equal(gw, ref[3]), (ndim, i)
+
+
+def test_wide_shift_spread_takes_the_gather_path_and_agrees():
+    """Channels-last blocks whose shifts span more than the candidate box fall back to
+    lane gathers; the values still match the reference."""
+    x, _ = _case(2, "channels_last", 8)
+    weight = torch.tensor([[0.0, 9.0], [-9.0, 0.4], [3.5, -7.0], [6.0, 6.0]],
+                          dtype=torch.float64, device=DEVICE)
+    for padding in ("zeros", "symmetric"):
+        for active in (False, True):
+            _check(x, weight, padding, active, None)
+
+
+# --- non-finite weights on CUDA: NaN, never a finite value (SPEC §5) ---------------------
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf in the interpreter
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("active", [False, True])
+@pytest.mark.parametrize("padding", ["zeros", "periodic", "symmetric"])
+def test_non_finite_weight_makes_its_channel_nan(padding, active, memory_format):
+    """The CPU ops refuse such weights before any kernel runs; the kernels (reached on CUDA
+    without a check, which would synchronise) must make the channel NaN: output, the
+    grad_input of the input channel it reads, its grad_weight row."""
+    x, weight = _case(2, memory_format, 9, k=2)
+    weight[1, 0] = float("nan")
+    weight[3, 1] = float("inf") if active else float("-inf")
+    bad_out = [1, 3]
+    crop = [1, 0, 0, 1]
+    out = _spec.empty_output(x, crop, weight)
+    backend.forward_into(out, x, weight, padding, active, crop, 0)
+    g = _grad_output(out)
+    grad_input = _spec.empty_like_layout(x, x.shape)
+    grad_weight = torch.empty_like(weight)
+    backend.backward_into(grad_input, grad_weight, g, x, weight, padding, active, crop)
+    clean = weight.clone()
+    clean[bad_out] = 0.0
+    ref_out, (ref_gi, ref_gw) = _reference(x, clean, padding, active, _spec.pair_crop(crop), g)
+    good_out = [o for o in range(weight.shape[0]) if o not in bad_out]
+    good_in = [c for c in range(x.shape[1]) if all(o // 2 != c for o in bad_out)]
+    assert torch.isnan(out[:, bad_out]).all()
+    assert torch.equal(out[:, good_out], ref_out[:, good_out])
+    assert torch.isnan(grad_input[:, [o // 2 for o in bad_out]]).all()
+    assert_close(grad_input[:, good_in], ref_gi[:, good_in])
+    assert torch.isnan(grad_weight[bad_out]).all()
+    assert_close(grad_weight[good_out], ref_gw[good_out])
+
+
+def test_non_finite_weight_on_integer_data_gives_the_fill():
+    """Integer dtypes have no NaN: the channel reads as zeros padding everywhere."""
+    x = torch.arange(24, dtype=torch.int32, device=DEVICE).reshape(1, 2, 12)
+    weight = torch.tensor([[float("nan")], [2.0]], dtype=torch.float64, device=DEVICE)
+    out = torch.empty_like(x)
+    backend.forward_into(out, x, weight, "periodic", False, [0, 0], 5)
+    assert (out[0, 0] == 5).all()
+    assert torch.equal(out[0, 1], torch.roll(x[0, 1], 2))
+
+
+# --- the in-place kernel -----------------------------------------------------------------
+
+def _sentinels(shape, dtype):
+    """NaNs with distinct payloads (bit patterns no arithmetic would produce)."""
+    count = math.prod(shape)
+    bits = torch.arange(count, dtype=torch.int64) % 4093 + 1
+    if dtype == torch.float64:
+        return (bits | 0x7FF4000000000000).view(torch.float64).reshape(shape)
+    return (bits.to(torch.int32) | 0x7FA00000).view(torch.float32).reshape(shape)
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+def test_in_place_kernel_writes_only_moving_channels(padding, ndim, memory_format):
+    shape = list(SHAPES[ndim])
+    shape[1] = 4
+    generator = torch.Generator().manual_seed(ndim)
+    dtype = torch.float32 if ndim == 2 else torch.float64
+    x = torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+    still = [1, 3]
+    x[:, still] = _sentinels([shape[0], 2] + shape[2:], dtype)
+    x = layout(x, memory_format).to(DEVICE)
+    weight = torch.zeros(4, ndim, dtype=torch.float64)
+    weight[0, -1] = 1.4
+    weight[2] = torch.tensor([-2.6, 3.0, 1.0][:ndim], dtype=torch.float64)
+    weight[1, 0] = 0.3  # rounds to 0: does not move
+    weight = weight.to(DEVICE)
+    before = x.clone()
+    expected = ts.reference.shift(before, weight, padding)
+    calls = []
+    saved = backend._launch
+    backend._launch = lambda kernel: (calls.append(kernel), kernel)[1]
+    try:
+        backend.shift_inplace(x, weight, padding)
+    finally:
+        backend._launch = saved
+    assert len(calls) == 1
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    assert torch.equal(x[:, still].contiguous().view(bits),
+                       before[:, still].contiguous().view(bits))
+    assert torch.equal(x[:, [0, 2]], expected[:, [0, 2]])
+
+
+def test_in_place_kernel_nan_weight_and_strided_input():
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=DEVICE)
+    weight = torch.tensor([[1.0, -1.0], [float("nan"), 0.0], [0.0, 0.0]], dtype=torch.float64,
+                          device=DEVICE)
+    keep = x[:, 2].clone()
+    moved = ts.reference.shift(x, torch.nan_to_num(weight), "border")
+    backend.launch_shift_inplace(x, weight, "border")  # no CPU finiteness check here
+    assert torch.equal(x[:, 0], moved[:, 0])
+    assert torch.isnan(x[:, 1]).all()
+    assert torch.equal(x[:, 2], keep)
+    y = torch.randn(3, 4, 5, 2, dtype=torch.float64, device=DEVICE).permute(3, 1, 2, 0)
+    weight = torch.tensor([[2.0, 1.0], [0.0, 0.0], [-1.0, 0.0], [0.0, 3.0]],
+                          dtype=torch.float64, device=DEVICE)
+    expected = ts.reference.shift(y, weight, "reflect")
+    backend.shift_inplace(y, weight, "reflect")
+    assert torch.equal(y, expected)
+
+
+# --- the launchers inside a triton_op: shapes only, no data, no host sync ----------------
+
+def test_launchers_run_on_fake_tensors():
+    """What a ``triton_op`` body does under tracing: plan from sizes and strides, allocate
+    with torch ops, launch through the launcher. FakeTensors raise on any data access."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    launched = []
+
+    def recorder(kernel):
+        class Grid:
+            def __getitem__(self, grid):
+                return lambda *args, **meta: launched.append((kernel.fn.__name__
+                                                              if hasattr(kernel, "fn")
+                                                              else kernel.__name__, grid))
+        return Grid()
+
+    with FakeTensorMode():
+        for channels_last in (False, True):
+            x = torch.empty(2, 8, 6, 7)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            weight = torch.empty(16, 2)
+            out = _spec.empty_output(x, [1, 0, 0, 0], weight)
+            backend.launch_forward(out, x, weight, "reflect", True, [1, 0, 0, 0],
+                                   launcher=recorder)
+            gi, gw = _spec.empty_grads(x, weight)
+            backend.launch_backward(gi, gw, out, x, weight, "reflect", True, [1, 0, 0, 0],
+                                    launcher=recorder)
+            backend.launch_backward(gi, None, out, x, weight, "reflect", True, [1, 0, 0, 0],
+                                    launcher=recorder)
+            backend.launch_shift_inplace(x, weight[:8], "zeros", launcher=recorder)
+    kinds = [name for name, _ in launched]
+    assert kinds == ["planar_forward", "planar_backward", "reduce_partials", "planar_backward",
+                     "planar_inplace", "cl_forward", "cl_backward", "reduce_partials",
+                     "cl_backward", "cl_inplace"]
