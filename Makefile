@@ -26,18 +26,24 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) build dist site
 
-# Benchmarks (benchmarks/README.md): `make bench` writes CSV/JSON to benchmarks/results/;
-# narrow it with e.g. BENCH_ARGS="--shapes 2d_56 --dtypes float32 --plot".
-# `make bench-quick` is the smoke test (tiny shapes, prints only; numbers mean nothing).
+# Benchmarks (benchmarks/README.md; the harness is benchmarks/harness/, run by
+# benchmarks/bench.py): `make bench` writes CSV/JSON to benchmarks/results/; narrow it with
+# e.g. BENCH_ARGS="--shapes 2d_56 --dtypes float32 --distributions sparse --plot".
+# `make bench-fuzz` times random cases drawn from a seed (FUZZ_ARGS) and prints the worst
+# ratios. `make bench-quick` is the smoke test (tiny shapes, prints only; numbers mean nothing).
 BENCH_ARGS ?=
-.PHONY: bench bench-quick
+FUZZ_ARGS ?= --fuzz 24 --seed 0
+.PHONY: bench bench-quick bench-fuzz
 bench: $(STAMP)
-	$(PY) -m torchshift2.bench --out benchmarks/results $(BENCH_ARGS)
+	$(PY) benchmarks/bench.py --out benchmarks/results $(BENCH_ARGS)
 
 bench-quick: $(STAMP)
-	$(PY) -m torchshift2.bench --quick --no-compile $(BENCH_ARGS)
+	$(PY) benchmarks/bench.py --quick --no-compile $(BENCH_ARGS)
 
-# Demo (torchshift2/demo.py): depthwise conv vs SSL shift CNNs on scikit-learn's digits,
+bench-fuzz: $(STAMP)
+	$(PY) benchmarks/bench.py --out benchmarks/results $(FUZZ_ARGS) $(BENCH_ARGS)
+
+# Demo (examples/demo.py): depthwise conv vs SSL shift CNNs on scikit-learn's digits,
 # under torch.compile; prints a table, writes demo-output/. e.g. DEMO_ARGS="--epochs 10".
 DEMO_STAMP := $(VENV)/.installed-demo
 DEMO_ARGS ?=
@@ -47,7 +53,7 @@ $(DEMO_STAMP): $(PY) pyproject.toml
 	touch $@
 
 demo: $(DEMO_STAMP)
-	$(PY) -m torchshift2.demo --out demo-output $(DEMO_ARGS)
+	$(PY) examples/demo.py --out demo-output $(DEMO_ARGS)
 
 # Docs (mkdocs.yml, docs/): regenerate the figures, then a strict build into site/.
 DOCS_STAMP := $(VENV)/.installed-docs

@@ -10,7 +10,8 @@ Writes, relative to ``--out`` (default: this ``docs/`` folder):
 - ``generated/adjoint.md``: grad_input of a 1D shift for every padding, computed by the
   library (the exact adjoint of SPEC §4);
 - ``generated/benchmarks.md`` (+ ``figures/bench-*.png``): tables from the JSON files of
-  ``python -m torchshift2.bench`` in ``benchmarks/results/``, or a note that there are none;
+  ``python benchmarks/bench.py`` in ``benchmarks/results/`` (a line per weight distribution,
+  and the worst ratios where the file has them), or a note that there are none;
 - ``generated/demo.md`` (+ ``figures/demo_*.png``): the results of ``make demo`` when
   ``demo-output/`` exists, or a note that it has not been run.
 
@@ -217,9 +218,14 @@ def generated_adjoint(out: Path) -> Path:
     return path
 
 
-def _bench_section(path: Path, figures: Path) -> list:
-    payload = json.loads(path.read_text())
-    machine, config, rows = payload.get("machine", {}), payload.get("config", {}), payload["rows"]
+#: Result files written before the harness had weight distributions drew every weight
+#: uniformly in [-1.5, 1.5]; weightless cases (floors, conv) say "none".
+OLD_DISTRIBUTION = "uniform1.5"
+NO_DISTRIBUTION = "none"
+
+
+def _bench_header(path: Path, payload: dict) -> list:
+    machine, config = payload.get("machine", {}), payload.get("config", {})
     lines = [f"### `{path.parent.name + '/' if path.parent.name != 'results' else ''}{path.name}`",
              ""]
     lines.append(
@@ -232,43 +238,90 @@ def _bench_section(path: Path, figures: Path) -> list:
     if config.get("quick"):
         lines += ["", "!!! warning \"--quick run\"", "    A smoke-test run: its numbers mean "
                   "nothing."]
-    lines.append("")
+    return lines + [""]
+
+
+def _bench_lines(rows: list) -> list:
+    """``(shape_name, shape, format, dtype, distribution)`` of each table line: one per
+    weight distribution of a row group, the weightless cases shown on each of them."""
+    keys = []
+    for row in rows:
+        dist = row.get("distribution", OLD_DISTRIBUTION)
+        group = (row["shape_name"], row["shape"], row["format"], row["dtype"])
+        if dist != NO_DISTRIBUTION and group + (dist,) not in keys:
+            keys.append(group + (dist,))
+    groups = {key[:4] for key in keys}
+    for row in rows:  # a group that ran weightless cases only
+        group = (row["shape_name"], row["shape"], row["format"], row["dtype"])
+        if group not in groups:
+            groups.add(group)
+            keys.append(group + (NO_DISTRIBUTION,))
+    return keys
+
+
+def _bench_table(rows: list) -> list:
+    cases = list(dict.fromkeys(row["case"] for row in rows))
+    lines = ["Median ms (ratio to `x.clone()`):", "",
+             "| shape | format | dtype | distribution | "
+             + " | ".join(f"`{c}`" for c in cases) + " |",
+             "|---|---|---|---|" + "---:|" * len(cases)]
+    for key in _bench_lines(rows):
+        cells = []
+        for case in cases:
+            match = [r for r in rows if (r["shape_name"], r["shape"], r["format"], r["dtype"])
+                     == key[:4] and r["case"] == case
+                     and r.get("distribution", OLD_DISTRIBUTION) in (key[4], NO_DISTRIBUTION)]
+            cells.append(f"{float(match[0]['median_ms']):.3g} "
+                         f"({float(match[0]['ratio_clone']):.3g}x)" if match else "")
+        name = f"`{key[1]}`" if key[0] == key[1] else f"{key[0]} `{key[1]}`"
+        lines.append(f"| {name} | {key[2]} | {key[3]} | {key[4]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+#: The harness's ratios in the order and with the names of its printed table.
+SUMMARY_RATIOS = (("ratio_clone", "x clone"), ("ratio_copy", "x copy_"),
+                  ("ratio_dwconv_best", "x dw best"), ("ratio_dwconv", "x dw same"),
+                  ("ratio_nchw", "x NCHW"))
+
+
+def _bench_summary(summary: list) -> list:
+    """The harness's worst ratio of each kind per layout and case, with the row that
+    produced it."""
+    lines = ["", "Worst ratio of each kind (the row that produced it):", "",
+             "| format | case | " + " | ".join(h for _, h in SUMMARY_RATIOS) + " |",
+             "|---|---|" + "---|" * len(SUMMARY_RATIOS)]
+    keys = list(dict.fromkeys((e["format"], e["case"]) for e in summary))
+    for fmt, case in keys:
+        cells = {e["ratio"]: f"{e['worst']:.3g} ({e['shape_name']}, {e['dtype']}, "
+                 f"{e['distribution']})"
+                 for e in summary if (e["format"], e["case"]) == (fmt, case)}
+        lines.append(f"| {fmt} | `{case}` | "
+                     + " | ".join(cells.get(r, "") for r, _ in SUMMARY_RATIOS) + " |")
+    return lines
+
+
+def _bench_plain(rows: list) -> list:
+    """Scaling or another layout: the rows as they are, minus per-run constants."""
+    constant = {"cpu_model", "gpu_model", "torch_version", "backend_selected", "device", "note"}
+    fields = [k for k in (rows[0] if rows else {}) if k not in constant]
+    lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+    for row in rows:
+        lines.append("| " + " | ".join(
+            f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, ""))
+            for k in fields) + " |")
+    return lines
+
+
+def _bench_section(path: Path, figures: Path) -> list:
+    payload = json.loads(path.read_text())
+    rows = payload["rows"]
+    lines = _bench_header(path, payload)
     if rows and all(k in rows[0] for k in ("shape_name", "case", "ratio_clone")):
-        cases = []
-        for row in rows:
-            if row["case"] not in cases:
-                cases.append(row["case"])
-        keys = []
-        for row in rows:
-            key = (row["shape_name"], row["shape"], row["format"], row["dtype"])
-            if key not in keys:
-                keys.append(key)
-        lines.append("Median ms (ratio to `x.clone()`):")
-        lines.append("")
-        lines.append("| shape | format | dtype | " + " | ".join(f"`{c}`" for c in cases) + " |")
-        lines.append("|---|---|---|" + "---:|" * len(cases))
-        for key in keys:
-            cells = []
-            for case in cases:
-                match = [r for r in rows if (r["shape_name"], r["shape"], r["format"],
-                                             r["dtype"]) == key and r["case"] == case]
-                if not match:
-                    cells.append("")
-                    continue
-                r = match[0]
-                cells.append(f"{float(r['median_ms']):.3g} ({float(r['ratio_clone']):.3g}x)")
-            name = f"`{key[1]}`" if key[0] == key[1] else f"{key[0]} `{key[1]}`"
-            lines.append(f"| {name} | {key[2]} | {key[3]} | " + " | ".join(cells) + " |")
-    else:  # scaling or another layout: the rows as they are, minus per-run constants
-        constant = {"cpu_model", "gpu_model", "torch_version", "backend_selected", "device",
-                    "note"}
-        fields = [k for k in (rows[0] if rows else {}) if k not in constant]
-        lines.append("| " + " | ".join(fields) + " |")
-        lines.append("|" + "---|" * len(fields))
-        for row in rows:
-            lines.append("| " + " | ".join(
-                f"{row.get(k):.4g}" if isinstance(row.get(k), float) else str(row.get(k, ""))
-                for k in fields) + " |")
+        lines += _bench_table(rows)
+        if payload.get("summary"):
+            lines += _bench_summary(payload["summary"])
+    else:
+        lines += _bench_plain(rows)
     notes = payload.get("notes") or []
     if notes:
         lines += ["", "Notes: " + "; ".join(str(n) for n in notes)]
@@ -294,7 +347,7 @@ def generated_benchmarks(out: Path, results: Path) -> Path:
             "!!! note \"No benchmark results yet\"",
             "    `benchmarks/results/` holds no result files in this checkout, so there are "
             "no numbers",
-            "    to show. Run `make bench` (or `python -m torchshift2.bench --out "
+            "    to show. Run `make bench` (or `python benchmarks/bench.py --out "
             "benchmarks/results --plot`)",
             "    on a quiet machine, then `make docs`: this section is generated from those "
             "files.",

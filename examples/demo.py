@@ -1,12 +1,14 @@
 """Demo: depthwise convolution vs. Sparse Shift Layer on scikit-learn's digits (``make demo``).
 
-``python -m torchshift2.demo`` trains two small MobileNet-style CNNs on the 8x8 digits bundled
-with scikit-learn (no download), on CPU, under ``torch.compile``:
+``python examples/demo.py`` (or ``python -m examples.demo`` from the repository root) trains
+two small MobileNet-style CNNs on the 8x8 digits bundled with scikit-learn (no download), on
+CPU, under ``torch.compile``:
 
 - ``dwconv``: blocks of pointwise conv + BN + ReLU, then a 3x3 depthwise conv + BN + ReLU;
-- ``shift``: the same model after :func:`torchshift2.replace_depthwise`, i.e. every
-  depthwise conv replaced by a learnable Sparse Shift Layer (SSL, integer shifts in the
-  forward, straight-through gradient), trained with an L1 sparsity term on the shifts.
+- ``shift``: the same model after :func:`torchshift2.replace_depthwise`, i.e.
+  every depthwise conv of the blocks replaced by a learnable Sparse Shift Layer (SSL, integer
+  shifts in the forward, straight-through gradient), trained with an L1 sparsity term on the
+  shifts.
 
 It prints a table (test accuracy, parameters, multiply-adds of the spatial layers, training
 and inference time, fraction of shifts that round to zero) and writes to ``--out``:
@@ -23,8 +25,6 @@ import argparse
 import copy
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +35,12 @@ import torch
 from torch import Tensor, nn
 
 import torchshift2 as ts
+from torchshift2.convert import _conv_class
+
+# Run as a script, only examples/ is on sys.path; the machine-info helper lives in
+# benchmarks/. Appended, so that the torchshift2 already imported above stays the one used.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from benchmarks.harness.machine import machine_info  # noqa: E402
 
 __all__ = ["build_model", "load_data", "main", "spatial_macs", "total_macs"]
 
@@ -49,7 +55,7 @@ def _require(module: str, extra: str = "demo"):
         return __import__(module)
     except ImportError:
         raise SystemExit(
-            f"torchshift2.demo needs {module!r}: pip install 'torchshift2[{extra}]' "
+            f"examples/demo.py needs {module!r}: pip install 'torchshift2[{extra}]' "
             "(scikit-learn, tqdm, matplotlib)"
         ) from None
 
@@ -85,18 +91,6 @@ def _block(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-class _ShiftOnly(nn.Module):
-    """Fallback when ``torchshift2.replace_depthwise`` is missing: a ``Shift2d`` returning
-    only its output (the sparsity loss is read from the layer by the training loop)."""
-
-    def __init__(self, channels: int, sparsity_term: float) -> None:
-        super().__init__()
-        self.shift = ts.Shift2d(channels, sparsity_term=sparsity_term)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.shift(x)[0]
-
-
 def build_model(kind: str, sparsity_term: float = 0.0) -> nn.Sequential:
     """The demo CNN for ``(N, 1, 8, 8)`` digits; ``kind`` is ``"dwconv"`` or ``"shift"``.
 
@@ -117,17 +111,11 @@ def build_model(kind: str, sparsity_term: float = 0.0) -> nn.Sequential:
         return model
     if kind != "shift":
         raise ValueError(f"kind: expected 'dwconv' or 'shift', got {kind!r}")
-    if hasattr(ts, "replace_depthwise"):
-        return ts.replace_depthwise(model, sparsity_term=sparsity_term)
-    for block in model:  # pragma: no cover - older torchshift2 without replace_depthwise
-        if isinstance(block, nn.Sequential):
-            block[3] = _ShiftOnly(block[3].in_channels, sparsity_term)
-    return model
+    return ts.replace_depthwise(model, sparsity_term=sparsity_term)
 
 
 def _is_depthwise(module: nn.Module) -> bool:
-    return (isinstance(module, nn.Conv2d) and module.groups > 1
-            and module.groups == module.in_channels == module.out_channels)
+    return _conv_class(module) is not None
 
 
 def _shift_layers(model: nn.Module) -> List[nn.Module]:
@@ -385,20 +373,9 @@ def plot(results: Sequence[Dict[str, object]], out: Path) -> List[Path]:
     return written
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m torchshift2.demo",
+        prog="python examples/demo.py",
         description="Train a depthwise-conv CNN and its SSL shift twin on scikit-learn digits.")
     parser.add_argument("--epochs", type=int, default=None,
                         help="training epochs per model (default 30; 8 with --quick)")
@@ -443,8 +420,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"torchshift2 demo: torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"shift backend {backend!r}, torch.compile {'on' if args.compile else 'off'}, "
           f"{args.epochs} epochs")
-    if not hasattr(ts, "replace_depthwise"):  # pragma: no cover
-        print("note: torchshift2.replace_depthwise is missing; using Shift2d directly")
     started = time.perf_counter()
     data = load_data(args.seed)
     print(f"data: sklearn digits, {len(data[1])} train / {len(data[3])} test, 8x8, 10 classes")
@@ -467,10 +442,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(notes.strip())
     (args.out / "results.md").write_text(table + "\n" + notes + "\n")
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    machine = dict(torch=torch.__version__, python=platform.python_version(),
-                   threads=torch.get_num_threads(), logical_cpus=os.cpu_count(),
-                   backend=backend, cpu_model=_cpu_model(),
-                   timestamp=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    info = machine_info(None)
+    machine = dict(torch=info["torch_version"], python=info["python_version"],
+                   threads=info["threads"], logical_cpus=info["logical_cpus"], backend=backend,
+                   cpu_model=info["cpu_model"], memory_gib=info["memory_gib"],
+                   git_commit=info["git_commit"], load_average=info["load_average"],
+                   timestamp=info["timestamp"])
     with open(args.out / "results.json", "w") as f:
         json.dump(dict(config=config, machine=machine, total_s=total_s, results=results), f,
                   indent=1)
