@@ -10,6 +10,7 @@ from .functional import shift, shift1d, shift2d, shift3d, shift_
 from .nn import GroupedShift1d, GroupedShift2d, GroupedShift3d, Shift1d, Shift2d, Shift3d
 from . import convert, quantized
 from .convert import ConversionSummary, DepthwiseShift, replace_depthwise, sparsity_loss
+from .grouping import group_channels
 from .quantized import QuantizedShift1d, QuantizedShift2d, QuantizedShift3d, quant_mapping
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "Shift3d",
     "convert",
     "functional",
+    "group_channels",
     "nn",
     "quant_mapping",
     "quantized",
