@@ -27,8 +27,14 @@ DTYPES = {
     "int32": torch.int32, "int64": torch.int64, "bool": torch.bool,
 }
 ANY_DTYPE = ("float32", "float64", "bfloat16", "int16", "uint8", "bool")
-DIRECTIONS = {"forward SSL": ("forward", (False,)), "forward Active": ("forward", (True,)),
-              "backward": ("backward", (False, True)), "in place": ("inplace", (False,))}
+# direction -> (kernel_name's direction, the active flags it covers, the output_mask).
+DIRECTIONS = {"forward SSL": ("forward", (False,), (True, True)),
+              "forward Active": ("forward", (True,), (True, True)),
+              "backward": ("backward", (False, True), (True, True)),
+              "backward grad_input only": ("backward", (False, True), (True, False)),
+              "backward SSL grad_input only": ("backward", (False,), (True, False)),
+              "backward grad_weight only": ("backward", (False, True), (False, True)),
+              "in place": ("inplace", (False,), (True, True))}
 # The table's ISA column against torchshift2_cpu::isa(); portable builds choose as AVX-512.
 ISAS = {"any": ("avx512", "avx2", "portable"), "AVX-512": ("avx512", "portable"),
         "AVX2": ("avx2",)}
@@ -91,7 +97,7 @@ def test_row_selects_its_function(row):
     isa = cpp.isa()
     if isa not in ISAS[row["ISA"]]:
         pytest.skip(f"{row['ISA']} row; this build is {isa}")
-    direction, actives = DIRECTIONS[row["direction"]]
+    direction, actives, mask = DIRECTIONS[row["direction"]]
     shape, layout, options = _case(row["case"])
     expected = row["function"].replace("`", "")
     dtypes = ANY_DTYPE if row["dtype"] == "any" else [d.strip() for d in row["dtype"].split(",")]
@@ -102,7 +108,9 @@ def test_row_selects_its_function(row):
         for dtype in dtypes:
             x = _tensor(shape, layout, DTYPES[dtype])
             for active in actives:
-                got = cpp.kernel_name(direction, x, options.get("padding", "zeros"), active, crop)
+                got = cpp.kernel_name(direction, x, options.get("padding", "zeros"), active, crop,
+                                      multiplier=int(options.get("k", 1)),
+                                      needs_grad_input=mask[0], needs_grad_weight=mask[1])
                 assert got == expected, (dtype, active, got)
     finally:
         torch.set_num_threads(threads)

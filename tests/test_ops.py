@@ -44,15 +44,19 @@ def test_opcheck_integer_input():
 
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
 @pytest.mark.parametrize("active", [False, True])
-@pytest.mark.parametrize("padding", ["zeros", "reflect"])
-def test_backward_computes_only_the_gradients_in_output_mask(backend, active, padding):
-    """Issue 23: each masked backward equals its part of the full one; the other output is
-    the empty placeholder."""
+@pytest.mark.parametrize("padding", ["zeros", "reflect", "periodic"])
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("multiplier, crop", [(1, [0, 0, 0, 0]), (2, [1, 0, 0, 2])])
+def test_backward_computes_only_the_gradients_in_output_mask(backend, active, padding,
+                                                             memory_format, multiplier, crop):
+    """Issue 23: each masked backward equals its part of the full one and the reference's;
+    the other output is the empty placeholder. (Channels-last float64 with zeros padding runs
+    the fused gathers, SSL without crop the inverse shift.)"""
     torch.manual_seed(3)
-    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
-    weight = torch.randn(6, 2, dtype=torch.float64) * 2  # with a channel multiplier of 2
-    crop = [1, 0, 0, 2]
-    grad_output = torch.randn(2, 6, 5, 3, dtype=torch.float64)
+    x = layout(torch.randn(2, 20, 9, 8, dtype=torch.float64), memory_format)
+    weight = torch.randn(20 * multiplier, 2, dtype=torch.float64) * 2
+    out_shape = ts._spec.output_shape(x.shape, ts._spec.pair_crop(crop), weight.shape[0])
+    grad_output = layout(torch.randn(out_shape, dtype=torch.float64), memory_format)
     op = torch.ops.torchshift2.shift_backward.default
     with ts.use_backend(backend):
         full = op(grad_output, x, weight, padding, active, crop, [True, True])
@@ -62,7 +66,8 @@ def test_backward_computes_only_the_gradients_in_output_mask(backend, active, pa
     torch.testing.assert_close(only_weight[1], full[1], rtol=0, atol=1e-12)
     assert only_input[1].shape == (0,) and only_weight[0].shape == (0,)
     x_ref, w_ref = x.clone().requires_grad_(), weight.clone().requires_grad_()
-    ref = ts.reference.shift(x_ref, w_ref, padding, active, ts._spec.pair_crop(crop))
+    ref = ts.reference.shift(x_ref.repeat_interleave(multiplier, 1), w_ref, padding, active,
+                             ts._spec.pair_crop(crop))
     expected = torch.autograd.grad(ref, (x_ref, w_ref), grad_output)
     torch.testing.assert_close(full[0], expected[0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(full[1], expected[1], rtol=1e-10, atol=1e-10)

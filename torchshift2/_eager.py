@@ -52,7 +52,6 @@ def _takes(input: Tensor, weight: Tensor) -> bool:
         and input.device.type == "cpu"
         and not input.is_quantized
         and not intercepted()
-        and weight.shape[0] == input.shape[1]  # the C++ node takes no channel multiplier
         and backends.resolve(input.device) == "cpp"
     )
 

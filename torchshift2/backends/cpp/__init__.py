@@ -21,29 +21,14 @@ name = "cpp"
 
 
 def forward(input, weight, padding, active, crop, fill):
-    k = _spec.multiplier(input.shape[1], weight.shape[0])
-    if k != 1:  # TODO(lead): channel multiplier inside the kernels
-        out = _spec.empty_output(input, crop, weight)
-        for j in range(k):
-            out[:, j::k] = forward(input, weight[j::k], padding, active, crop, fill)
-        return out
     return build.ops().forward(input, weight, _spec.padding_code(padding), active, crop,
                                float(fill), _spec.is_channels_last(input))
 
 
 def backward(grad_output, input, weight, padding, active, crop, output_mask=(True, True)):
-    k = _spec.multiplier(input.shape[1], weight.shape[0])
-    if k != 1:  # TODO(lead): channel multiplier inside the kernels
-        grad_input, grad_weight = _spec.empty_grads(input, weight, (True, True))
-        for j in range(k):
-            gi, gw = backward(grad_output[:, j::k], input, weight[j::k], padding, active, crop)
-            grad_input = gi if j == 0 else grad_input + gi
-            grad_weight[j::k] = gw
-    else:
-        grad_input, grad_weight = build.ops().backward(
-            grad_output, input, weight, _spec.padding_code(padding), active, crop,
-            _spec.is_channels_last(input))
-    return (grad_input if output_mask[0] else None, grad_weight if output_mask[1] else None)
+    return tuple(build.ops().backward(grad_output, input, weight, _spec.padding_code(padding),
+                                      active, crop, _spec.is_channels_last(input),
+                                      list(output_mask)))
 
 
 def shift_inplace(input, weight, padding):
@@ -74,19 +59,25 @@ def cache_info() -> dict:
 
 
 def kernel_name(direction, input, padding="zeros", active=False, crop=None,
-                grad_output=None) -> str:
+                grad_output=None, multiplier=1, needs_grad_input=True,
+                needs_grad_weight=True) -> str:
     """The C++ kernel a call would run, without running it (``README.md`` here, kernel
     selection): ``direction`` is ``"forward"``, ``"backward"`` or ``"inplace"``; ``input``
     any tensor with the call's dtype, sizes and strides (a ``meta`` tensor will do);
     ``crop`` flat ``[before, after] * D`` or ``None``; ``grad_output`` (backward, any device)
-    by default in the layout the forward gives. Answers ``"<function>"``,
-    ``"<function> [widened]"`` (bfloat16 / half through the float kernels) or ``"none"``."""
+    by default in the layout the forward gives; ``multiplier`` k of a ``(k·C, D)`` weight;
+    ``needs_grad_input`` / ``needs_grad_weight`` the backward's ``output_mask``. Answers
+    ``"<function>"``, with `` [widened]`` (bfloat16 / half through the float kernels),
+    `` [blocks]`` (the call runs in blocks of samples / channels) and `` [inverse shift]``
+    (grad_input as the forward with the negated shift), or ``"none"``."""
     ndim = input.dim() - 2
     crop = [0] * (2 * max(ndim, 0)) if crop is None else [int(v) for v in crop]
     return build.ops().kernel_name(direction, input.dtype, list(input.shape), list(input.stride()),
                                    _spec.padding_code(_spec.canonical_padding(padding)), active,
                                    crop, _spec.is_channels_last(input),
-                                   [] if grad_output is None else list(grad_output.stride()))
+                                   [] if grad_output is None else list(grad_output.stride()),
+                                   int(multiplier), bool(needs_grad_input),
+                                   bool(needs_grad_weight))
 
 
 def isa() -> str:

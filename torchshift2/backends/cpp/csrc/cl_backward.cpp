@@ -69,11 +69,11 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
       const int64_t t0 = chunk * kChunkRows, t1 = std::min(rows, t0 + kChunkRows);
       const scalar_t* go = grad_out + n * gos.batch;
       const scalar_t* x = in + n * is.batch;
-      scalar_t* gi = grad_in + n * gis.batch;
+      scalar_t* gi = grad_in == nullptr ? nullptr : grad_in + n * gis.batch;
       std::fill(acc_buffer.begin(), acc_buffer.end(), scalar_t(0));
       for (int64_t t = t0; t < t1; ++t) {
         // grad_input row t: gathers from grad_output.
-        if (t < in_rows) {
+        if (gi != nullptr && t < in_rows) {
           const int64_t i0 = t / L1, i1 = t % L1;
           g_prefetch.plan_next(t + 1 < std::min(t1, in_rows), i0, i1, (t + 1) / L1, (t + 1) % L1,
                                t == t0);
@@ -127,7 +127,7 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
           }
         }
         // grad_weight, output row t: grad_output times the gathered reads of every corner.
-        if (t < out_rows) {
+        if (partials != nullptr && t < out_rows) {
           const int64_t o0 = t / O1, o1 = t % O1;
           x_prefetch.plan_next(t + 1 < std::min(t1, out_rows), o0, o1, (t + 1) / O1,
                                (t + 1) % O1, t == t0);
@@ -167,7 +167,7 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
           }
         }
       }
-      store_partials<L, R>(acc, C, partials + task * C * R);
+      if (partials != nullptr) store_partials<L, R>(acc, C, partials + task * C * R);
     }
   });
 }
@@ -181,7 +181,9 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
 // Shift: R / 2 per vector instead of R; SSL: R / 2 instead of R / 2 + 1).
 // plan: the grad_input gather plan over all R corners; select (SSL): per (block, corner),
 // the lanes whose rounded shift is that corner.
-template <int R, bool kActive, typename scalar_t>
+// kWeights false: grad_input only (no D_a, no input read; partials unused); kInputs false:
+// grad_weight only (no grad_input sums or stores; grad_in unused).
+template <int R, bool kActive, bool kWeights, bool kInputs, typename scalar_t>
 void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
                            double* partials, const Geometry& g, const Strides& gos,
                            const Strides& is, const Strides& gis, const GatherPlan<scalar_t>& plan,
@@ -206,7 +208,8 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
     // Corner q's read v of block b at column w: grad_input's term and D_q's.
     auto take = [&](int64_t q, const typename M::V& xv, const typename M::V& v,
                     typename M::V& sum, const scalar_t* weight) {
-      M::spill(acc + q * L, M::fma(xv, v, M::load(acc + q * L)));
+      if constexpr (kWeights) M::spill(acc + q * L, M::fma(xv, v, M::load(acc + q * L)));
+      if constexpr (!kInputs) return;
       if constexpr (kActive) sum = M::fma(M::load(weight + q * L), v, sum);
       else sum = M::select(select[q], v, sum);
     };
@@ -224,17 +227,18 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
         const uint64_t* mask = index.mask.data();
         const scalar_t* weight = index.weight.data();
         const scalar_t* x = in + n * is.batch + i0 * is.slot[0] + i1 * is.slot[1];
-        scalar_t* gi = grad_in + n * gis.batch + i0 * gis.slot[0] + i1 * gis.slot[1];
+        scalar_t* gi =
+            kInputs ? grad_in + n * gis.batch + i0 * gis.slot[0] + i1 * gis.slot[1] : nullptr;
         // The columns outside the interior (ascending, as at_column wants them).
         auto edges = [&](int64_t e0, int64_t e1) {
           for (int64_t w = e0; w < e1; ++w)
             for (int64_t b = 0; b < nb; ++b) {
-              const typename M::V xv = M::load(valid[b], x + w * C + b * L);
+              const typename M::V xv = kWeights ? M::load(valid[b], x + w * C + b * L) : M::zero();
               typename M::V sum = M::zero();
               for (int a = 0; a < R; ++a)
                 take(b * R + a, xv, index.template read<G>(plan, b * R + a, w, go, C), sum,
                      weight);
-              M::store(gi + w * C + b * L, valid[b], sum);
+              if constexpr (kInputs) M::store(gi + w * C + b * L, valid[b], sum);
             }
         };
         prefetch.columns(go, C, 0, lo);
@@ -246,7 +250,7 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
           prefetch.columns(go, C, w, w + 1);
           const scalar_t* base = go + w * C;
           for (int64_t b = 0; b < nb; ++b) {
-            const typename M::V xv = M::load(valid[b], x + w * C + b * L);
+            const typename M::V xv = kWeights ? M::load(valid[b], x + w * C + b * L) : M::zero();
             typename M::V sum = M::zero();
             for (int o = 0; o < R / 2; ++o) {
               const int64_t q1 = b * R + 2 * o + 1;
@@ -256,13 +260,13 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
               take(q1, xv, cur, sum, weight);
               M::spill(cv, cur);
             }
-            M::store(gi + w * C + b * L, valid[b], sum);
+            if constexpr (kInputs) M::store(gi + w * C + b * L, valid[b], sum);
           }
         }
         prefetch.columns(go, C, hi, g.out_length[2]);
         edges(hi, L2);
       }
-      store_partials<L, R>(acc, C, partials + task * C * R);
+      if constexpr (kWeights) store_partials<L, R>(acc, C, partials + task * C * R);
     }
   });
 }
@@ -685,11 +689,18 @@ void backward_cl_gather_fused(const BackwardCall& call) {
         for (int a = 0; a < R; ++a)
           if (corner_offset(shifts.interp[c], a) == corner_offset(shifts.read[c], 0))
             select[(c / L) * R + a] |= uint64_t(1) << (c % L);
+    TORCH_INTERNAL_ASSERT(grad_in != nullptr || call.partials != nullptr,
+                          "backward_cl_gather_fused: no gradient asked for");
     dispatch_count<2, 4, 8>(R, [&](auto r) {
       dispatch_bool(call.active, [&](auto kActive) {
-        backward_gather_fused<decltype(r)::value, decltype(kActive)::value>(
-            grad_out, in, grad_in, call.partials, g, call.gos, call.is, call.gis, plan, select,
-            gather_chunks(g));
+        dispatch_bool(call.partials != nullptr, [&](auto kWeights) {
+          dispatch_bool(grad_in != nullptr, [&](auto kInputs) {
+            backward_gather_fused<decltype(r)::value, decltype(kActive)::value,
+                                  decltype(kWeights)::value, decltype(kInputs)::value>(
+                grad_out, in, grad_in, call.partials, g, call.gos, call.is, call.gis, plan,
+                select, gather_chunks(g));
+          });
+        });
       });
     });
   });
@@ -729,7 +740,7 @@ void backward_cl_gather(const BackwardCall& call) {
                                                          gather_chunks(g));
       });
     });
-    fold_padded_reads(grad_out, grad_in, g, call.gos, call.gis, shifts.read, RI);
+    if (grad_in != nullptr) fold_padded_reads(grad_out, grad_in, g, call.gos, call.gis, shifts.read, RI);
   });
 }
 

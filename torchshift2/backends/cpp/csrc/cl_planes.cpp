@@ -211,6 +211,9 @@ int64_t channel_blocks(const Geometry& g) {
 // the transposes' reads still gain from more blocks: then as many as kSpillFactor budgets
 // hold, at least one.
 constexpr int64_t kSpillFactor = 8;
+// The most a task's plane buffers may take (through_planes): their size must not grow with
+// the input's (SPEC §5).
+constexpr int64_t kMaxTaskBytes = int64_t(16) << 20;
 template <typename T>
 int64_t group_blocks(const Geometry& g, int64_t buffers) {
   const int64_t block_bytes = std::max<int64_t>(1, kTransposeLanes<T> * buffers * sizeof(T));
@@ -264,6 +267,11 @@ bool through_planes(int64_t element_size, const Geometry& g, const Strides& inpu
       !dense_channels_last(output, g.out_length, g.channels) ||
       (grad_input != nullptr && !dense_channels_last(*grad_input, g.length, g.channels)))
     return false;
+  // A task's buffers hold whole planes of at least one block of channels: planes so big
+  // that they pass kMaxTaskBytes would make the buffers grow with the input (SPEC §5).
+  if (kTransposeLanes<float> * plane_buffers<float>(g, grad_input != nullptr) *
+          std::max<int64_t>(element_size, 4) > kMaxTaskBytes)
+    return false;
   if (g.is_spatial[0]) return true;
   if (!g.is_spatial[1]) return false;
   if (kAvx2Only) return true;
@@ -292,12 +300,14 @@ void backward_cl_planes(const BackwardCall& call) {
       scalar_t* x = buffer;
       scalar_t* gi = buffer + group * PP;
       scalar_t* go = buffer + 2 * group * PP;
-      to_planes(in + n * call.is.batch + c0, C, lanes, P, x, PP);
+      if (partials != nullptr)  // grad_input alone does not read the input
+        to_planes(in + n * call.is.batch + c0, C, lanes, P, x, PP);
       to_planes(grad_out + n * call.gos.batch + c0, C, lanes, Q, go, QP);
       for (int64_t c = 0; c < lanes; ++c)
-        kernel.plane(scratch, c0 + c, go + c * QP, x + c * PP, gi + c * PP, qs, ps, ps, nullptr,
-                     nullptr, partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
-      from_planes(gi, PP, lanes, P, grad_in + n * call.gis.batch + c0, C);
+        kernel.plane(scratch, c0 + c, go + c * QP, x + c * PP,
+                     grad_in == nullptr ? nullptr : gi + c * PP, qs, ps, ps, nullptr, nullptr,
+                     partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
+      if (grad_in != nullptr) from_planes(gi, PP, lanes, P, grad_in + n * call.gis.batch + c0, C);
     });
   });
 }

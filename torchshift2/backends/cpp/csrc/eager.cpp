@@ -56,24 +56,20 @@ struct ShiftFunction : public torch::autograd::Function<ShiftFunction> {
       // create_graph=True: go through the public op, whose own backward refuses double
       // backward with a clear error (SPEC §4), instead of returning gradients that would
       // silently have no graph.
-      // A boxed call, built from the op's schema: (grad_output, input, weight, padding,
-      // active, crop) and, where the schema has it, output_mask (the gradients wanted).
-      static const c10::OperatorHandle op =
-          c10::Dispatcher::singleton().findSchemaOrThrow("torchshift2::shift_backward", "");
-      const size_t arguments = op.schema().arguments().size();
-      TORCH_CHECK(arguments == 6 || arguments == 7,
-                  "torchshift2::shift_backward: unexpected schema ", op.schema());
-      torch::jit::Stack stack{grads[0], input, weight, ctx->saved_data["padding"],
-                              c10::IValue(active), c10::IValue(crop)};
-      if (arguments == 7)
-        stack.emplace_back(c10::List<bool>({ctx->needs_input_grad(0), ctx->needs_input_grad(1)}));
-      op.callBoxed(&stack);
-      grad_input = stack[0].toTensor();
-      grad_weight = stack[1].toTensor();
+      static auto op =
+          c10::Dispatcher::singleton()
+              .findSchemaOrThrow("torchshift2::shift_backward", "")
+              .typed<std::tuple<at::Tensor, at::Tensor>(
+                  const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
+                  bool, at::IntArrayRef, std::array<bool, 2>)>();
+      std::tie(grad_input, grad_weight) =
+          op.call(grads[0], input, weight, ctx->saved_data["padding"].toStringRef(), active,
+                  crop, {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
     } else {
       std::tie(grad_input, grad_weight) = torchshift2_cpu::backward(
           grads[0], input, weight, ctx->saved_data["padding_code"].toInt(), active, crop,
-          ctx->saved_data["channels_last"].toBool());
+          ctx->saved_data["channels_last"].toBool(),
+          {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
     }
     return {ctx->needs_input_grad(0) ? grad_input : at::Tensor(),
             ctx->needs_input_grad(1) ? grad_weight : at::Tensor(),
@@ -104,13 +100,14 @@ bool environment_selects_cpp() {
 
 // The part of torchshift2.functional.check_shift_args that the eager entry points accept
 // without Python: a floating CPU input of the expected dims (ndim spatial dims, or any of
-// 1-3 for ndim < 0), not quantized, and a floating (C, D) CPU weight.
+// 1-3 for ndim < 0), not quantized, and a floating (k·C, D) CPU weight.
 bool eager_accepts(const at::Tensor& input, const at::Tensor& weight, int64_t ndim) {
   const int64_t dim = input.dim();
   return environment_selects_cpp() && (ndim < 0 ? dim >= 3 && dim <= 5 : dim == ndim + 2) &&
          input.device().is_cpu() && weight.device().is_cpu() && !input.is_quantized() &&
          at::isFloatingType(input.scalar_type()) && at::isFloatingType(weight.scalar_type()) &&
-         weight.dim() == 2 && weight.size(0) == input.size(1) && weight.size(1) == dim - 2;
+         weight.dim() == 2 && weight.size(1) == dim - 2 && input.size(1) > 0 &&
+         weight.size(0) > 0 && weight.size(0) % input.size(1) == 0;
 }
 
 // torchshift2.ops.eager_shift without crop: forward, or with a C++ autograd node when a
@@ -129,7 +126,7 @@ at::Tensor eager_shift(const at::Tensor& input, const at::Tensor& weight, c10::s
 // torchshift2.ops.eager_shift_: true when done; false declines (see eager_shift), which also
 // covers the calls the full path refuses (gradients wanted) and empty tensors.
 bool eager_shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding_code) {
-  if (!eager_accepts(input, weight, -1) || input.numel() == 0 ||
+  if (!eager_accepts(input, weight, -1) || weight.size(0) != input.size(1) || input.numel() == 0 ||
       (at::GradMode::is_enabled() && (input.requires_grad() || weight.requires_grad())))
     return false;
   shift_inplace(input, weight, padding_code);

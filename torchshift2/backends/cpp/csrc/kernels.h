@@ -49,13 +49,15 @@ void active_forward_cl_planes(const ForwardCall&);  // float, double; dense (thr
 struct BackwardCall {
   const void* grad_output;
   const void* input;
+  // Null when grad_input is not asked for (output_mask); accepted by every kernel but
+  // backward_cl_blocks (Choice::writes_grad_input in ops.cpp).
   void* grad_input;
   // grad_weight partials: kSlots doubles per (n, c) (the "plane" format, reduced by
-  // ops.cpp's reduce_plane_partials) for backward_planar*, backward_cl_planes; 2^D doubles
+  // ops.cpp's add_plane_partials) for backward_planar*, backward_cl_planes; 2^D doubles
   // per (row, c), corners as corners.h encodes them (the "corner" format, reduced by
-  // combine_corner_partials) for the others, rows = batch x gather_chunks(g) for the
-  // gathers and batch for backward_cl_blocks. Null (grad_input only) is accepted by the
-  // plane-format kernels and backward_cl_blocks; the gathers always write them.
+  // add_corner_partials) for the others, rows = batch x gather_chunks(g) for the
+  // gathers and batch for backward_cl_blocks. Null when grad_weight is not asked for:
+  // every kernel then skips its grad_weight work.
   double* partials;
   c10::ScalarType dtype;
   Geometry g;

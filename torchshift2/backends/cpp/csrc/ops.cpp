@@ -11,6 +11,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <c10/util/accumulate.h>
+
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -35,10 +37,11 @@ at::Tensor check_common(const at::Tensor& input, const at::Tensor& weight) {
   TORCH_CHECK(input.device().is_cpu() && weight.device().is_cpu(),
               "torchshift2_cpu: expected CPU tensors, got input on ", input.device(),
               " and weight on ", weight.device());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == input.size(1) &&
-                  weight.size(1) == input.dim() - 2,
-              "weight: expected shape (", input.size(1), ", ", input.dim() - 2, "), got ",
-              weight.sizes());
+  const int64_t C = input.size(1);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == input.dim() - 2 &&
+                  (C == 0 ? weight.size(0) == 0 : weight.size(0) > 0 && weight.size(0) % C == 0),
+              "weight: expected shape (k·C, D) = (k·", C, ", ", input.dim() - 2,
+              ") with an integer k >= 1, got ", weight.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(weight.scalar_type()),
                    "weight: expected a floating dtype, got ", weight.scalar_type());
   // SPEC §5: non-finite shifts are refused on CPU, before anything is allocated or read.
@@ -92,8 +95,9 @@ void check_output(const at::Tensor& t, at::IntArrayRef sizes, at::ScalarType dty
               t.sizes(), " ", t.scalar_type());
 }
 
-std::vector<int64_t> output_sizes(at::IntArrayRef sizes, const Geometry& g) {
-  std::vector<int64_t> out{sizes[0], sizes[1]};
+// channels: the output's (k·C with a channel multiplier).
+std::vector<int64_t> output_sizes(at::IntArrayRef sizes, const Geometry& g, int64_t channels) {
+  std::vector<int64_t> out{sizes[0], channels};
   const int64_t ndim = static_cast<int64_t>(sizes.size()) - 2;
   for (int64_t d = 0; d < ndim; ++d) out.push_back(g.out_length[kSlots - ndim + d]);
   return out;
@@ -135,36 +139,7 @@ bool is_contiguous(at::IntArrayRef sizes, at::IntArrayRef strides) {
 // (channels_last / _3d, or (N, L, C) for 1D).
 enum class Copy { kNone, kContiguous, kChannelsLast };
 
-at::Tensor channels_last_copy(const at::Tensor& t) {
-  std::vector<int64_t> order{0}, inverse{0, t.dim() - 1};
-  for (int64_t d = 2; d < t.dim(); ++d) {
-    order.push_back(d);
-    inverse.push_back(d - 1);
-  }
-  order.push_back(1);
-  return t.permute(order).contiguous().permute(inverse);
-}
-
-at::Tensor channels_last_empty(const at::Tensor& t) {
-  std::vector<int64_t> sizes{t.size(0)}, inverse{0, t.dim() - 1};
-  for (int64_t d = 2; d < t.dim(); ++d) {
-    sizes.push_back(t.size(d));
-    inverse.push_back(d - 1);
-  }
-  sizes.push_back(t.size(1));
-  return at::empty(sizes, t.options()).permute(inverse);
-}
-
-at::Tensor copied(Copy copy, const at::Tensor& t) {
-  switch (copy) {
-    case Copy::kContiguous: return t.contiguous();
-    case Copy::kChannelsLast:
-      return channel_rows(t.sizes(), t.strides()) ? t : channels_last_copy(t);
-    default: return t;
-  }
-}
-
-// The strides `copied` leaves.
+// The strides a copy into `copy`'s layout leaves (Scratch::copied).
 std::vector<int64_t> strides_after(Copy copy, at::IntArrayRef sizes, at::IntArrayRef strides) {
   if (copy == Copy::kContiguous && !is_contiguous(sizes, strides))
     return dense_strides(sizes, false);
@@ -173,14 +148,41 @@ std::vector<int64_t> strides_after(Copy copy, at::IntArrayRef sizes, at::IntArra
   return strides.vec();
 }
 
-// bfloat16 / half tensors that some kernels take as widened float copies (cached blocks,
-// channels innermost); the results are rounded back by copy_ (nearest even, as the
-// reduced kernels round their float sums).
-at::Tensor widened(const at::Tensor& t) {
-  at::Tensor w = cached_empty(t.sizes(), at::kFloat, /*channels_last=*/true);
-  w.copy_(t);
-  return w;
-}
+// Buffers for the copies a call makes (layout copies, widened copies, temporaries), one per
+// role, allocated for the first block and reused by the next ones: a call in blocks
+// allocates each of them once, of one block's size.
+enum Role { kInput, kGradOutput, kGradInput, kWideInput, kWideGradOutput, kWideGradInput,
+            kWideOutput, kPart, kRoles };
+
+class Scratch {
+ public:
+  // An uninitialised tensor of `sizes` and dtype, dense (contiguous, or channels innermost).
+  at::Tensor tensor(Role role, at::IntArrayRef sizes, at::ScalarType dtype, bool channels_last) {
+    const int64_t count = c10::multiply_integers(sizes);
+    at::Tensor& buffer = buffers_[role];
+    if (!buffer.defined() || buffer.scalar_type() != dtype || buffer.numel() < count)
+      buffer = at::empty({count}, at::TensorOptions().dtype(dtype));
+    return buffer.as_strided(sizes, dense_strides(sizes, channels_last));
+  }
+
+  // `t` in the layout `copy` asks for: `t` itself when it has it already.
+  at::Tensor copied(Role role, Copy copy, const at::Tensor& t) {
+    const std::vector<int64_t> strides = strides_after(copy, t.sizes(), t.strides());
+    if (strides == t.strides().vec()) return t;
+    return tensor(role, t.sizes(), t.scalar_type(), copy == Copy::kChannelsLast).copy_(t);
+  }
+
+  // bfloat16 / half `t` widened to float, channels innermost (the float kernels' layout for
+  // the calls that widen); rounded back by copy_ (nearest even, as the reduced kernels round
+  // their float sums).
+  at::Tensor widened(Role role, const at::Tensor& t) {
+    return tensor(role, t.sizes(), at::kFloat, true).copy_(t);
+  }
+
+ private:
+  at::Tensor buffers_[kRoles];
+};
+
 
 // --- The kernel selection table ------------------------------------------------------------
 
@@ -191,7 +193,8 @@ enum class Direction { kForward, kBackward, kInplace };
 enum class Partials { kNone, kPlanes, kCorners, kCornerChunks };
 
 // A kernel of the table: its entry point and name; or `widen`: bfloat16 / half inputs go
-// to the float kernels on widened copies (choose again for float32).
+// to the float kernels on widened copies (choose again for float32). writes_grad_input: a
+// backward kernel that always computes grad_input (the others skip it when it is null).
 struct Choice {
   const char* name = "none";
   ForwardKernel forward = nullptr;
@@ -199,12 +202,15 @@ struct Choice {
   InplaceKernel inplace = nullptr;
   Partials partials = Partials::kNone;
   bool widen = false;
+  bool writes_grad_input = false;
 };
 
 constexpr Choice kWiden{"widen", nullptr, nullptr, nullptr, Partials::kNone, true};
 
 #define TS2_FORWARD(f) Choice{#f, &f, nullptr, nullptr, Partials::kNone, false}
 #define TS2_BACKWARD(f, partials) Choice{#f, nullptr, &f, nullptr, partials, false}
+#define TS2_BACKWARD_WITH_GRAD_INPUT(f, partials) \
+  Choice{#f, nullptr, &f, nullptr, partials, false, true}
 #define TS2_INPLACE(f) Choice{#f, nullptr, nullptr, &f, Partials::kNone, false}
 
 // What choose_kernel reads of a call: the strides are those the kernel will see, after the
@@ -216,6 +222,7 @@ struct Query {
   const Geometry& g;
   bool cl;  // the channels-last kernels run (channels innermost, rows W x C blocks)
   Strides input, output, grad_input;  // output: forward's output / backward's grad_output
+  bool needs_grad_input = true;       // backward: output_mask[0]
 };
 
 // The one place that decides which kernel runs (README.md, kernel selection).
@@ -264,7 +271,7 @@ Choice choose_kernel(const Query& q) {
         return g.padding == kZeros
                    ? TS2_BACKWARD(backward_cl_gather_fused, Partials::kCornerChunks)
                    : TS2_BACKWARD(backward_cl_gather, Partials::kCornerChunks);
-      return TS2_BACKWARD(backward_cl_blocks, Partials::kCorners);
+      return TS2_BACKWARD_WITH_GRAD_INPUT(backward_cl_blocks, Partials::kCorners);
     case Direction::kInplace: {
       if (q.cl)
         return g.batch >= at::get_num_threads() ? TS2_INPLACE(shift_inplace_cl_one_pass)
@@ -284,6 +291,7 @@ Choice choose_kernel(const Query& q) {
 
 #undef TS2_FORWARD
 #undef TS2_BACKWARD
+#undef TS2_BACKWARD_WITH_GRAD_INPUT
 #undef TS2_INPLACE
 
 // A call's kernel and the copies it needs; widened: bfloat16 / half run on widened float
@@ -293,6 +301,7 @@ struct Plan {
   bool widened = false;
   bool cl = false;
   Copy input = Copy::kNone, grad_output = Copy::kNone;
+  bool copies_input = false, copies_grad_output = false;  // the Copy is not a no-op
   bool grad_input_temp = false;  // the kernel writes a temporary, copied into grad_input
 };
 
@@ -304,6 +313,7 @@ Plan plan_forward(at::ScalarType dtype, const Geometry& g, bool active, at::IntA
   if (p.cl && !channel_rows(sizes, strides)) p.input = Copy::kChannelsLast;
   if (!p.cl && sizes.back() > 1 && strides.back() != 1) p.input = Copy::kContiguous;
   const std::vector<int64_t> is = strides_after(p.input, sizes, strides);
+  p.copies_input = is != strides.vec();
   p.choice = choose_kernel(
       {Direction::kForward, active, dtype, g, p.cl, strides_of(is), strides_of(out_strides), {}});
   if (!p.choice.widen) return p;
@@ -313,34 +323,45 @@ Plan plan_forward(at::ScalarType dtype, const Geometry& g, bool active, at::IntA
   return wide;
 }
 
-// grad_input_strides: those of the grad_input the op allocates.
+// grad_input_strides: those of the grad_input the op writes (ignored without
+// needs_grad_input, the output_mask's first entry).
 Plan plan_backward(at::ScalarType dtype, const Geometry& g, bool active, at::IntArrayRef sizes,
                    at::IntArrayRef strides, at::IntArrayRef out_sizes,
-                   at::IntArrayRef grad_output_strides, at::IntArrayRef grad_input_strides) {
+                   at::IntArrayRef grad_output_strides, at::IntArrayRef grad_input_strides,
+                   bool needs_grad_input = true) {
   Plan p;
   p.cl = channels_inner(sizes, strides);
-  std::vector<int64_t> gis = grad_input_strides.vec();
+  std::vector<int64_t> gis = needs_grad_input ? grad_input_strides.vec()
+                                              : dense_strides(sizes, p.cl);
   if (p.cl) {
     // Rows of input and grad_output must be W x C blocks.
     p.input = p.grad_output = Copy::kChannelsLast;
-    p.grad_input_temp = grad_input_strides[1] != 1;
+    p.grad_input_temp = gis[1] != 1;
     if (p.grad_input_temp) gis = dense_strides(sizes, true);
   } else {
     // The plane kernel wants each (n, c) plane dense: channels-last and other layouts go
     // through planar copies, which costs less than strided walks over every plane.
     p.input = p.grad_output = Copy::kContiguous;
-    p.grad_input_temp = !is_contiguous(sizes, grad_input_strides);
+    p.grad_input_temp = !is_contiguous(sizes, gis);
     if (p.grad_input_temp) gis = dense_strides(sizes, false);
   }
   const std::vector<int64_t> is = strides_after(p.input, sizes, strides);
   const std::vector<int64_t> gos = strides_after(p.grad_output, out_sizes, grad_output_strides);
+  p.copies_input = is != strides.vec();
+  p.copies_grad_output = gos != grad_output_strides.vec();
   p.choice = choose_kernel({Direction::kBackward, active, dtype, g, p.cl, strides_of(is),
-                            strides_of(gos), strides_of(gis)});
+                            strides_of(gos), strides_of(gis), needs_grad_input});
   if (!p.choice.widen) return p;
   Plan wide = plan_backward(at::kFloat, g, active, sizes, dense_strides(sizes, true), out_sizes,
-                            dense_strides(out_sizes, true), grad_input_strides);
+                            dense_strides(out_sizes, true), gis, needs_grad_input);
   wide.widened = true;
   return wide;
+}
+
+// Whether a plan copies anything of the size of its tensors (layout copies, widened copies,
+// a grad_input written elsewhere first): such calls run in blocks (run_forward, run_backward).
+bool copies(const Plan& p) {
+  return p.widened || p.copies_input || p.copies_grad_output || p.grad_input_temp;
 }
 
 Choice choose_inplace(at::ScalarType dtype, const Geometry& g, at::IntArrayRef strides) {
@@ -351,28 +372,29 @@ Choice choose_inplace(at::ScalarType dtype, const Geometry& g, at::IntArrayRef s
 
 // --- grad_weight from the kernels' partials ------------------------------------------------
 
-// Plane partials (kSlots per (n, c)): a serial fixed-order sum over the batch; slots of
-// missing leading dims are dropped.
-void reduce_plane_partials(const at::Tensor& partials, const Geometry& g, at::Tensor grad_weight) {
-  const int64_t ndim = grad_weight.size(1);
+// Plane partials (kSlots per (n, c)) added to sum (C x D float64, any row stride): a serial
+// fixed-order sum over the batch; slots of missing leading dims are dropped.
+void add_plane_partials(const at::Tensor& partials, const Geometry& g, int64_t ndim,
+                        at::Tensor sum) {
   at::Tensor total = at::zeros({g.channels, ndim}, at::kDouble);
   const double* part = partials.const_data_ptr<double>();
-  double* sum = total.data_ptr<double>();
+  double* out = total.data_ptr<double>();
   for (int64_t n = 0; n < g.batch; ++n)
     for (int64_t c = 0; c < g.channels; ++c)
       for (int64_t d = 0; d < ndim; ++d)
-        sum[c * ndim + d] += part[(n * g.channels + c) * kSlots + kSlots - ndim + d];
-  grad_weight.copy_(total);
+        out[c * ndim + d] += part[(n * g.channels + c) * kSlots + kSlots - ndim + d];
+  sum.add_(total);
 }
 
 // Corner partials (2^D per (row, c), corners.h): a fixed-order sum over the rows, then
-// d/dw_d = sum_k corner_slope(k, d) D_k, in double.
-void combine_corner_partials(const at::Tensor& partials, const Geometry& g,
-                             const at::Tensor& weight64, at::Tensor grad_weight) {
+// d/dw_d = sum_k corner_slope(k, d) D_k, in double, added to sum (C x D).
+void add_corner_partials(const at::Tensor& partials, const Geometry& g,
+                         const at::Tensor& weight64, at::Tensor sum) {
   const int64_t C = g.channels, ndim = weight64.size(1), K = corner_count(g);
   const int64_t rows = partials.size(0);
   const double* part = partials.const_data_ptr<double>();
-  const double* wd = weight64.const_data_ptr<double>();
+  const at::Tensor w = weight64.contiguous();
+  const double* wd = w.const_data_ptr<double>();
   at::Tensor total = at::zeros({C, ndim}, at::kDouble);
   double* out = total.data_ptr<double>();
   std::vector<double> D(K);
@@ -389,99 +411,236 @@ void combine_corner_partials(const at::Tensor& partials, const Geometry& g,
       for (int64_t d = 0; d < ndim; ++d)
         out[c * ndim + d] += corner_slope(g, f, static_cast<int>(k), kSlots - ndim + d) * D[k];
   }
-  grad_weight.copy_(total);
+  sum.add_(total);
+}
+
+// --- Running a call ------------------------------------------------------------------------
+
+// A call that would copy tensors of its own size (plan copies), or has a channel multiplier
+// (k > 1, whose k grad_input contributions are summed), runs in blocks of samples and, for a
+// sample bigger than the budget, of input channels: its temporaries are one block's
+// (SPEC §5: buffers that do not grow with the input). Each block runs the kernels for k = 1:
+// output channels j, j + k, ... of the block are a strided view, weight rows j::k.
+constexpr int64_t kBlockBytes = int64_t(8) << 20;
+
+// fn(n0, n1, c0, c1) over blocks of samples [n0, n1) and input channels [c0, c1) of at
+// most kBlockBytes of per-(n, c) bytes; channel blocks are multiples of 16 channels (a
+// channels-last vector of float32).
+template <typename F>
+void for_blocks(int64_t batch, int64_t channels, int64_t plane_bytes, F fn) {
+  const int64_t sample = std::max<int64_t>(1, channels * plane_bytes);
+  if (sample <= kBlockBytes) {
+    const int64_t step = std::max<int64_t>(1, kBlockBytes / sample);
+    for (int64_t n = 0; n < batch; n += step) fn(n, std::min(batch, n + step), 0, channels);
+    return;
+  }
+  const int64_t step = std::max<int64_t>(16, kBlockBytes / std::max<int64_t>(1, plane_bytes) / 16 * 16);
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t c = 0; c < channels; c += step) fn(n, n + 1, c, std::min(channels, c + step));
+}
+
+Geometry block_geometry(const Geometry& g, int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
+  Geometry b = g;
+  b.batch = n1 - n0;
+  b.channels = c1 - c0;
+  return b;
+}
+
+// Output channels j, j + k, ... of block [c0, c1) of input channels: along `dim` (1 for the
+// output and grad_output, 0 for the rows of the weight and of grad_weight).
+at::Tensor reading(const at::Tensor& t, int64_t dim, int64_t c0, int64_t c1, int64_t k,
+                   int64_t j) {
+  return t.slice(dim, c0 * k + j, c1 * k, k);
+}
+
+// SPEC §3 into `out` (k = 1; any strides the plan accepts): the kernel of plan_forward, on
+// the input copied into its layout where needed (into `scratch`'s buffers).
+void forward_into(at::Tensor out, const at::Tensor& input_, const at::Tensor& weight64,
+                  const Geometry& g, bool active, double fill, Scratch& scratch) {
+  const Plan plan = plan_forward(input_.scalar_type(), g, active, input_.sizes(),
+                                 input_.strides(), out.sizes(), out.strides());
+  if (plan.widened) {
+    at::Tensor result = scratch.tensor(kWideOutput, out.sizes(), at::kFloat,
+                                       channel_rows(out.sizes(), out.strides()));
+    forward_into(result, scratch.widened(kWideInput, input_), weight64, g, active, fill, scratch);
+    out.copy_(result);
+    return;
+  }
+  const at::Tensor input = scratch.copied(kInput, plan.input, input_);
+  const ForwardCall call{input.const_data_ptr(), out.data_ptr(), input.scalar_type(), g,
+                         strides_of(input.strides()), strides_of(out.strides()),
+                         weight64.const_data_ptr<double>(), active ? 0 : fill_bits(input, fill)};
+  plan.choice.forward(call);
+}
+
+void run_forward(at::Tensor out, const at::Tensor& input, const at::Tensor& weight64,
+                 const Geometry& g, int64_t k, bool active, double fill) {
+  Scratch scratch;
+  if (k == 1) {
+    const Plan plan = plan_forward(input.scalar_type(), g, active, input.sizes(),
+                                   input.strides(), out.sizes(), out.strides());
+    if (!copies(plan)) return forward_into(out, input, weight64, g, active, fill, scratch);
+  }
+  // Op-math bytes: a bfloat16 / half block is widened to float.
+  const int64_t plane = g.in_plane() * std::max<int64_t>(input.element_size(), 4);
+  for_blocks(g.batch, g.channels, plane, [&](int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
+    const at::Tensor in = input.slice(0, n0, n1).slice(1, c0, c1);
+    const Geometry b = block_geometry(g, n0, n1, c0, c1);
+    for (int64_t j = 0; j < k; ++j)
+      forward_into(reading(out.slice(0, n0, n1), 1, c0, c1, k, j), in,
+                   reading(weight64, 0, c0, c1, k, j).contiguous(), b, active, fill, scratch);
+  });
+}
+
+// SPEC §4 for k = 1: grad_input into `grad_input` (undefined: not asked for), grad_weight
+// added to `weight_sum` (C x D float64; undefined: not asked for).
+void backward_into(at::Tensor grad_input, at::Tensor weight_sum, const at::Tensor& grad_output_,
+                   const at::Tensor& input_, const at::Tensor& weight64, const Geometry& g,
+                   bool active, Scratch& scratch) {
+  const bool needs_input = grad_input.defined(), needs_weight = weight_sum.defined();
+  const std::vector<int64_t> gis = needs_input ? grad_input.strides().vec()
+                                               : dense_strides(input_.sizes(), false);
+  const Plan plan = plan_backward(input_.scalar_type(), g, active, input_.sizes(),
+                                  input_.strides(), grad_output_.sizes(), grad_output_.strides(),
+                                  gis, needs_input);
+  if (plan.widened) {
+    at::Tensor wide_grad;
+    if (needs_input) wide_grad = scratch.tensor(kWideGradInput, input_.sizes(), at::kFloat, true);
+    backward_into(wide_grad, weight_sum, scratch.widened(kWideGradOutput, grad_output_),
+                  scratch.widened(kWideInput, input_), weight64, g, active, scratch);
+    if (needs_input) grad_input.copy_(wide_grad);
+    return;
+  }
+  const at::Tensor input = scratch.copied(kInput, plan.input, input_);
+  const at::Tensor grad_output = scratch.copied(kGradOutput, plan.grad_output, grad_output_);
+  at::Tensor kernel_grad = grad_input;
+  if ((needs_input && plan.grad_input_temp) || (!needs_input && plan.choice.writes_grad_input))
+    kernel_grad = scratch.tensor(kGradInput, input.sizes(), input.scalar_type(), plan.cl);
+  at::Tensor partials;
+  if (needs_weight) {
+    const int64_t corners = corner_count(g);
+    switch (plan.choice.partials) {
+      case Partials::kPlanes: partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble); break;
+      case Partials::kCorners: partials = at::empty({g.batch, g.channels, corners}, at::kDouble); break;
+      case Partials::kCornerChunks:
+        partials = at::empty({g.batch * gather_chunks(g), g.channels, corners}, at::kDouble);
+        break;
+      default: TORCH_INTERNAL_ASSERT(false, "backward: ", plan.choice.name, " without partials");
+    }
+  }
+  const BackwardCall call{grad_output.const_data_ptr(), input.const_data_ptr(),
+                          kernel_grad.defined() ? kernel_grad.data_ptr() : nullptr,
+                          needs_weight ? partials.data_ptr<double>() : nullptr,
+                          input.scalar_type(), g, strides_of(grad_output.strides()),
+                          strides_of(input.strides()),
+                          strides_of(kernel_grad.defined() ? kernel_grad.strides() : gis),
+                          weight64.const_data_ptr<double>(), active};
+  plan.choice.backward(call);
+  if (needs_input && !kernel_grad.is_same(grad_input)) grad_input.copy_(kernel_grad);
+  if (!needs_weight) return;
+  if (plan.choice.partials == Partials::kPlanes)
+    add_plane_partials(partials, g, weight64.size(1), weight_sum);
+  else
+    add_corner_partials(partials, g, weight64, weight_sum);
+}
+
+// Whether grad_input alone is the forward with the negated shift: an SSL shift with zeros
+// (or periodic) padding and no crop moves every element to one place (or permutes them), so
+// its adjoint is the opposite shift; the forward kernels do it at copy speed.
+bool inverse_shift(const Geometry& g, bool active, bool needs_input, bool needs_weight,
+                   int64_t k) {
+  if (active || !needs_input || needs_weight || k != 1) return false;
+  if (g.padding != kZeros && g.padding != kPeriodic) return false;
+  for (int d = 0; d < kSlots; ++d)
+    if (g.out_length[d] != g.length[d]) return false;
+  return true;
+}
+
+void run_backward(at::Tensor grad_input, at::Tensor weight_sum, const at::Tensor& grad_output,
+                  const at::Tensor& input, const at::Tensor& weight64, const Geometry& g,
+                  int64_t k, bool active) {
+  if (inverse_shift(g, active, grad_input.defined(), weight_sum.defined(), k))
+    return run_forward(grad_input, grad_output, weight64.round().neg_(), g, 1, false, 0.0);
+  Scratch scratch;
+  if (k == 1) {
+    const std::vector<int64_t> gis = grad_input.defined() ? grad_input.strides().vec()
+                                                          : dense_strides(input.sizes(), false);
+    const Plan plan = plan_backward(input.scalar_type(), g, active, input.sizes(),
+                                    input.strides(), grad_output.sizes(), grad_output.strides(),
+                                    gis, grad_input.defined());
+    if (!copies(plan))
+      return backward_into(grad_input, weight_sum, grad_output, input, weight64, g, active,
+                           scratch);
+  }
+  const int64_t plane =
+      std::max(g.in_plane(), g.out_plane() * k) * std::max<int64_t>(input.element_size(), 4);
+  for_blocks(g.batch, g.channels, plane, [&](int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
+    const at::Tensor in = input.slice(0, n0, n1).slice(1, c0, c1);
+    const Geometry b = block_geometry(g, n0, n1, c0, c1);
+    const at::Tensor gi = grad_input.defined() ? grad_input.slice(0, n0, n1).slice(1, c0, c1)
+                                               : at::Tensor();
+    for (int64_t j = 0; j < k; ++j) {
+      // The k contributions to a block's grad_input after the first go through a buffer.
+      at::Tensor target = gi;
+      if (gi.defined() && j > 0)
+        target = scratch.tensor(kPart, gi.sizes(), gi.scalar_type(),
+                                channel_rows(gi.sizes(), gi.strides()));
+      backward_into(target,
+                    weight_sum.defined() ? reading(weight_sum, 0, c0, c1, k, j) : at::Tensor(),
+                    reading(grad_output.slice(0, n0, n1), 1, c0, c1, k, j), in,
+                    reading(weight64, 0, c0, c1, k, j).contiguous(), b, active, scratch);
+      if (gi.defined() && j > 0) gi.add_(target);
+    }
+  });
 }
 
 }  // namespace
 
 // --- The ops -------------------------------------------------------------------------------
 
-at::Tensor forward(const at::Tensor& input_, const at::Tensor& weight, int64_t padding,
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, int64_t padding,
                    bool active, at::IntArrayRef crop, double fill, bool channels_last) {
-  const at::Tensor weight64 = check_common(input_, weight);
-  const Geometry g = geometry_of(input_.sizes(), padding, crop);
-  at::Tensor out =
-      cached_empty(output_sizes(input_.sizes(), g), input_.scalar_type(), channels_last);
+  const at::Tensor weight64 = check_common(input, weight);
+  const Geometry g = geometry_of(input.sizes(), padding, crop);
+  const int64_t k = g.channels == 0 ? 1 : weight.size(0) / g.channels;
+  at::Tensor out = cached_empty(output_sizes(input.sizes(), g, weight.size(0)),
+                                input.scalar_type(), channels_last);
   if (out.numel() == 0) return out;
   if (active)
-    TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()),
-                     "input: active=True needs a floating dtype, got ", input_.scalar_type());
-  const Plan plan = plan_forward(input_.scalar_type(), g, active, input_.sizes(),
-                                 input_.strides(), out.sizes(), out.strides());
-  if (plan.widened) {
-    out.copy_(forward(widened(input_), weight, padding, active, crop, fill, channels_last));
-    return out;
-  }
-  const at::Tensor input = copied(plan.input, input_);
-  const ForwardCall call{input.const_data_ptr(), out.data_ptr(), input.scalar_type(), g,
-                         strides_of(input.strides()), strides_of(out.strides()),
-                         weight64.const_data_ptr<double>(), active ? 0 : fill_bits(input, fill)};
-  plan.choice.forward(call);
+    TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                     "input: active=True needs a floating dtype, got ", input.scalar_type());
+  run_forward(out, input, weight64, g, k, active, fill);
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output_,
-                                            const at::Tensor& input_, const at::Tensor& weight,
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
+                                            const at::Tensor& input, const at::Tensor& weight,
                                             int64_t padding, bool active, at::IntArrayRef crop,
-                                            bool channels_last) {
-  const at::Tensor weight64 = check_common(input_, weight);
-  TORCH_CHECK_TYPE(at::isFloatingType(input_.scalar_type()),
-                   "input: gradients need a floating dtype, got ", input_.scalar_type());
-  const Geometry g = geometry_of(input_.sizes(), padding, crop);
-  check_output(grad_output_, output_sizes(input_.sizes(), g), input_.scalar_type(), "grad_output");
-  at::Tensor grad_input = cached_empty(input_.sizes(), input_.scalar_type(), channels_last);
-  at::Tensor grad_weight = at::empty(weight.sizes(), weight.options());
-  if (input_.numel() == 0 || grad_output_.numel() == 0) {
-    grad_input.zero_();
-    grad_weight.zero_();
-    return {grad_input, grad_weight};
+                                            bool channels_last, std::array<bool, 2> output_mask) {
+  const at::Tensor weight64 = check_common(input, weight);
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "input: gradients need a floating dtype, got ", input.scalar_type());
+  const Geometry g = geometry_of(input.sizes(), padding, crop);
+  const int64_t k = g.channels == 0 ? 1 : weight.size(0) / g.channels;
+  check_output(grad_output, output_sizes(input.sizes(), g, weight.size(0)),
+               input.scalar_type(), "grad_output");
+  at::Tensor grad_input, weight_sum;
+  if (output_mask[0]) grad_input = cached_empty(input.sizes(), input.scalar_type(), channels_last);
+  if (output_mask[1]) weight_sum = at::zeros(weight.sizes(), at::kDouble);
+  if (input.numel() == 0 || grad_output.numel() == 0) {
+    if (grad_input.defined()) grad_input.zero_();
+  } else if (output_mask[0] || output_mask[1]) {
+    run_backward(grad_input, weight_sum, grad_output, input, weight64, g, k, active);
   }
-  const Plan plan = plan_backward(input_.scalar_type(), g, active, input_.sizes(),
-                                  input_.strides(), grad_output_.sizes(), grad_output_.strides(),
-                                  grad_input.strides());
-  if (plan.widened) {
-    const auto [wide_grad_input, wide_grad_weight] =
-        backward(widened(grad_output_), widened(input_), weight, padding, active, crop,
-                 channels_last);
-    grad_input.copy_(wide_grad_input);
-    return {grad_input, wide_grad_weight};
-  }
-  const at::Tensor input = copied(plan.input, input_);
-  const at::Tensor grad_output = copied(plan.grad_output, grad_output_);
-  at::Tensor kernel_grad = grad_input;
-  if (plan.grad_input_temp)
-    kernel_grad = plan.cl ? channels_last_empty(input) : at::empty_like(input);
-  const int64_t corners = corner_count(g);
-  at::Tensor partials;
-  switch (plan.choice.partials) {
-    case Partials::kPlanes:
-      partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
-      break;
-    case Partials::kCorners:
-      partials = at::empty({g.batch, g.channels, corners}, at::kDouble);
-      break;
-    case Partials::kCornerChunks:
-      partials = at::empty({g.batch * gather_chunks(g), g.channels, corners}, at::kDouble);
-      break;
-    default:
-      TORCH_INTERNAL_ASSERT(false, "backward: ", plan.choice.name, " without partials");
-  }
-  const BackwardCall call{grad_output.const_data_ptr(), input.const_data_ptr(),
-                          kernel_grad.data_ptr(), partials.data_ptr<double>(),
-                          input.scalar_type(), g, strides_of(grad_output.strides()),
-                          strides_of(input.strides()), strides_of(kernel_grad.strides()),
-                          weight64.const_data_ptr<double>(), active};
-  plan.choice.backward(call);
-  if (!kernel_grad.is_same(grad_input)) grad_input.copy_(kernel_grad);
-  if (plan.choice.partials == Partials::kPlanes)
-    reduce_plane_partials(partials, g, grad_weight);
-  else
-    combine_corner_partials(partials, g, weight64, grad_weight);
+  at::Tensor grad_weight;
+  if (output_mask[1]) grad_weight = at::empty(weight.sizes(), weight.options()).copy_(weight_sum);
   return {grad_input, grad_weight};
 }
 
 void shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding) {
   const at::Tensor weight64 = check_common(input, weight);
+  TORCH_CHECK(weight.size(0) == input.size(1), "weight: shifting in place keeps the channels, "
+              "expected shape (", input.size(1), ", ", input.dim() - 2, "), got ", weight.sizes());
   const int64_t ndim = input.dim() - 2;
   const std::vector<int64_t> no_crop(2 * std::max<int64_t>(ndim, 0), 0);
   const Geometry g = geometry_of(input.sizes(), padding, no_crop);
@@ -498,16 +657,25 @@ namespace {
 
 // The kernel a call would run, without running it (tests, README.md's table): direction
 // "forward", "backward" or "inplace"; sizes / strides of the input (any tensor, even one
-// that does not exist); grad_output_strides: empty for the layout the forward would give.
-// "<name>", "<name> [widened]" (bfloat16 / half on float copies), or "none" (empty).
+// that does not exist); grad_output_strides: empty for the layout the forward would give;
+// multiplier: k of a (k·C, D) weight; needs_grad_input / needs_grad_weight: the backward's
+// output_mask. "<name>", with " [widened]" (bfloat16 / half on float copies), " [blocks]"
+// (the call runs in blocks: run_forward, run_backward) and " [inverse shift]" (a backward
+// run as the forward with the negated shift), or "none" (empty).
 std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::IntArrayRef sizes,
                         at::IntArrayRef strides, int64_t padding, bool active,
                         at::IntArrayRef crop, bool channels_last,
-                        at::IntArrayRef grad_output_strides) {
+                        at::IntArrayRef grad_output_strides, int64_t multiplier,
+                        bool needs_grad_input, bool needs_grad_weight) {
   TORCH_CHECK(sizes.size() == strides.size(), "kernel_name: sizes and strides differ in length");
+  TORCH_CHECK(multiplier >= 1, "multiplier: expected an int >= 1, got ", multiplier);
   const Geometry g = geometry_of(sizes, padding, crop);
-  const std::vector<int64_t> out_sizes = output_sizes(sizes, g);
-  const std::vector<int64_t> out_strides = dense_strides(out_sizes, channels_last);
+  // The output of all k·C channels, then the view of output channels j::k a kernel writes.
+  std::vector<int64_t> out_sizes = output_sizes(sizes, g, sizes[1] * multiplier);
+  std::vector<int64_t> out_strides = dense_strides(out_sizes, channels_last);
+  if (!grad_output_strides.empty()) out_strides = grad_output_strides.vec();
+  out_sizes[1] = sizes[1];
+  out_strides[1] *= multiplier;
   const bool empty = g.batch * g.channels * g.in_plane() == 0 || g.out_plane() == 0;
   Plan plan;
   if (direction == "forward") {
@@ -515,17 +683,26 @@ std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::In
     plan = plan_forward(dtype, g, active, sizes, strides, out_sizes, out_strides);
   } else if (direction == "backward") {
     if (empty) return "none";
-    plan = plan_backward(dtype, g, active, sizes, strides, out_sizes,
-                         grad_output_strides.empty() ? at::IntArrayRef(out_strides)
-                                                     : grad_output_strides,
-                         dense_strides(sizes, channels_last));
+    if (inverse_shift(g, active, needs_grad_input, needs_grad_weight, multiplier)) {
+      // run_backward: the forward from grad_output (its strides) into grad_input
+      std::vector<int64_t> go_strides = out_strides;
+      go_strides[1] /= multiplier;
+      plan = plan_forward(dtype, g, false, out_sizes, go_strides, sizes,
+                          dense_strides(sizes, channels_last));
+      return std::string(plan.choice.name) + (plan.widened ? " [widened]" : "") +
+             (copies(plan) ? " [blocks]" : "") + " [inverse shift]";
+    }
+    plan = plan_backward(dtype, g, active, sizes, strides, out_sizes, out_strides,
+                         dense_strides(sizes, channels_last), needs_grad_input);
   } else if (direction == "inplace") {
     if (g.batch * g.channels * g.in_plane() == 0) return "none";
     plan.choice = choose_inplace(dtype, g, strides);
   } else {
     TORCH_CHECK(false, "kernel_name: unknown direction ", direction);
   }
-  return std::string(plan.choice.name) + (plan.widened ? " [widened]" : "");
+  const bool blocks = direction != "inplace" && (multiplier > 1 || copies(plan));
+  return std::string(plan.choice.name) + (plan.widened ? " [widened]" : "") +
+         (blocks ? " [blocks]" : "");
 }
 
 std::string isa() { return kIsa; }
@@ -535,8 +712,9 @@ std::string isa() { return kIsa; }
 TORCH_LIBRARY(torchshift2_cpu, m) {
   m.def("forward(Tensor input, Tensor weight, int padding, bool active, int[] crop, float fill, "
         "bool channels_last) -> Tensor");
+  // An output not in output_mask is undefined (None in Python).
   m.def("backward(Tensor grad_output, Tensor input, Tensor weight, int padding, bool active, "
-        "int[] crop, bool channels_last) -> (Tensor, Tensor)");
+        "int[] crop, bool channels_last, bool[2] output_mask) -> (Tensor, Tensor)");
   m.def("shift_inplace(Tensor(a!) input, Tensor weight, int padding) -> ()");
   // The eager entry (eager.cpp). padding twice: the code for the kernels, the name for
   // torchshift2::shift_backward.
@@ -549,7 +727,8 @@ TORCH_LIBRARY(torchshift2_cpu, m) {
   m.def("cache_info() -> int[]");
   // Introspection (README.md, kernel selection).
   m.def("kernel_name(str direction, ScalarType dtype, int[] sizes, int[] strides, int padding, "
-        "bool active, int[] crop, bool channels_last, int[] grad_output_strides) -> str");
+        "bool active, int[] crop, bool channels_last, int[] grad_output_strides, int multiplier, "
+        "bool needs_grad_input, bool needs_grad_weight) -> str");
   m.def("isa() -> str");
 }
 

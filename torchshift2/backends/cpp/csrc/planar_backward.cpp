@@ -732,7 +732,7 @@ void PlaneBackward<scalar_t>::plane(PlaneScratch<scalar_t>& scratch, int64_t c,
   // grad_weight rows of the same slab while its grad_output rows are still in L1 / L2.
   if (weights) s.dots.clear();
   for (int64_t i = 0; i < std::max(L0, O0); ++i) {
-    if (i < L0)
+    if (i < L0 && gi != nullptr)
       for (int64_t j1 = 0; j1 < L1;) {
         const int64_t rows_run = std::max<int64_t>(1, t1.run[j1]);
         grad_input_rows(i, j1, rows_run);
@@ -782,7 +782,8 @@ void backward_planar(const BackwardCall& call) {
           next_x = in + nn * is.batch + nc * is.channel;
         }
         kernel.plane(scratch, c, grad_out + n * gos.batch + c * gos.channel,
-                     in + n * is.batch + c * is.channel, grad_in + n * gis.batch + c * gis.channel,
+                     in + n * is.batch + c * is.channel,
+                     grad_in == nullptr ? nullptr : grad_in + n * gis.batch + c * gis.channel,
                      gos, is, gis, next_go, next_x,
                      partials == nullptr ? nullptr : partials + p * kSlots);
       }
@@ -813,7 +814,8 @@ void backward_planar_widened(const BackwardCall& call) {
         if (length[d] > 1 && s.slot[d] != plane.slot[d]) return false;
       return true;
     };
-    TORCH_INTERNAL_ASSERT(dense(is, ps, g.length) && dense(gis, ps, g.length) &&
+    TORCH_INTERNAL_ASSERT(dense(is, ps, g.length) &&
+                              (grad_in == nullptr || dense(gis, ps, g.length)) &&
                               dense(gos, qs, g.out_length),
                           "backward_planar_widened: planes must be dense");
     const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, P));
@@ -827,12 +829,12 @@ void backward_planar_widened(const BackwardCall& call) {
         const int64_t n = p / g.channels, c = p % g.channels;
         const scalar_t* x_plane = in + n * is.batch + c * is.channel;
         const scalar_t* go_plane = grad_out + n * gos.batch + c * gos.channel;
-        scalar_t* gi_plane = grad_in + n * gis.batch + c * gis.channel;
-        for (int64_t i = 0; i < P; ++i) x[i] = static_cast<opmath_t>(x_plane[i]);
+        if (partials != nullptr)  // grad_input alone does not read the input
+          for (int64_t i = 0; i < P; ++i) x[i] = static_cast<opmath_t>(x_plane[i]);
         for (int64_t i = 0; i < Q; ++i) go[i] = static_cast<opmath_t>(go_plane[i]);
-        kernel.plane(scratch, c, go, x, gi, qs, ps, ps, nullptr, nullptr,
-                     partials == nullptr ? nullptr : partials + p * kSlots);
-        store_row(gi_plane, gi, P);
+        kernel.plane(scratch, c, go, x, grad_in == nullptr ? nullptr : gi, qs, ps, ps, nullptr,
+                     nullptr, partials == nullptr ? nullptr : partials + p * kSlots);
+        if (grad_in != nullptr) store_row(grad_in + n * gis.batch + c * gis.channel, gi, P);
       }
     });
   });

@@ -1,0 +1,67 @@
+"""Bounded memory (SPEC §5, issue 18 item 7): a forward costs its output plus buffers that do
+not grow with the input, a fwd+bwd its output and grad_input plus such buffers.
+
+Peaks are read in fresh processes by benchmarks/peak_memory.py; the calls that copy (layout
+copies, widened bfloat16, a channel multiplier) run in blocks, which the second test drives
+through several blocks of samples and of channels against the reference.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchshift2 as ts
+from helpers import assert_close
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import peak_memory  # noqa: E402
+
+CASES = {case[0]: case for case in peak_memory.CASES}
+
+
+@pytest.mark.parametrize("backend, name", [
+    ("cpp", "float32 2D channels-last strided active"),       # a layout copy: was 2.0x
+    ("cpp", "bfloat16 2D channels-last fwd+bwd SSL"),         # widened copies: was 7.4x
+    ("cpp", "float32 3D channels-last fwd+bwd active"),       # planes of 1 MiB: was 4.0x
+    ("reference", "uint8 1D SSL"),                            # int64 gather indices: was 4.3x
+])
+def test_peak_memory_is_bounded(backend, name):
+    row = peak_memory.run(CASES[name], 128, backend)
+    assert row["ok"], f"{name}: {row['ratio']:.2f}x the input, bound {row['bound']}x"
+
+
+def _channels_last_with_gaps(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory with a gap after every row: neither dense nor contiguous."""
+    n, c, h, w = x.shape
+    big = torch.empty(n, h, w + 3, c, dtype=x.dtype)
+    big[:, :, :w].copy_(x.permute(0, 2, 3, 1))
+    return big[:, :, :w].permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_calls_in_blocks_match_the_reference(active):
+    # One sample of 40 channels of 300x300 float32 is 14 MB: blocks of 16 channels (two whole
+    # ones and a partial one), each copied from a gapped channels-last input, with a channel
+    # multiplier of 2 (the k grad_input contributions summed per block).
+    torch.manual_seed(0)
+    x = _channels_last_with_gaps(torch.randn(1, 40, 300, 300))
+    weight = torch.randn(80, 2, dtype=torch.float64) * 3
+    assert ts.backends.cpp.kernel_name("forward", x, "reflect", active, multiplier=2).endswith(
+        "[blocks]")
+    xr = x.detach().requires_grad_()
+    wr = weight.clone().requires_grad_()
+    with ts.use_backend("cpp"):
+        out = ts.shift(xr, wr, "reflect", active, crop=[(1, 2), (0, 3)])
+    grad_output = torch.randn(out.shape)
+    grad_input, grad_weight = torch.autograd.grad(out, (xr, wr), grad_output)
+    xd = x.detach().double().requires_grad_()
+    wd = weight.clone().requires_grad_()
+    ref = ts.reference.shift(xd.repeat_interleave(2, 1), wd, "reflect", active,
+                             crop=[(1, 2), (0, 3)])
+    ref_input, ref_weight = torch.autograd.grad(ref, (xd, wd), grad_output.double())
+    assert_close(out.double(), ref.detach(), torch.float32)
+    assert_close(grad_input.double(), ref_input, torch.float32)
+    scale = float(ref_weight.abs().max())
+    assert_close(grad_weight / scale, ref_weight / scale, torch.float32)
