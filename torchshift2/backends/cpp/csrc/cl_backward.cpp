@@ -43,9 +43,8 @@ void store_partials(const scalar_t* acc, int64_t C, double* part) {
 template <int R, int RI, typename scalar_t>
 void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
                              double* partials, const Geometry& g, const Strides& gos,
-                             const Strides& is, const Strides& gis,
-                             const GatherPlan<scalar_t>& gip, const GatherPlan<scalar_t>& gwp,
-                             int64_t chunks) {
+                             const Strides& is, const Strides& gis, const GatherPlan<scalar_t>& gip,
+                             const GatherPlan<scalar_t>& gwp, int64_t chunks) {
   using G = Gather<sizeof(scalar_t)>;
   using M = Math<scalar_t>;
   constexpr int L = G::kLanes;
@@ -129,8 +128,8 @@ void backward_gather_corners(const scalar_t* grad_out, const scalar_t* in, scala
         // grad_weight, output row t: grad_output times the gathered reads of every corner.
         if (partials != nullptr && t < out_rows) {
           const int64_t o0 = t / O1, o1 = t % O1;
-          x_prefetch.plan_next(t + 1 < std::min(t1, out_rows), o0, o1, (t + 1) / O1,
-                               (t + 1) % O1, t == t0);
+          x_prefetch.plan_next(t + 1 < std::min(t1, out_rows), o0, o1, (t + 1) / O1, (t + 1) % O1,
+                               t == t0);
           gw_idx.template fill<G>(gwp, o0, o1);
           const int32_t* idx = gw_idx.idx.data();
           const uint64_t* mask = gw_idx.mask.data();
@@ -206,12 +205,14 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
                   sizeof(scalar_t));
     const uint64_t* valid = plan.valid.data();
     // Corner q's read v of block b at column w: grad_input's term and D_q's.
-    auto take = [&](int64_t q, const typename M::V& xv, const typename M::V& v,
-                    typename M::V& sum, const scalar_t* weight) {
+    auto take = [&](int64_t q, const typename M::V& xv, const typename M::V& v, typename M::V& sum,
+                    const scalar_t* weight) {
       if constexpr (kWeights) M::spill(acc + q * L, M::fma(xv, v, M::load(acc + q * L)));
       if constexpr (!kInputs) return;
-      if constexpr (kActive) sum = M::fma(M::load(weight + q * L), v, sum);
-      else sum = M::select(select[q], v, sum);
+      if constexpr (kActive)
+        sum = M::fma(M::load(weight + q * L), v, sum);
+      else
+        sum = M::select(select[q], v, sum);
     };
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / chunks, chunk = task % chunks;
@@ -236,8 +237,7 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
               const typename M::V xv = kWeights ? M::load(valid[b], x + w * C + b * L) : M::zero();
               typename M::V sum = M::zero();
               for (int a = 0; a < R; ++a)
-                take(b * R + a, xv, index.template read<G>(plan, b * R + a, w, go, C), sum,
-                     weight);
+                take(b * R + a, xv, index.template read<G>(plan, b * R + a, w, go, C), sum, weight);
               if constexpr (kInputs) M::store(gi + w * C + b * L, valid[b], sum);
             }
         };
@@ -274,8 +274,8 @@ void backward_gather_fused(const scalar_t* grad_out, const scalar_t* in, scalar_
 // The reads that went through padding (non-zeros paddings), folded into grad_input.
 template <typename scalar_t>
 void fold_padded_reads(const scalar_t* grad_out, scalar_t* grad_in, const Geometry& g,
-                       const Strides& gos, const Strides& gis,
-                       const Shifts<scalar_t>& read_shifts, int corners) {
+                       const Strides& gos, const Strides& gis, const Shifts<scalar_t>& read_shifts,
+                       int corners) {
   if (g.padding == kZeros) return;
   const int64_t C = g.channels;
   const int64_t L[kSlots] = {g.length[0], g.length[1], g.length[2]};
@@ -399,14 +399,13 @@ EdgeTable read_edges(const Geometry& g, const std::vector<int64_t>& shift, int c
 // R = 2^(D - 1) outer corners; the partials are in the corner format (kernels.h).
 template <typename scalar_t, int R, bool kActive>
 void backward_cl_blocks(const scalar_t* grad_out, const scalar_t* in, scalar_t* grad_in,
-                        double* partials, const Geometry& g, const Strides& gos,
-                        const Strides& is, const Strides& gis,
-                        const Shifts<scalar_t>& read_shifts,
+                        double* partials, const Geometry& g, const Strides& gos, const Strides& is,
+                        const Strides& gis, const Shifts<scalar_t>& read_shifts,
                         const Shifts<scalar_t>& interp_shifts) {
-  using opmath_t = scalar_t;  // float, double
-  constexpr int RR = kActive ? R : 1;  // outer corners read by grad_input
-  constexpr int A2 = kActive ? 2 : 1;  // slot-2 corners read by grad_input
-  constexpr int K = 2 * R;             // corners of grad_weight
+  using opmath_t = scalar_t;                              // float, double
+  constexpr int RR = kActive ? R : 1;                     // outer corners read by grad_input
+  constexpr int A2 = kActive ? 2 : 1;                     // slot-2 corners read by grad_input
+  constexpr int K = 2 * R;                                // corners of grad_weight
   constexpr int64_t CB = kBlockBytes / sizeof(opmath_t);  // lanes per block
   const int64_t C = g.channels, L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
   const int64_t O0 = g.out_length[0], O1 = g.out_length[1], O2 = g.out_length[2];
@@ -476,118 +475,116 @@ void backward_cl_blocks(const scalar_t* grad_out, const scalar_t* in, scalar_t* 
 
       // 1. grad_input, direct part (every element written), one input row at a time.
       auto grad_input_row = [&](int64_t i0, int64_t i1) {
-          for (int r = 0; r < RR; ++r) {
-            int a0 = corner_side(2 * r, 0), a1 = corner_side(2 * r, 1);
-            if (!kActive) a0 = a1 = 0;
-            for (int64_t c = 0; c < CB; ++c) {
-              const int64_t cc = cmap[c];
-              const scalar_t* b = zrow + c;
-              if (cc >= 0) {
-                const int64_t o0 = i0 - b0 + rs0[cc] + a0, o1 = i1 - b1 + rs1[cc] + a1;
-                if (o0 >= 0 && o0 < O0 && o1 >= 0 && o1 < O1)
-                  b = go + o0 * gos.slot[0] + o1 * gos.slot[1] + c;
-              }
-              base[r][c] = b;
-              q[r][c] = b + (rs2[cc >= 0 ? cc : cb0] - b2) * C;
+        for (int r = 0; r < RR; ++r) {
+          int a0 = corner_side(2 * r, 0), a1 = corner_side(2 * r, 1);
+          if (!kActive) a0 = a1 = 0;
+          for (int64_t c = 0; c < CB; ++c) {
+            const int64_t cc = cmap[c];
+            const scalar_t* b = zrow + c;
+            if (cc >= 0) {
+              const int64_t o0 = i0 - b0 + rs0[cc] + a0, o1 = i1 - b1 + rs1[cc] + a1;
+              if (o0 >= 0 && o0 < O0 && o1 >= 0 && o1 < O1)
+                b = go + o0 * gos.slot[0] + o1 * gos.slot[1] + c;
             }
+            base[r][c] = b;
+            q[r][c] = b + (rs2[cc >= 0 ? cc : cb0] - b2) * C;
           }
-          opmath_t* arow = acc + i0 * as0 + i1 * as1;
-          for (size_t e = 0; e < gedges.columns.size(); ++e) {
-            opmath_t* __restrict__ ar = arow + gedges.columns[e] * as2;
-            for (int64_t c = 0; c < nb; ++c) {
-              opmath_t v = 0;
-              for (int r = 0; r < RR; ++r)
-                for (int a2 = 0; a2 < A2; ++a2) {
-                  const int64_t o = gedges.off[a2][e * C + cb0 + c];
-                  if (o >= 0)
-                    v += dc[(r * A2 + a2) * dstride + c] * static_cast<opmath_t>(base[r][c][o]);
-                }
-              ar[c] = v;
-            }
-          }
-          const int64_t lo = gedges.mid.lo, hi = gedges.mid.hi;
-          if (lo >= hi) return;
-          if (A2 == 2)
+        }
+        opmath_t* arow = acc + i0 * as0 + i1 * as1;
+        for (size_t e = 0; e < gedges.columns.size(); ++e) {
+          opmath_t* __restrict__ ar = arow + gedges.columns[e] * as2;
+          for (int64_t c = 0; c < nb; ++c) {
+            opmath_t v = 0;
             for (int r = 0; r < RR; ++r)
-              for (int64_t c = 0; c < CB; ++c)
-                carry[r][c] = static_cast<opmath_t>(q[r][c][lo * C]);
-          for (int64_t i2 = lo; i2 < hi; ++i2) {
-            opmath_t* __restrict__ ar = arow + i2 * as2;
-            const int64_t off = i2 * C;
-            opmath_t v[CB];
-#pragma omp simd
-            for (int64_t c = 0; c < CB; ++c) {
-              opmath_t s = 0;
-              for (int r = 0; r < RR; ++r) {
-                if (A2 == 2) {
-                  const opmath_t nxt = static_cast<opmath_t>(q[r][c][off + C]);
-                  s += dc[(r * A2) * dstride + c] * carry[r][c] +
-                       dc[(r * A2 + 1) * dstride + c] * nxt;
-                  carry[r][c] = nxt;
-                } else {
-                  s += dc[(r * A2) * dstride + c] * static_cast<opmath_t>(q[r][c][off]);
-                }
+              for (int a2 = 0; a2 < A2; ++a2) {
+                const int64_t o = gedges.off[a2][e * C + cb0 + c];
+                if (o >= 0)
+                  v += dc[(r * A2 + a2) * dstride + c] * static_cast<opmath_t>(base[r][c][o]);
               }
-              v[c] = s;
-            }
-            for (int64_t c = 0; c < CB; ++c) ar[c] = v[c];
+            ar[c] = v;
           }
+        }
+        const int64_t lo = gedges.mid.lo, hi = gedges.mid.hi;
+        if (lo >= hi) return;
+        if (A2 == 2)
+          for (int r = 0; r < RR; ++r)
+            for (int64_t c = 0; c < CB; ++c) carry[r][c] = static_cast<opmath_t>(q[r][c][lo * C]);
+        for (int64_t i2 = lo; i2 < hi; ++i2) {
+          opmath_t* __restrict__ ar = arow + i2 * as2;
+          const int64_t off = i2 * C;
+          opmath_t v[CB];
+#pragma omp simd
+          for (int64_t c = 0; c < CB; ++c) {
+            opmath_t s = 0;
+            for (int r = 0; r < RR; ++r) {
+              if (A2 == 2) {
+                const opmath_t nxt = static_cast<opmath_t>(q[r][c][off + C]);
+                s +=
+                    dc[(r * A2) * dstride + c] * carry[r][c] + dc[(r * A2 + 1) * dstride + c] * nxt;
+                carry[r][c] = nxt;
+              } else {
+                s += dc[(r * A2) * dstride + c] * static_cast<opmath_t>(q[r][c][off]);
+              }
+            }
+            v[c] = s;
+          }
+          for (int64_t c = 0; c < CB; ++c) ar[c] = v[c];
+        }
       };
       // 3. grad_weight: corner dot products, per row in op-math, summed in double.
       auto grad_weight_row = [&](int64_t o0, int64_t o1) {
-          const scalar_t* grow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
-          for (int r = 0; r < R; ++r) {
-            int a0 = corner_side(2 * r, 0), a1 = corner_side(2 * r, 1);
-            for (int64_t c = 0; c < CB; ++c) {
-              const int64_t cc = cmap[c];
-              const scalar_t* b = zrow + c;
-              if (cc >= 0) {
-                const int64_t i0 = source_index(o0 + b0 - ws0[cc] - a0, L0, g.padding);
-                const int64_t i1 = source_index(o1 + b1 - ws1[cc] - a1, L1, g.padding);
-                if (i0 != kOutside && i1 != kOutside) b = x + i0 * is.slot[0] + i1 * is.slot[1] + c;
-              }
-              base[r][c] = b;
-              q[r][c] = b + (b2 - ws2[cc >= 0 ? cc : cb0]) * C;
+        const scalar_t* grow = go + o0 * gos.slot[0] + o1 * gos.slot[1];
+        for (int r = 0; r < R; ++r) {
+          int a0 = corner_side(2 * r, 0), a1 = corner_side(2 * r, 1);
+          for (int64_t c = 0; c < CB; ++c) {
+            const int64_t cc = cmap[c];
+            const scalar_t* b = zrow + c;
+            if (cc >= 0) {
+              const int64_t i0 = source_index(o0 + b0 - ws0[cc] - a0, L0, g.padding);
+              const int64_t i1 = source_index(o1 + b1 - ws1[cc] - a1, L1, g.padding);
+              if (i0 != kOutside && i1 != kOutside) b = x + i0 * is.slot[0] + i1 * is.slot[1] + c;
+            }
+            base[r][c] = b;
+            q[r][c] = b + (b2 - ws2[cc >= 0 ? cc : cb0]) * C;
+          }
+        }
+        for (int k = 0; k < K; ++k)
+          for (int64_t c = 0; c < CB; ++c) rowsum[k][c] = 0;
+        for (size_t e = 0; e < wedges.columns.size(); ++e) {
+          const scalar_t* gw = grow + wedges.columns[e] * C;
+          const int64_t* ei = wedges.off[0].data() + e * C + cb0;
+          const int64_t* ej = wedges.off[1].data() + e * C + cb0;
+          for (int64_t c = 0; c < nb; ++c) {
+            const opmath_t gv = static_cast<opmath_t>(gw[c]);
+            for (int r = 0; r < R; ++r) {
+              if (ei[c] >= 0) rowsum[2 * r][c] += gv * static_cast<opmath_t>(base[r][c][ei[c]]);
+              if (ej[c] >= 0) rowsum[2 * r + 1][c] += gv * static_cast<opmath_t>(base[r][c][ej[c]]);
             }
           }
-          for (int k = 0; k < K; ++k)
-            for (int64_t c = 0; c < CB; ++c) rowsum[k][c] = 0;
-          for (size_t e = 0; e < wedges.columns.size(); ++e) {
-            const scalar_t* gw = grow + wedges.columns[e] * C;
-            const int64_t* ei = wedges.off[0].data() + e * C + cb0;
-            const int64_t* ej = wedges.off[1].data() + e * C + cb0;
-            for (int64_t c = 0; c < nb; ++c) {
-              const opmath_t gv = static_cast<opmath_t>(gw[c]);
-              for (int r = 0; r < R; ++r) {
-                if (ei[c] >= 0) rowsum[2 * r][c] += gv * static_cast<opmath_t>(base[r][c][ei[c]]);
-                if (ej[c] >= 0)
-                  rowsum[2 * r + 1][c] += gv * static_cast<opmath_t>(base[r][c][ej[c]]);
-              }
-            }
-          }
-          const int64_t lo = wedges.mid.lo, hi = wedges.mid.hi;
-          if (lo < hi) {
-            for (int r = 0; r < R; ++r)
-              for (int64_t c = 0; c < CB; ++c)
-                carry[r][c] = static_cast<opmath_t>(q[r][c][(lo - 1) * C]);
-            for (int64_t o2 = lo; o2 < hi; ++o2) {
-              const int64_t off = o2 * C;
-              const scalar_t* gw = grow + off;
-              opmath_t gv[CB];
-              for (int64_t c = 0; c < CB; ++c) gv[c] = c < nb ? static_cast<opmath_t>(gw[c]) : 0;
+        }
+        const int64_t lo = wedges.mid.lo, hi = wedges.mid.hi;
+        if (lo < hi) {
+          for (int r = 0; r < R; ++r)
+            for (int64_t c = 0; c < CB; ++c)
+              carry[r][c] = static_cast<opmath_t>(q[r][c][(lo - 1) * C]);
+          for (int64_t o2 = lo; o2 < hi; ++o2) {
+            const int64_t off = o2 * C;
+            const scalar_t* gw = grow + off;
+            opmath_t gv[CB];
+            for (int64_t c = 0; c < CB; ++c) gv[c] = c < nb ? static_cast<opmath_t>(gw[c]) : 0;
 #pragma omp simd
-              for (int64_t c = 0; c < CB; ++c) {
-                for (int r = 0; r < R; ++r) {
-                  const opmath_t cur = static_cast<opmath_t>(q[r][c][off]);
-                  rowsum[2 * r][c] += gv[c] * cur;
-                  rowsum[2 * r + 1][c] += gv[c] * carry[r][c];
-                  carry[r][c] = cur;
-                }
+            for (int64_t c = 0; c < CB; ++c) {
+              for (int r = 0; r < R; ++r) {
+                const opmath_t cur = static_cast<opmath_t>(q[r][c][off]);
+                rowsum[2 * r][c] += gv[c] * cur;
+                rowsum[2 * r + 1][c] += gv[c] * carry[r][c];
+                carry[r][c] = cur;
               }
             }
           }
-          for (int k = 0; k < K; ++k)
-            for (int64_t c = 0; c < CB; ++c) total[k][c] += static_cast<double>(rowsum[k][c]);
+        }
+        for (int k = 0; k < K; ++k)
+          for (int64_t c = 0; c < CB; ++c) total[k][c] += static_cast<double>(rowsum[k][c]);
       };
       // Rows of both passes interleaved: the grad_output rows that grad_input gathers
       // are still in cache when grad_weight reads them.
@@ -641,8 +638,7 @@ void backward_cl_blocks(const scalar_t* grad_out, const scalar_t* in, scalar_t* 
             scalar_t* dst = grad_in + n * gis.batch + cb0 + i0 * gis.slot[0] + i1 * gis.slot[1];
             const opmath_t* src = acc + i0 * as0 + i1 * as1;
             for (int64_t i2 = 0; i2 < L2; ++i2)
-              for (int64_t c = 0; c < nb; ++c)
-                dst[i2 * gis.slot[2] + c] = src[i2 * as2 + c];
+              for (int64_t c = 0; c < nb; ++c) dst[i2 * gis.slot[2] + c] = src[i2 * as2 + c];
           }
       }
       if (partials == nullptr) continue;
@@ -670,40 +666,40 @@ void run_backward(const BackwardCall& call, const char* name, F kernel) {
 void backward_cl_gather_fused(const BackwardCall& call) {
   const Geometry& g = call.g;
   TORCH_INTERNAL_ASSERT(g.padding == kZeros, "backward_cl_gather_fused: zeros padding only");
-  run_backward(call, "backward_cl_gather_fused", [&](const auto* grad_out, const auto* in,
-                                                     auto* grad_in, const auto& shifts) {
-    using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
-    constexpr int L = Gather<sizeof(scalar_t)>::kLanes;
-    const int R = corner_count(g);
-    const int64_t neg_before[kSlots] = {-g.before[0], -g.before[1], -g.before[2]};
-    const GatherPlan<scalar_t> plan = gather_plan<scalar_t>(
-        g, call.gos, L, R, g.length, g.out_length, neg_before, kZeros,
-        [&](int64_t c, int a) {
-          const Offset d = corner_offset(shifts.interp[c], a);
-          return Offset{-d[0], -d[1], -d[2]};
-        },
-        [&](int64_t c, int a) { return corner_weight(g, shifts.interp[c].frac, a); });
-    std::vector<uint64_t> select(plan.blocks * R, 0);
-    if (!call.active)
-      for (int64_t c = 0; c < g.channels; ++c)
-        for (int a = 0; a < R; ++a)
-          if (corner_offset(shifts.interp[c], a) == corner_offset(shifts.read[c], 0))
-            select[(c / L) * R + a] |= uint64_t(1) << (c % L);
-    TORCH_INTERNAL_ASSERT(grad_in != nullptr || call.partials != nullptr,
-                          "backward_cl_gather_fused: no gradient asked for");
-    dispatch_count<2, 4, 8>(R, [&](auto r) {
-      dispatch_bool(call.active, [&](auto kActive) {
-        dispatch_bool(call.partials != nullptr, [&](auto kWeights) {
-          dispatch_bool(grad_in != nullptr, [&](auto kInputs) {
-            backward_gather_fused<decltype(r)::value, decltype(kActive)::value,
-                                  decltype(kWeights)::value, decltype(kInputs)::value>(
-                grad_out, in, grad_in, call.partials, g, call.gos, call.is, call.gis, plan,
-                select, gather_chunks(g));
-          });
-        });
-      });
-    });
-  });
+  run_backward(call, "backward_cl_gather_fused",
+               [&](const auto* grad_out, const auto* in, auto* grad_in, const auto& shifts) {
+                 using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
+                 constexpr int L = Gather<sizeof(scalar_t)>::kLanes;
+                 const int R = corner_count(g);
+                 const int64_t neg_before[kSlots] = {-g.before[0], -g.before[1], -g.before[2]};
+                 const GatherPlan<scalar_t> plan = gather_plan<scalar_t>(
+                     g, call.gos, L, R, g.length, g.out_length, neg_before, kZeros,
+                     [&](int64_t c, int a) {
+                       const Offset d = corner_offset(shifts.interp[c], a);
+                       return Offset{-d[0], -d[1], -d[2]};
+                     },
+                     [&](int64_t c, int a) { return corner_weight(g, shifts.interp[c].frac, a); });
+                 std::vector<uint64_t> select(plan.blocks * R, 0);
+                 if (!call.active)
+                   for (int64_t c = 0; c < g.channels; ++c)
+                     for (int a = 0; a < R; ++a)
+                       if (corner_offset(shifts.interp[c], a) == corner_offset(shifts.read[c], 0))
+                         select[(c / L) * R + a] |= uint64_t(1) << (c % L);
+                 TORCH_INTERNAL_ASSERT(grad_in != nullptr || call.partials != nullptr,
+                                       "backward_cl_gather_fused: no gradient asked for");
+                 dispatch_count<2, 4, 8>(R, [&](auto r) {
+                   dispatch_bool(call.active, [&](auto kActive) {
+                     dispatch_bool(call.partials != nullptr, [&](auto kWeights) {
+                       dispatch_bool(grad_in != nullptr, [&](auto kInputs) {
+                         backward_gather_fused<decltype(r)::value, decltype(kActive)::value,
+                                               decltype(kWeights)::value, decltype(kInputs)::value>(
+                             grad_out, in, grad_in, call.partials, g, call.gos, call.is, call.gis,
+                             plan, select, gather_chunks(g));
+                       });
+                     });
+                   });
+                 });
+               });
 }
 
 // Other paddings: grad_input by the adjoint gather (reads outside grad_output contribute
@@ -711,52 +707,53 @@ void backward_cl_gather_fused(const BackwardCall& call) {
 // grad_weight by gathers of the input at the floor of the weight.
 void backward_cl_gather(const BackwardCall& call) {
   const Geometry& g = call.g;
-  run_backward(call, "backward_cl_gather", [&](const auto* grad_out, const auto* in,
-                                               auto* grad_in, const auto& shifts) {
-    using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
-    constexpr int L = Gather<sizeof(scalar_t)>::kLanes;
-    const int R = corner_count(g);
-    const int RI = call.active ? R : 1;
-    const int64_t neg_before[kSlots] = {-g.before[0], -g.before[1], -g.before[2]};
-    // grad_input reads grad_output: lengths swapped, offsets and before negated.
-    const GatherPlan<scalar_t> gip = gather_plan<scalar_t>(
-        g, call.gos, L, RI, g.length, g.out_length, neg_before, kZeros,
-        [&](int64_t c, int a) {
-          const Offset d = corner_offset(shifts.read[c], a);
-          return Offset{-d[0], -d[1], -d[2]};
-        },
-        [&](int64_t c, int a) {
-          return call.active ? corner_weight(g, shifts.read[c].frac, a) : scalar_t(1);
-        });
-    const GatherPlan<scalar_t> gwp = gather_plan<scalar_t>(
-        g, call.is, L, R, g.out_length, g.length, g.before, g.padding,
-        [&](int64_t c, int a) { return corner_offset(shifts.interp[c], a); },
-        [](int64_t, int) { return scalar_t(1); });
-    dispatch_count<2, 4, 8>(R, [&](auto r) {
-      constexpr int kR = decltype(r)::value;
-      dispatch_count<1, kR>(RI, [&](auto ri) {
-        backward_gather_corners<kR, decltype(ri)::value>(grad_out, in, grad_in, call.partials, g,
-                                                         call.gos, call.is, call.gis, gip, gwp,
-                                                         gather_chunks(g));
-      });
-    });
-    if (grad_in != nullptr) fold_padded_reads(grad_out, grad_in, g, call.gos, call.gis, shifts.read, RI);
-  });
+  run_backward(call, "backward_cl_gather",
+               [&](const auto* grad_out, const auto* in, auto* grad_in, const auto& shifts) {
+                 using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
+                 constexpr int L = Gather<sizeof(scalar_t)>::kLanes;
+                 const int R = corner_count(g);
+                 const int RI = call.active ? R : 1;
+                 const int64_t neg_before[kSlots] = {-g.before[0], -g.before[1], -g.before[2]};
+                 // grad_input reads grad_output: lengths swapped, offsets and before negated.
+                 const GatherPlan<scalar_t> gip = gather_plan<scalar_t>(
+                     g, call.gos, L, RI, g.length, g.out_length, neg_before, kZeros,
+                     [&](int64_t c, int a) {
+                       const Offset d = corner_offset(shifts.read[c], a);
+                       return Offset{-d[0], -d[1], -d[2]};
+                     },
+                     [&](int64_t c, int a) {
+                       return call.active ? corner_weight(g, shifts.read[c].frac, a) : scalar_t(1);
+                     });
+                 const GatherPlan<scalar_t> gwp = gather_plan<scalar_t>(
+                     g, call.is, L, R, g.out_length, g.length, g.before, g.padding,
+                     [&](int64_t c, int a) { return corner_offset(shifts.interp[c], a); },
+                     [](int64_t, int) { return scalar_t(1); });
+                 dispatch_count<2, 4, 8>(R, [&](auto r) {
+                   constexpr int kR = decltype(r)::value;
+                   dispatch_count<1, kR>(RI, [&](auto ri) {
+                     backward_gather_corners<kR, decltype(ri)::value>(
+                         grad_out, in, grad_in, call.partials, g, call.gos, call.is, call.gis, gip,
+                         gwp, gather_chunks(g));
+                   });
+                 });
+                 if (grad_in != nullptr)
+                   fold_padded_reads(grad_out, grad_in, g, call.gos, call.gis, shifts.read, RI);
+               });
 }
 
 void backward_cl_blocks(const BackwardCall& call) {
   const Geometry& g = call.g;
-  run_backward(call, "backward_cl_blocks", [&](const auto* grad_out, const auto* in,
-                                               auto* grad_in, const auto& shifts) {
-    using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
-    dispatch_count<1, 2, 4>(corner_count(g) / 2, [&](auto r) {
-      dispatch_bool(call.active, [&](auto kActive) {
-        backward_cl_blocks<scalar_t, decltype(r)::value, decltype(kActive)::value>(
-            grad_out, in, grad_in, call.partials, g, call.gos, call.is, call.gis, shifts.read,
-            shifts.interp);
-      });
-    });
-  });
+  run_backward(call, "backward_cl_blocks",
+               [&](const auto* grad_out, const auto* in, auto* grad_in, const auto& shifts) {
+                 using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(in)>>;
+                 dispatch_count<1, 2, 4>(corner_count(g) / 2, [&](auto r) {
+                   dispatch_bool(call.active, [&](auto kActive) {
+                     backward_cl_blocks<scalar_t, decltype(r)::value, decltype(kActive)::value>(
+                         grad_out, in, grad_in, call.partials, g, call.gos, call.is, call.gis,
+                         shifts.read, shifts.interp);
+                   });
+                 });
+               });
 }
 
 }  // namespace torchshift2_cpu

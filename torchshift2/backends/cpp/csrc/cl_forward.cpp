@@ -34,12 +34,11 @@ namespace {
 // ---------------------------------------------------------------------------------------
 // Taps.
 
-
 // The taps of one block of channels: which lanes each covers, and (Active Shift) the
 // per-lane coefficient.
 template <typename opmath_t>
 struct BlockTaps {
-  Table<int> tap;           // index into TapTable::offset
+  Table<int> tap;  // index into TapTable::offset
   Table<uint64_t> mask;
   Table<opmath_t> coef;     // [j * lanes + lane]
   int64_t lo = 0, hi = 0;   // slot-2 outputs where every tap of the block reads inside
@@ -62,10 +61,9 @@ struct TapTable {
 // the forward (out_length outputs reading `length` sources with `before` cropped) or, for
 // grad_input, its adjoint (the caller swaps lengths and negates offsets and before).
 template <typename opmath_t, typename OffsetFn, typename WeightFn>
-TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners,
-                             const int64_t* out_length, const int64_t* length,
-                             const int64_t* before, int64_t padding, OffsetFn offset_of,
-                             WeightFn weight_of) {
+TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners, const int64_t* out_length,
+                             const int64_t* length, const int64_t* before, int64_t padding,
+                             OffsetFn offset_of, WeightFn weight_of) {
   TapTable<opmath_t> t;
   t.lanes = lanes;
   std::map<Offset, int> ids;
@@ -140,9 +138,9 @@ TapTable<opmath_t> tap_table(int64_t channels, int lanes, int corners,
 // row[j] + (w + before2 - d2) * C, which is what `base` holds at w = 0.
 template <typename T, typename opmath_t>
 int block_rows(const T** base, const T** row, uint64_t* mask, const opmath_t** coef,
-               const TapTable<opmath_t>& t, const BlockTaps<opmath_t>& bt,
-               int64_t o0, int64_t o1, const T* image, int64_t stride0, int64_t stride1,
-               int64_t C, int64_t before2, int64_t block_offset, int* which) {
+               const TapTable<opmath_t>& t, const BlockTaps<opmath_t>& bt, int64_t o0, int64_t o1,
+               const T* image, int64_t stride0, int64_t stride1, int64_t C, int64_t before2,
+               int64_t block_offset, int* which) {
   int count = 0;
   for (size_t j = 0; j < bt.tap.size(); ++j) {
     const int id = bt.tap[j];
@@ -187,8 +185,8 @@ struct RowTaps {
     covered.resize(t.blocks.size());
   }
 
-  void fill(const TapTable<opmath_t>& t, int64_t o0, int64_t o1, const T* image,
-            int64_t stride0, int64_t stride1, int64_t C, int64_t before2, int64_t O2) {
+  void fill(const TapTable<opmath_t>& t, int64_t o0, int64_t o1, const T* image, int64_t stride0,
+            int64_t stride1, int64_t C, int64_t before2, int64_t O2) {
     int at = 0;
     lo = 0;
     hi = O2;
@@ -196,9 +194,8 @@ struct RowTaps {
       const BlockTaps<opmath_t>& bt = t.blocks[b];
       first[b] = at;
       const int k = block_rows(base.data() + at, row.data() + at, mask.data() + at,
-                               coef.data() + at, t, bt, o0, o1, image,
-                               stride0, stride1, C, before2, static_cast<int64_t>(b) * t.lanes,
-                               which.data() + at);
+                               coef.data() + at, t, bt, o0, o1, image, stride0, stride1, C, before2,
+                               static_cast<int64_t>(b) * t.lanes, which.data() + at);
       uint64_t cov = 0;
       for (int j = 0; j < k; ++j) cov |= mask[at + j];
       covered[b] = cov;
@@ -216,8 +213,7 @@ struct RowTaps {
 // no dependency chain through a merging destination.
 template <typename T>
 void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& is,
-                      const Strides& os, const Shifts<double>& shifts,
-                      T fill) {
+                         const Strides& os, const Shifts<double>& shifts, T fill) {
   constexpr int E = sizeof(T);
   constexpr int L = kVectorBytes / E;
   using B = Bits<E>;
@@ -226,7 +222,9 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
   const int64_t O2 = g.out_length[2];
   const TapTable<float> t = tap_table<float>(
       C, L, 1, g.out_length, g.length, g.before, g.padding,
-      [&](int64_t c, int) { return Offset{shifts[c].shift[0], shifts[c].shift[1], shifts[c].shift[2]}; },
+      [&](int64_t c, int) {
+        return Offset{shifts[c].shift[0], shifts[c].shift[1], shifts[c].shift[2]};
+      },
       [](int64_t, int) { return 1.0f; });
   uint64_t fill_bits = 0;
   std::memcpy(&fill_bits, &fill, E);
@@ -300,8 +298,7 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
 // Active Shift: per output row and block, the sum over taps of coefficient x read.
 template <typename scalar_t>
 void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g, const Strides& is,
-                         const Strides& os,
-                         const Shifts<at::opmath_type<scalar_t>>& shifts) {
+                            const Strides& os, const Shifts<at::opmath_type<scalar_t>>& shifts) {
   using opmath_t = at::opmath_type<scalar_t>;
   using M = Math<scalar_t>;
   constexpr int L = M::kLanes;
@@ -328,9 +325,8 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
         const BlockTaps<opmath_t>& bt = t.blocks[b];
         const int64_t off = static_cast<int64_t>(b) * L;
         const uint64_t valid = lanes_below(static_cast<int>(std::min<int64_t>(L, C - off)));
-        const int k = block_rows(base.data(), row.data(), mask.data(), coef.data(),
-                                 t, bt, o0, o1, image, is.slot[0], is.slot[1],
-                                 C, g.before[2], off, which.data());
+        const int k = block_rows(base.data(), row.data(), mask.data(), coef.data(), t, bt, o0, o1,
+                                 image, is.slot[0], is.slot[1], C, g.before[2], off, which.data());
         scalar_t* yb = y + off;
         int64_t w = bt.lo;
         // Four columns at a time, two partial sums each: eight independent FMA chains.
@@ -384,15 +380,13 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
   });
 }
 
-
 // Walks the output rows of a channels-last forward in parallel: per row, the index vectors
 // of every (block, corner) and the prefetch plan of the next row, then
 // row(image, y, ri, prefetch) writes it. make_row() is called once per task (per-task
 // scratch lives in the closure it returns).
 template <typename T, typename opmath_t, typename MakeRow>
 void for_each_gather_row(const T* in, T* out, const Geometry& g, const Strides& is,
-                         const Strides& os, const GatherPlan<opmath_t>& plan,
-                         MakeRow make_row) {
+                         const Strides& os, const GatherPlan<opmath_t>& plan, MakeRow make_row) {
   using G = Gather<sizeof(T)>;
   const int64_t C = g.channels, O0 = g.out_length[0], O1 = g.out_length[1];
   const int64_t rows_total = g.batch * O0 * O1;
@@ -409,8 +403,7 @@ void for_each_gather_row(const T* in, T* out, const Geometry& g, const Strides& 
       prefetch.plan_next(same_image, o0, o1, ((r + 1) / O1) % O0, (r + 1) % O1,
                          r == begin || r % (O0 * O1) == 0);
       ri.template fill<G>(plan, o0, o1);
-      row(in + n * is.batch, out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1], ri,
-          prefetch);
+      row(in + n * is.batch, out + n * os.batch + o0 * os.slot[0] + o1 * os.slot[1], ri, prefetch);
     }
   });
 }
@@ -419,8 +412,7 @@ void for_each_gather_row(const T* in, T* out, const Geometry& g, const Strides& 
 // order), every block of a column inside.
 template <typename T>
 void ssl_forward_cl_gather(const T* in, T* out, const Geometry& g, const Strides& is,
-                        const Strides& os, const Shifts<double>& shifts,
-                        T fill) {
+                           const Strides& os, const Shifts<double>& shifts, T fill) {
   constexpr int E = sizeof(T);
   using G = Gather<E>;
   using B = Bits<E>;
@@ -436,7 +428,7 @@ void ssl_forward_cl_gather(const T* in, T* out, const Geometry& g, const Strides
   const uint64_t* valid = plan.valid.data();
   for_each_gather_row(in, out, g, is, os, plan, [&] {
     return [&, fillv = B::set1(fill_bits)](const T* image, T* y, RowIndex<float>& ri,
-                                            RowPrefetch& prefetch) {
+                                           RowPrefetch& prefetch) {
       const int32_t* idx = ri.idx.data();
       const uint64_t* mask = ri.mask.data();
       const int64_t lo = plan.cols.lo, hi = plan.cols.hi;
@@ -466,8 +458,8 @@ void ssl_forward_cl_gather(const T* in, T* out, const Geometry& g, const Strides
 // Active forward by gathers (float, double): out = sum over corners of weight x read.
 template <int R, typename scalar_t>
 void active_forward_cl_gather_corners(const scalar_t* in, scalar_t* out, const Geometry& g,
-                                   const Strides& is, const Strides& os,
-                                   const GatherPlan<scalar_t>& plan) {
+                                      const Strides& is, const Strides& os,
+                                      const GatherPlan<scalar_t>& plan) {
   using G = Gather<sizeof(scalar_t)>;
   using M = Math<scalar_t>;
   constexpr int L = G::kLanes;
@@ -522,8 +514,8 @@ void active_forward_cl_gather_corners(const scalar_t* in, scalar_t* out, const G
 
 template <typename scalar_t>
 void active_forward_cl_gather(const scalar_t* in, scalar_t* out, const Geometry& g,
-                           const Strides& is, const Strides& os,
-                           const Shifts<scalar_t>& shifts) {
+                              const Strides& is, const Strides& os,
+                              const Shifts<scalar_t>& shifts) {
   constexpr int L = Gather<sizeof(scalar_t)>::kLanes;
   const int corners = corner_count(g);
   const GatherPlan<scalar_t> plan = gather_plan<scalar_t>(
@@ -562,10 +554,10 @@ void run_active(const ForwardCall& call, const char* name, F kernel) {
 }  // namespace
 
 void ssl_forward_cl_taps(const ForwardCall& call) {
-  run_ssl<1, 2, 4, 8>(call, [&](const auto* in, auto* out, const Shifts<double>& shifts,
-                                auto fill) {
-    ssl_forward_cl_taps(in, out, call.g, call.is, call.os, shifts, fill);
-  });
+  run_ssl<1, 2, 4, 8>(call,
+                      [&](const auto* in, auto* out, const Shifts<double>& shifts, auto fill) {
+                        ssl_forward_cl_taps(in, out, call.g, call.is, call.os, shifts, fill);
+                      });
 }
 
 // Gathers exist for 4- and 8-byte lanes; on AVX2-only CPUs 2-byte elements take the

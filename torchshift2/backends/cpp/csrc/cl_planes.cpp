@@ -154,7 +154,8 @@ void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t position
         for (int64_t c = 0; c < 16; ++c)
           r[c] = c < count ? _mm512_loadu_ps(planes + (c0 + c) * plane + p0) : _mm512_setzero_ps();
         transpose16(r);
-        for (int i = 0; i < 16; ++i) _mm512_mask_storeu_ps(rows + (p0 + i) * channels + c0, m, r[i]);
+        for (int i = 0; i < 16; ++i)
+          _mm512_mask_storeu_ps(rows + (p0 + i) * channels + c0, m, r[i]);
       }
   }
 #elif defined(TS2_AVX2)
@@ -165,12 +166,15 @@ void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t position
         const uint64_t bits = lanes_below(static_cast<int>(lanes - c0));
         const __m256i m = lane_mask32(bits);
         for (int64_t c = 0; c < 8; ++c)
-          r[c] = c0 + c < lanes ? _mm256_loadu_ps(planes + (c0 + c) * plane + p0) : _mm256_setzero_ps();
+          r[c] = c0 + c < lanes ? _mm256_loadu_ps(planes + (c0 + c) * plane + p0)
+                                : _mm256_setzero_ps();
         transpose8(r);
         for (int i = 0; i < 8; ++i) {
           float* dst = rows + (p0 + i) * channels + c0;
-          if ((bits & 0xff) == 0xff) _mm256_storeu_ps(dst, r[i]);
-          else _mm256_maskstore_ps(dst, m, r[i]);
+          if ((bits & 0xff) == 0xff)
+            _mm256_storeu_ps(dst, r[i]);
+          else
+            _mm256_maskstore_ps(dst, m, r[i]);
         }
       }
   }
@@ -270,7 +274,8 @@ bool through_planes(int64_t element_size, const Geometry& g, const Strides& inpu
   // A task's buffers hold whole planes of at least one block of channels: planes so big
   // that they pass kMaxTaskBytes would make the buffers grow with the input (SPEC §5).
   if (kTransposeLanes<float> * plane_buffers<float>(g, grad_input != nullptr) *
-          std::max<int64_t>(element_size, 4) > kMaxTaskBytes)
+          std::max<int64_t>(element_size, 4) >
+      kMaxTaskBytes)
     return false;
   if (g.is_spatial[0]) return true;
   if (!g.is_spatial[1]) return false;
@@ -294,21 +299,23 @@ void backward_cl_planes(const BackwardCall& call) {
     const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
     const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
     const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
-    for_each_channel_block<scalar_t>(g, plane_buffers<scalar_t>(g, true), [&](int64_t n,
-                                     int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
-      thread_local PlaneScratch<scalar_t> scratch;
-      scalar_t* x = buffer;
-      scalar_t* gi = buffer + group * PP;
-      scalar_t* go = buffer + 2 * group * PP;
-      if (partials != nullptr)  // grad_input alone does not read the input
-        to_planes(in + n * call.is.batch + c0, C, lanes, P, x, PP);
-      to_planes(grad_out + n * call.gos.batch + c0, C, lanes, Q, go, QP);
-      for (int64_t c = 0; c < lanes; ++c)
-        kernel.plane(scratch, c0 + c, go + c * QP, x + c * PP,
-                     grad_in == nullptr ? nullptr : gi + c * PP, qs, ps, ps, nullptr, nullptr,
-                     partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
-      if (grad_in != nullptr) from_planes(gi, PP, lanes, P, grad_in + n * call.gis.batch + c0, C);
-    });
+    for_each_channel_block<scalar_t>(
+        g, plane_buffers<scalar_t>(g, true),
+        [&](int64_t n, int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
+          thread_local PlaneScratch<scalar_t> scratch;
+          scalar_t* x = buffer;
+          scalar_t* gi = buffer + group * PP;
+          scalar_t* go = buffer + 2 * group * PP;
+          if (partials != nullptr)  // grad_input alone does not read the input
+            to_planes(in + n * call.is.batch + c0, C, lanes, P, x, PP);
+          to_planes(grad_out + n * call.gos.batch + c0, C, lanes, Q, go, QP);
+          for (int64_t c = 0; c < lanes; ++c)
+            kernel.plane(scratch, c0 + c, go + c * QP, x + c * PP,
+                         grad_in == nullptr ? nullptr : gi + c * PP, qs, ps, ps, nullptr, nullptr,
+                         partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
+          if (grad_in != nullptr)
+            from_planes(gi, PP, lanes, P, grad_in + n * call.gis.batch + c0, C);
+        });
   });
 }
 
@@ -330,17 +337,17 @@ void active_forward_cl_planes(const ForwardCall& call) {
     // it (benchmarks/archive/NOTES.md, v12).
     const int64_t slab = g.out_length[1] * g.out_length[2];
     const int64_t SP = plane_pitch<scalar_t>(slab);
-    for_each_channel_block<scalar_t>(g, PP + SP, [&](int64_t n, int64_t c0, int64_t lanes,
-                                                    int64_t group, scalar_t* buffer) {
-      scalar_t* x = buffer;
-      scalar_t* y = buffer + group * PP;
-      to_planes(in + n * call.is.batch + c0, C, lanes, P, x, PP);
-      for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
-        for (int64_t c = 0; c < lanes; ++c)
-          kernel.plane(c0 + c, x + c * PP, ps, y + c * SP, qs, nullptr, o0, o0 + 1);
-        from_planes(y, SP, lanes, slab, out + n * call.os.batch + o0 * slab * C + c0, C);
-      }
-    });
+    for_each_channel_block<scalar_t>(
+        g, PP + SP, [&](int64_t n, int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
+          scalar_t* x = buffer;
+          scalar_t* y = buffer + group * PP;
+          to_planes(in + n * call.is.batch + c0, C, lanes, P, x, PP);
+          for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
+            for (int64_t c = 0; c < lanes; ++c)
+              kernel.plane(c0 + c, x + c * PP, ps, y + c * SP, qs, nullptr, o0, o0 + 1);
+            from_planes(y, SP, lanes, slab, out + n * call.os.batch + o0 * slab * C + c0, C);
+          }
+        });
   });
 }
 
@@ -362,24 +369,25 @@ void ssl_forward_cl_planes(const ForwardCall& call) {
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   const bool flat = flat_planes(g, ps, qs);
   // Per channel: the input and output planes, and room for the edge columns' indices.
-  for_each_channel_block<float>(g, plane_buffers<float>(g, false) + g.length[2], [&](int64_t n,
-                                int64_t c0, int64_t lanes, int64_t group, float* buffer) {
-    T* x = reinterpret_cast<T*>(buffer);
-    T* y = x + group * PP;
-    int64_t* edges = reinterpret_cast<int64_t*>(y + group * QP);
-    to_planes(reinterpret_cast<const float*>(in + n * call.is.batch + c0), C, lanes, P,
-              reinterpret_cast<float*>(x), PP);
-    for (int64_t c = 0; c < lanes; ++c) {
-      if (flat)
-        ssl_forward_plane_flat(static_cast<const T*>(x + c * PP), ps.slot[0], y + c * QP,
-                               qs.slot[0], g, shifts[c0 + c], fill, edges);
-      else
-        ssl_forward_plane(static_cast<const T*>(x + c * PP), ps.slot, y + c * QP, qs.slot, g,
-                          shifts[c0 + c], fill);
-    }
-    from_planes(reinterpret_cast<const float*>(y), QP, lanes, Q,
-                reinterpret_cast<float*>(out + n * call.os.batch + c0), C);
-  });
+  for_each_channel_block<float>(
+      g, plane_buffers<float>(g, false) + g.length[2],
+      [&](int64_t n, int64_t c0, int64_t lanes, int64_t group, float* buffer) {
+        T* x = reinterpret_cast<T*>(buffer);
+        T* y = x + group * PP;
+        int64_t* edges = reinterpret_cast<int64_t*>(y + group * QP);
+        to_planes(reinterpret_cast<const float*>(in + n * call.is.batch + c0), C, lanes, P,
+                  reinterpret_cast<float*>(x), PP);
+        for (int64_t c = 0; c < lanes; ++c) {
+          if (flat)
+            ssl_forward_plane_flat(static_cast<const T*>(x + c * PP), ps.slot[0], y + c * QP,
+                                   qs.slot[0], g, shifts[c0 + c], fill, edges);
+          else
+            ssl_forward_plane(static_cast<const T*>(x + c * PP), ps.slot, y + c * QP, qs.slot, g,
+                              shifts[c0 + c], fill);
+        }
+        from_planes(reinterpret_cast<const float*>(y), QP, lanes, Q,
+                    reinterpret_cast<float*>(out + n * call.os.batch + c0), C);
+      });
 }
 
 }  // namespace torchshift2_cpu

@@ -73,9 +73,8 @@ struct CarrierOf<8> {
 // f(Type<T>{}) with T the carrier of `element_size` among Es.
 template <int... Es, typename F>
 inline void dispatch_carrier(int64_t element_size, F&& f) {
-  dispatch_count<Es...>(element_size, [&](auto e) {
-    f(Type<typename CarrierOf<decltype(e)::value>::type>{});
-  });
+  dispatch_count<Es...>(element_size,
+                        [&](auto e) { f(Type<typename CarrierOf<decltype(e)::value>::type>{}); });
 }
 
 }  // namespace torchshift2_cpu

@@ -26,15 +26,13 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 struct ShiftFunction : public torch::autograd::Function<ShiftFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input,
-                            const at::Tensor& weight, const std::string& padding,
-                            int64_t padding_code, bool active, std::vector<int64_t> crop,
-                            bool channels_last) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            const std::string& padding, int64_t padding_code, bool active,
+                            std::vector<int64_t> crop, bool channels_last) {
     at::Tensor out;
     {
       at::AutoDispatchBelowADInplaceOrView guard;
-      out = torchshift2_cpu::forward(input, weight, padding_code, active, crop, 0.0,
-                                     channels_last);
+      out = torchshift2_cpu::forward(input, weight, padding_code, active, crop, 0.0, channels_last);
     }
     ctx->save_for_backward({input, weight});
     ctx->saved_data["padding"] = padding;
@@ -56,15 +54,14 @@ struct ShiftFunction : public torch::autograd::Function<ShiftFunction> {
       // create_graph=True: go through the public op, whose own backward refuses double
       // backward with a clear error (SPEC §4), instead of returning gradients that would
       // silently have no graph.
-      static auto op =
-          c10::Dispatcher::singleton()
-              .findSchemaOrThrow("torchshift2::shift_backward", "")
-              .typed<std::tuple<at::Tensor, at::Tensor>(
-                  const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
-                  bool, at::IntArrayRef, std::array<bool, 2>)>();
+      static auto op = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("torchshift2::shift_backward", "")
+                           .typed<std::tuple<at::Tensor, at::Tensor>(
+                               const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               c10::string_view, bool, at::IntArrayRef, std::array<bool, 2>)>();
       std::tie(grad_input, grad_weight) =
-          op.call(grads[0], input, weight, ctx->saved_data["padding"].toStringRef(), active,
-                  crop, {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
+          op.call(grads[0], input, weight, ctx->saved_data["padding"].toStringRef(), active, crop,
+                  {ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
     } else {
       std::tie(grad_input, grad_weight) = torchshift2_cpu::backward(
           grads[0], input, weight, ctx->saved_data["padding_code"].toInt(), active, crop,
@@ -73,15 +70,19 @@ struct ShiftFunction : public torch::autograd::Function<ShiftFunction> {
     }
     return {ctx->needs_input_grad(0) ? grad_input : at::Tensor(),
             ctx->needs_input_grad(1) ? grad_weight : at::Tensor(),
-            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 
 at::Tensor shift_autograd(const at::Tensor& input, const at::Tensor& weight,
                           c10::string_view padding, int64_t padding_code, bool active,
                           at::IntArrayRef crop, bool channels_last) {
-  return ShiftFunction::apply(input, weight, std::string(padding), padding_code, active,
-                              crop.vec(), channels_last);
+  return ShiftFunction::apply(input, weight, std::string(padding), padding_code, active, crop.vec(),
+                              channels_last);
 }
 
 // TORCHSHIFT2_BACKEND as torchshift2.backends.selected_backend reads it (Python's os.environ

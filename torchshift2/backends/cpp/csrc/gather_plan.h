@@ -202,15 +202,15 @@ struct RowIndex {
     cursor.resize(q);
     weight.resize(q * p.lanes);
     for (int64_t k = 0; k < q; ++k)
-      std::copy(p.corner[k].weight.begin(), p.corner[k].weight.end(),
-                weight.begin() + k * p.lanes);
+      std::copy(p.corner[k].weight.begin(), p.corner[k].weight.end(), weight.begin() + k * p.lanes);
   }
   template <typename G>
   void fill(const GatherPlan<opmath_t>& p, int64_t o0, int64_t o1) {
     const int L = p.lanes;
     for (int64_t q = 0; q < p.blocks * p.corners; ++q) {
       const GatherCorner<opmath_t>& k = p.corner[q];
-      const typename G::I r = G::add(G::index(k.row0.data() + o0 * L), G::index(k.row1.data() + o1 * L));
+      const typename G::I r =
+          G::add(G::index(k.row0.data() + o0 * L), G::index(k.row1.data() + o1 * L));
       G::store_index(rows.data() + q * L, r);
       G::store_index(idx.data() + q * L, G::add(r, G::index(k.col.data())));
       mask[q] = k.mask0[o0] & k.mask1[o1];

@@ -80,9 +80,17 @@ struct ChannelsLastInplace {
 
   ChannelsLastInplace(T* data_, const Geometry& g_, const Strides& st_,
                       const Shifts<double>& shifts_, const std::vector<int64_t>& moving_)
-      : data(data_), g(g_), st(st_), shifts(shifts_), moving(moving_),
-        K(static_cast<int64_t>(moving_.size())), L0(g_.length[0]), L1(g_.length[1]),
-        L2(g_.length[2]), R(L0 * L1), Lmax(std::max({L0, L1, L2})),
+      : data(data_),
+        g(g_),
+        st(st_),
+        shifts(shifts_),
+        moving(moving_),
+        K(static_cast<int64_t>(moving_.size())),
+        L0(g_.length[0]),
+        L1(g_.length[1]),
+        L2(g_.length[2]),
+        R(L0 * L1),
+        Lmax(std::max({L0, L1, L2})),
         src(K * kSlots * Lmax, kOutside) {
     for (int64_t k = 0; k < K; ++k)
       for (int s = 0; s < kSlots; ++s)
@@ -171,10 +179,9 @@ void shift_inplace_planar_zeros(const InplaceCall& call) {
   with_moving_channels(call, [&](auto* data, const Shifts<double>& shifts,
                                  const std::vector<int64_t>& moving) {
     using T = std::remove_pointer_t<decltype(data)>;
-    for_each_moving_plane(data, g, call.st, moving, 0,
-                          [&](int64_t c, T* p, T*, int64_t* edges) {
-                            ssl_shift_plane_inplace_zeros(p, g, shifts[c], T(0), edges);
-                          });
+    for_each_moving_plane(data, g, call.st, moving, 0, [&](int64_t c, T* p, T*, int64_t* edges) {
+      ssl_shift_plane_inplace_zeros(p, g, shifts[c], T(0), edges);
+    });
   });
 }
 
@@ -188,8 +195,8 @@ void shift_inplace_planar(const InplaceCall& call) {
     const int64_t plane = g.in_plane();
     for_each_moving_plane(data, g, st, moving, plane, [&](int64_t c, T* p, T* b, int64_t* edges) {
       std::memcpy(b, p, plane * sizeof(T));
-      ssl_forward_plane_flat(static_cast<const T*>(b), g.length[1] * g.length[2], p, st.slot[0],
-                             g, shifts[c], T(0), edges);
+      ssl_forward_plane_flat(static_cast<const T*>(b), g.length[1] * g.length[2], p, st.slot[0], g,
+                             shifts[c], T(0), edges);
     });
   });
 }
@@ -217,19 +224,19 @@ void shift_inplace_strided(const InplaceCall& call) {
 }
 
 void shift_inplace_cl_one_pass(const InplaceCall& call) {
-  with_moving_channels(call, [&](auto* data, const Shifts<double>& shifts,
-                                 const std::vector<int64_t>& moving) {
-    using T = std::remove_pointer_t<decltype(data)>;
-    ChannelsLastInplace<T>(data, call.g, call.st, shifts, moving).one_pass();
-  });
+  with_moving_channels(
+      call, [&](auto* data, const Shifts<double>& shifts, const std::vector<int64_t>& moving) {
+        using T = std::remove_pointer_t<decltype(data)>;
+        ChannelsLastInplace<T>(data, call.g, call.st, shifts, moving).one_pass();
+      });
 }
 
 void shift_inplace_cl_two_pass(const InplaceCall& call) {
-  with_moving_channels(call, [&](auto* data, const Shifts<double>& shifts,
-                                 const std::vector<int64_t>& moving) {
-    using T = std::remove_pointer_t<decltype(data)>;
-    ChannelsLastInplace<T>(data, call.g, call.st, shifts, moving).two_pass();
-  });
+  with_moving_channels(
+      call, [&](auto* data, const Shifts<double>& shifts, const std::vector<int64_t>& moving) {
+        using T = std::remove_pointer_t<decltype(data)>;
+        ChannelsLastInplace<T>(data, call.g, call.st, shifts, moving).two_pass();
+      });
 }
 
 }  // namespace torchshift2_cpu

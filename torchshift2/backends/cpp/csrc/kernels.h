@@ -24,22 +24,22 @@ struct ForwardCall {
   void* output;
   c10::ScalarType dtype;  // of input and output (SSL kernels use only its size)
   Geometry g;
-  Strides is, os;         // input, output
-  const double* weight;   // (C, D), contiguous float64, finite
-  uint64_t fill;          // SSL: the bits (element size) of what zeros padding reads
+  Strides is, os;        // input, output
+  const double* weight;  // (C, D), contiguous float64, finite
+  uint64_t fill;         // SSL: the bits (element size) of what zeros padding reads
 };
 
 using ForwardKernel = void (*)(const ForwardCall&);
 
 // SSL, any element size. Planar: the input's slot 2 unit-stride.
-void ssl_forward_planar(const ForwardCall&);     // flat planes (flat_planes): memcpy per slab
-void ssl_forward_strided(const ForwardCall&);    // any other strides: a copy per row
+void ssl_forward_planar(const ForwardCall&);   // flat planes (flat_planes): memcpy per slab
+void ssl_forward_strided(const ForwardCall&);  // any other strides: a copy per row
 // SSL, channels innermost, rows (n, i0, i1) W x C blocks.
 void ssl_forward_cl_taps(const ForwardCall&);    // masked moves per distinct shift
 void ssl_forward_cl_gather(const ForwardCall&);  // 4 / 8 bytes (AVX2-only builds: 2 too)
 void ssl_forward_cl_planes(const ForwardCall&);  // 4 bytes, dense (through_planes)
 // Active Shift: float, double, bfloat16, half, except where noted.
-void active_forward_planar(const ForwardCall&);     // the input's slot 2 unit-stride
+void active_forward_planar(const ForwardCall&);  // the input's slot 2 unit-stride
 void active_forward_cl_taps(const ForwardCall&);
 void active_forward_cl_gather(const ForwardCall&);  // float, double
 void active_forward_cl_planes(const ForwardCall&);  // float, double; dense (through_planes)
@@ -118,8 +118,7 @@ inline bool gather_indexable(const Geometry& g, const Strides& s) {
 // input / output rows (fixed, so grad_weight does not depend on the thread count).
 constexpr int64_t kChunkRows = 8;
 inline int64_t gather_chunks(const Geometry& g) {
-  const int64_t rows =
-      std::max(g.length[0] * g.length[1], g.out_length[0] * g.out_length[1]);
+  const int64_t rows = std::max(g.length[0] * g.length[1], g.out_length[0] * g.out_length[1]);
   return (rows + kChunkRows - 1) / kChunkRows;
 }
 

@@ -56,8 +56,7 @@ at::Tensor check_common(const at::Tensor& input, const at::Tensor& weight) {
 
 Geometry geometry_of(at::IntArrayRef sizes, int64_t padding, at::IntArrayRef crop) {
   const int64_t ndim = static_cast<int64_t>(sizes.size()) - 2;
-  TORCH_CHECK(ndim >= 1 && ndim <= kSlots, "input: expected 3D, 4D or 5D, got ", sizes.size(),
-              "D");
+  TORCH_CHECK(ndim >= 1 && ndim <= kSlots, "input: expected 3D, 4D or 5D, got ", sizes.size(), "D");
   TORCH_CHECK(padding >= kZeros && padding <= kSymmetric, "padding: unknown code ", padding);
   TORCH_CHECK(static_cast<int64_t>(crop.size()) == 2 * ndim, "crop: expected ", 2 * ndim,
               " values, got ", crop.size());
@@ -69,8 +68,8 @@ Geometry geometry_of(at::IntArrayRef sizes, int64_t padding, at::IntArrayRef cro
     const int64_t slot = kSlots - ndim + d;
     const int64_t before = crop[2 * d], after = crop[2 * d + 1];
     const int64_t length = sizes[2 + d];
-    TORCH_CHECK(before >= 0 && after >= 0 && before + after <= length, "crop: dim ", d,
-                " of size ", length, " cannot drop ", before, " + ", after);
+    TORCH_CHECK(before >= 0 && after >= 0 && before + after <= length, "crop: dim ", d, " of size ",
+                length, " cannot drop ", before, " + ", after);
     g.length[slot] = length;
     g.out_length[slot] = length - before - after;
     g.before[slot] = before;
@@ -91,8 +90,8 @@ Strides strides_of(at::IntArrayRef strides) {
 void check_output(const at::Tensor& t, at::IntArrayRef sizes, at::ScalarType dtype,
                   const char* name) {
   TORCH_CHECK(t.sizes() == sizes && t.scalar_type() == dtype && t.device().is_cpu(), name,
-              ": expected a CPU tensor of shape ", sizes, " and dtype ", dtype, ", got ",
-              t.sizes(), " ", t.scalar_type());
+              ": expected a CPU tensor of shape ", sizes, " and dtype ", dtype, ", got ", t.sizes(),
+              " ", t.scalar_type());
 }
 
 // channels: the output's (k·C with a channel multiplier).
@@ -151,8 +150,17 @@ std::vector<int64_t> strides_after(Copy copy, at::IntArrayRef sizes, at::IntArra
 // Buffers for the copies a call makes (layout copies, widened copies, temporaries), one per
 // role, allocated for the first block and reused by the next ones: a call in blocks
 // allocates each of them once, of one block's size.
-enum Role { kInput, kGradOutput, kGradInput, kWideInput, kWideGradOutput, kWideGradInput,
-            kWideOutput, kPart, kRoles };
+enum Role {
+  kInput,
+  kGradOutput,
+  kGradInput,
+  kWideInput,
+  kWideGradOutput,
+  kWideGradInput,
+  kWideOutput,
+  kPart,
+  kRoles
+};
 
 class Scratch {
  public:
@@ -183,7 +191,6 @@ class Scratch {
   at::Tensor buffers_[kRoles];
 };
 
-
 // --- The kernel selection table ------------------------------------------------------------
 
 enum class Direction { kForward, kBackward, kInplace };
@@ -207,11 +214,14 @@ struct Choice {
 
 constexpr Choice kWiden{"widen", nullptr, nullptr, nullptr, Partials::kNone, true};
 
-#define TS2_FORWARD(f) Choice{#f, &f, nullptr, nullptr, Partials::kNone, false}
-#define TS2_BACKWARD(f, partials) Choice{#f, nullptr, &f, nullptr, partials, false}
+#define TS2_FORWARD(f) \
+  Choice { #f, &f, nullptr, nullptr, Partials::kNone, false }
+#define TS2_BACKWARD(f, partials) \
+  Choice { #f, nullptr, &f, nullptr, partials, false }
 #define TS2_BACKWARD_WITH_GRAD_INPUT(f, partials) \
-  Choice{#f, nullptr, &f, nullptr, partials, false, true}
-#define TS2_INPLACE(f) Choice{#f, nullptr, nullptr, &f, Partials::kNone, false}
+  Choice { #f, nullptr, &f, nullptr, partials, false, true }
+#define TS2_INPLACE(f) \
+  Choice { #f, nullptr, nullptr, &f, Partials::kNone, false }
 
 // What choose_kernel reads of a call: the strides are those the kernel will see, after the
 // layout copies of plan_forward / plan_backward.
@@ -268,9 +278,8 @@ Choice choose_kernel(const Query& q) {
         return TS2_BACKWARD(backward_cl_planes, Partials::kPlanes);
       if (gather_indexable(g, q.input) && gather_indexable(g, q.output) &&
           gather_indexable(g, q.grad_input))
-        return g.padding == kZeros
-                   ? TS2_BACKWARD(backward_cl_gather_fused, Partials::kCornerChunks)
-                   : TS2_BACKWARD(backward_cl_gather, Partials::kCornerChunks);
+        return g.padding == kZeros ? TS2_BACKWARD(backward_cl_gather_fused, Partials::kCornerChunks)
+                                   : TS2_BACKWARD(backward_cl_gather, Partials::kCornerChunks);
       return TS2_BACKWARD_WITH_GRAD_INPUT(backward_cl_blocks, Partials::kCorners);
     case Direction::kInplace: {
       if (q.cl)
@@ -306,8 +315,7 @@ struct Plan {
 };
 
 Plan plan_forward(at::ScalarType dtype, const Geometry& g, bool active, at::IntArrayRef sizes,
-                  at::IntArrayRef strides, at::IntArrayRef out_sizes,
-                  at::IntArrayRef out_strides) {
+                  at::IntArrayRef strides, at::IntArrayRef out_sizes, at::IntArrayRef out_strides) {
   Plan p;
   p.cl = channels_inner(sizes, strides) && channel_rows(out_sizes, out_strides);
   if (p.cl && !channel_rows(sizes, strides)) p.input = Copy::kChannelsLast;
@@ -331,8 +339,8 @@ Plan plan_backward(at::ScalarType dtype, const Geometry& g, bool active, at::Int
                    bool needs_grad_input = true) {
   Plan p;
   p.cl = channels_inner(sizes, strides);
-  std::vector<int64_t> gis = needs_grad_input ? grad_input_strides.vec()
-                                              : dense_strides(sizes, p.cl);
+  std::vector<int64_t> gis =
+      needs_grad_input ? grad_input_strides.vec() : dense_strides(sizes, p.cl);
   if (p.cl) {
     // Rows of input and grad_output must be W x C blocks.
     p.input = p.grad_output = Copy::kChannelsLast;
@@ -388,8 +396,8 @@ void add_plane_partials(const at::Tensor& partials, const Geometry& g, int64_t n
 
 // Corner partials (2^D per (row, c), corners.h): a fixed-order sum over the rows, then
 // d/dw_d = sum_k corner_slope(k, d) D_k, in double, added to sum (C x D).
-void add_corner_partials(const at::Tensor& partials, const Geometry& g,
-                         const at::Tensor& weight64, at::Tensor sum) {
+void add_corner_partials(const at::Tensor& partials, const Geometry& g, const at::Tensor& weight64,
+                         at::Tensor sum) {
   const int64_t C = g.channels, ndim = weight64.size(1), K = corner_count(g);
   const int64_t rows = partials.size(0);
   const double* part = partials.const_data_ptr<double>();
@@ -434,7 +442,8 @@ void for_blocks(int64_t batch, int64_t channels, int64_t plane_bytes, F fn) {
     for (int64_t n = 0; n < batch; n += step) fn(n, std::min(batch, n + step), 0, channels);
     return;
   }
-  const int64_t step = std::max<int64_t>(16, kBlockBytes / std::max<int64_t>(1, plane_bytes) / 16 * 16);
+  const int64_t step =
+      std::max<int64_t>(16, kBlockBytes / std::max<int64_t>(1, plane_bytes) / 16 * 16);
   for (int64_t n = 0; n < batch; ++n)
     for (int64_t c = 0; c < channels; c += step) fn(n, n + 1, c, std::min(channels, c + step));
 }
@@ -448,8 +457,7 @@ Geometry block_geometry(const Geometry& g, int64_t n0, int64_t n1, int64_t c0, i
 
 // Output channels j, j + k, ... of block [c0, c1) of input channels: along `dim` (1 for the
 // output and grad_output, 0 for the rows of the weight and of grad_weight).
-at::Tensor reading(const at::Tensor& t, int64_t dim, int64_t c0, int64_t c1, int64_t k,
-                   int64_t j) {
+at::Tensor reading(const at::Tensor& t, int64_t dim, int64_t c0, int64_t c1, int64_t k, int64_t j) {
   return t.slice(dim, c0 * k + j, c1 * k, k);
 }
 
@@ -457,8 +465,8 @@ at::Tensor reading(const at::Tensor& t, int64_t dim, int64_t c0, int64_t c1, int
 // the input copied into its layout where needed (into `scratch`'s buffers).
 void forward_into(at::Tensor out, const at::Tensor& input_, const at::Tensor& weight64,
                   const Geometry& g, bool active, double fill, Scratch& scratch) {
-  const Plan plan = plan_forward(input_.scalar_type(), g, active, input_.sizes(),
-                                 input_.strides(), out.sizes(), out.strides());
+  const Plan plan = plan_forward(input_.scalar_type(), g, active, input_.sizes(), input_.strides(),
+                                 out.sizes(), out.strides());
   if (plan.widened) {
     at::Tensor result = scratch.tensor(kWideOutput, out.sizes(), at::kFloat,
                                        channel_rows(out.sizes(), out.strides()));
@@ -467,9 +475,14 @@ void forward_into(at::Tensor out, const at::Tensor& input_, const at::Tensor& we
     return;
   }
   const at::Tensor input = scratch.copied(kInput, plan.input, input_);
-  const ForwardCall call{input.const_data_ptr(), out.data_ptr(), input.scalar_type(), g,
-                         strides_of(input.strides()), strides_of(out.strides()),
-                         weight64.const_data_ptr<double>(), active ? 0 : fill_bits(input, fill)};
+  const ForwardCall call{input.const_data_ptr(),
+                         out.data_ptr(),
+                         input.scalar_type(),
+                         g,
+                         strides_of(input.strides()),
+                         strides_of(out.strides()),
+                         weight64.const_data_ptr<double>(),
+                         active ? 0 : fill_bits(input, fill)};
   plan.choice.forward(call);
 }
 
@@ -477,8 +490,8 @@ void run_forward(at::Tensor out, const at::Tensor& input, const at::Tensor& weig
                  const Geometry& g, int64_t k, bool active, double fill) {
   Scratch scratch;
   if (k == 1) {
-    const Plan plan = plan_forward(input.scalar_type(), g, active, input.sizes(),
-                                   input.strides(), out.sizes(), out.strides());
+    const Plan plan = plan_forward(input.scalar_type(), g, active, input.sizes(), input.strides(),
+                                   out.sizes(), out.strides());
     if (!copies(plan)) return forward_into(out, input, weight64, g, active, fill, scratch);
   }
   // Op-math bytes: a bfloat16 / half block is widened to float.
@@ -498,11 +511,10 @@ void backward_into(at::Tensor grad_input, at::Tensor weight_sum, const at::Tenso
                    const at::Tensor& input_, const at::Tensor& weight64, const Geometry& g,
                    bool active, Scratch& scratch) {
   const bool needs_input = grad_input.defined(), needs_weight = weight_sum.defined();
-  const std::vector<int64_t> gis = needs_input ? grad_input.strides().vec()
-                                               : dense_strides(input_.sizes(), false);
-  const Plan plan = plan_backward(input_.scalar_type(), g, active, input_.sizes(),
-                                  input_.strides(), grad_output_.sizes(), grad_output_.strides(),
-                                  gis, needs_input);
+  const std::vector<int64_t> gis =
+      needs_input ? grad_input.strides().vec() : dense_strides(input_.sizes(), false);
+  const Plan plan = plan_backward(input_.scalar_type(), g, active, input_.sizes(), input_.strides(),
+                                  grad_output_.sizes(), grad_output_.strides(), gis, needs_input);
   if (plan.widened) {
     at::Tensor wide_grad;
     if (needs_input) wide_grad = scratch.tensor(kWideGradInput, input_.sizes(), at::kFloat, true);
@@ -520,21 +532,30 @@ void backward_into(at::Tensor grad_input, at::Tensor weight_sum, const at::Tenso
   if (needs_weight) {
     const int64_t corners = corner_count(g);
     switch (plan.choice.partials) {
-      case Partials::kPlanes: partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble); break;
-      case Partials::kCorners: partials = at::empty({g.batch, g.channels, corners}, at::kDouble); break;
+      case Partials::kPlanes:
+        partials = at::empty({g.batch, g.channels, kSlots}, at::kDouble);
+        break;
+      case Partials::kCorners:
+        partials = at::empty({g.batch, g.channels, corners}, at::kDouble);
+        break;
       case Partials::kCornerChunks:
         partials = at::empty({g.batch * gather_chunks(g), g.channels, corners}, at::kDouble);
         break;
-      default: TORCH_INTERNAL_ASSERT(false, "backward: ", plan.choice.name, " without partials");
+      default:
+        TORCH_INTERNAL_ASSERT(false, "backward: ", plan.choice.name, " without partials");
     }
   }
-  const BackwardCall call{grad_output.const_data_ptr(), input.const_data_ptr(),
+  const BackwardCall call{grad_output.const_data_ptr(),
+                          input.const_data_ptr(),
                           kernel_grad.defined() ? kernel_grad.data_ptr() : nullptr,
                           needs_weight ? partials.data_ptr<double>() : nullptr,
-                          input.scalar_type(), g, strides_of(grad_output.strides()),
+                          input.scalar_type(),
+                          g,
+                          strides_of(grad_output.strides()),
                           strides_of(input.strides()),
                           strides_of(kernel_grad.defined() ? kernel_grad.strides() : gis),
-                          weight64.const_data_ptr<double>(), active};
+                          weight64.const_data_ptr<double>(),
+                          active};
   plan.choice.backward(call);
   if (needs_input && !kernel_grad.is_same(grad_input)) grad_input.copy_(kernel_grad);
   if (!needs_weight) return;
@@ -547,8 +568,7 @@ void backward_into(at::Tensor grad_input, at::Tensor weight_sum, const at::Tenso
 // Whether grad_input alone is the forward with the negated shift: an SSL shift with zeros
 // (or periodic) padding and no crop moves every element to one place (or permutes them), so
 // its adjoint is the opposite shift; the forward kernels do it at copy speed.
-bool inverse_shift(const Geometry& g, bool active, bool needs_input, bool needs_weight,
-                   int64_t k) {
+bool inverse_shift(const Geometry& g, bool active, bool needs_input, bool needs_weight, int64_t k) {
   if (active || !needs_input || needs_weight || k != 1) return false;
   if (g.padding != kZeros && g.padding != kPeriodic) return false;
   for (int d = 0; d < kSlots; ++d)
@@ -557,17 +577,17 @@ bool inverse_shift(const Geometry& g, bool active, bool needs_input, bool needs_
 }
 
 void run_backward(at::Tensor grad_input, at::Tensor weight_sum, const at::Tensor& grad_output,
-                  const at::Tensor& input, const at::Tensor& weight64, const Geometry& g,
-                  int64_t k, bool active) {
+                  const at::Tensor& input, const at::Tensor& weight64, const Geometry& g, int64_t k,
+                  bool active) {
   if (inverse_shift(g, active, grad_input.defined(), weight_sum.defined(), k))
     return run_forward(grad_input, grad_output, weight64.round().neg_(), g, 1, false, 0.0);
   Scratch scratch;
   if (k == 1) {
-    const std::vector<int64_t> gis = grad_input.defined() ? grad_input.strides().vec()
-                                                          : dense_strides(input.sizes(), false);
-    const Plan plan = plan_backward(input.scalar_type(), g, active, input.sizes(),
-                                    input.strides(), grad_output.sizes(), grad_output.strides(),
-                                    gis, grad_input.defined());
+    const std::vector<int64_t> gis =
+        grad_input.defined() ? grad_input.strides().vec() : dense_strides(input.sizes(), false);
+    const Plan plan =
+        plan_backward(input.scalar_type(), g, active, input.sizes(), input.strides(),
+                      grad_output.sizes(), grad_output.strides(), gis, grad_input.defined());
     if (!copies(plan))
       return backward_into(grad_input, weight_sum, grad_output, input, weight64, g, active,
                            scratch);
@@ -577,8 +597,8 @@ void run_backward(at::Tensor grad_input, at::Tensor weight_sum, const at::Tensor
   for_blocks(g.batch, g.channels, plane, [&](int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
     const at::Tensor in = input.slice(0, n0, n1).slice(1, c0, c1);
     const Geometry b = block_geometry(g, n0, n1, c0, c1);
-    const at::Tensor gi = grad_input.defined() ? grad_input.slice(0, n0, n1).slice(1, c0, c1)
-                                               : at::Tensor();
+    const at::Tensor gi =
+        grad_input.defined() ? grad_input.slice(0, n0, n1).slice(1, c0, c1) : at::Tensor();
     for (int64_t j = 0; j < k; ++j) {
       // The k contributions to a block's grad_input after the first go through a buffer.
       at::Tensor target = gi;
@@ -598,13 +618,13 @@ void run_backward(at::Tensor grad_input, at::Tensor weight_sum, const at::Tensor
 
 // --- The ops -------------------------------------------------------------------------------
 
-at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, int64_t padding,
-                   bool active, at::IntArrayRef crop, double fill, bool channels_last) {
+at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, int64_t padding, bool active,
+                   at::IntArrayRef crop, double fill, bool channels_last) {
   const at::Tensor weight64 = check_common(input, weight);
   const Geometry g = geometry_of(input.sizes(), padding, crop);
   const int64_t k = g.channels == 0 ? 1 : weight.size(0) / g.channels;
-  at::Tensor out = cached_empty(output_sizes(input.sizes(), g, weight.size(0)),
-                                input.scalar_type(), channels_last);
+  at::Tensor out = cached_empty(output_sizes(input.sizes(), g, weight.size(0)), input.scalar_type(),
+                                channels_last);
   if (out.numel() == 0) return out;
   if (active)
     TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
@@ -613,17 +633,17 @@ at::Tensor forward(const at::Tensor& input, const at::Tensor& weight, int64_t pa
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
-                                            const at::Tensor& input, const at::Tensor& weight,
-                                            int64_t padding, bool active, at::IntArrayRef crop,
-                                            bool channels_last, std::array<bool, 2> output_mask) {
+std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                            const at::Tensor& weight, int64_t padding, bool active,
+                                            at::IntArrayRef crop, bool channels_last,
+                                            std::array<bool, 2> output_mask) {
   const at::Tensor weight64 = check_common(input, weight);
   TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
                    "input: gradients need a floating dtype, got ", input.scalar_type());
   const Geometry g = geometry_of(input.sizes(), padding, crop);
   const int64_t k = g.channels == 0 ? 1 : weight.size(0) / g.channels;
-  check_output(grad_output, output_sizes(input.sizes(), g, weight.size(0)),
-               input.scalar_type(), "grad_output");
+  check_output(grad_output, output_sizes(input.sizes(), g, weight.size(0)), input.scalar_type(),
+               "grad_output");
   at::Tensor grad_input, weight_sum;
   if (output_mask[0]) grad_input = cached_empty(input.sizes(), input.scalar_type(), channels_last);
   if (output_mask[1]) weight_sum = at::zeros(weight.sizes(), at::kDouble);
@@ -639,8 +659,10 @@ std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
 
 void shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding) {
   const at::Tensor weight64 = check_common(input, weight);
-  TORCH_CHECK(weight.size(0) == input.size(1), "weight: shifting in place keeps the channels, "
-              "expected shape (", input.size(1), ", ", input.dim() - 2, "), got ", weight.sizes());
+  TORCH_CHECK(weight.size(0) == input.size(1),
+              "weight: shifting in place keeps the channels, "
+              "expected shape (",
+              input.size(1), ", ", input.dim() - 2, "), got ", weight.sizes());
   const int64_t ndim = input.dim() - 2;
   const std::vector<int64_t> no_crop(2 * std::max<int64_t>(ndim, 0), 0);
   const Geometry g = geometry_of(input.sizes(), padding, no_crop);
@@ -663,9 +685,8 @@ namespace {
 // (the call runs in blocks: run_forward, run_backward) and " [inverse shift]" (a backward
 // run as the forward with the negated shift), or "none" (empty).
 std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::IntArrayRef sizes,
-                        at::IntArrayRef strides, int64_t padding, bool active,
-                        at::IntArrayRef crop, bool channels_last,
-                        at::IntArrayRef grad_output_strides, int64_t multiplier,
+                        at::IntArrayRef strides, int64_t padding, bool active, at::IntArrayRef crop,
+                        bool channels_last, at::IntArrayRef grad_output_strides, int64_t multiplier,
                         bool needs_grad_input, bool needs_grad_weight) {
   TORCH_CHECK(sizes.size() == strides.size(), "kernel_name: sizes and strides differ in length");
   TORCH_CHECK(multiplier >= 1, "multiplier: expected an int >= 1, got ", multiplier);
@@ -710,25 +731,30 @@ std::string isa() { return kIsa; }
 }  // namespace
 
 TORCH_LIBRARY(torchshift2_cpu, m) {
-  m.def("forward(Tensor input, Tensor weight, int padding, bool active, int[] crop, float fill, "
-        "bool channels_last) -> Tensor");
+  m.def(
+      "forward(Tensor input, Tensor weight, int padding, bool active, int[] crop, float fill, "
+      "bool channels_last) -> Tensor");
   // An output not in output_mask is undefined (None in Python).
-  m.def("backward(Tensor grad_output, Tensor input, Tensor weight, int padding, bool active, "
-        "int[] crop, bool channels_last, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "backward(Tensor grad_output, Tensor input, Tensor weight, int padding, bool active, "
+      "int[] crop, bool channels_last, bool[2] output_mask) -> (Tensor, Tensor)");
   m.def("shift_inplace(Tensor(a!) input, Tensor weight, int padding) -> ()");
   // The eager entry (eager.cpp). padding twice: the code for the kernels, the name for
   // torchshift2::shift_backward.
-  m.def("shift_autograd(Tensor input, Tensor weight, str padding, int padding_code, "
-        "bool active, int[] crop, bool channels_last) -> Tensor");
-  m.def("eager_shift(Tensor input, Tensor weight, str padding, int padding_code, bool active, "
-        "int ndim, bool channels_last) -> Tensor");
+  m.def(
+      "shift_autograd(Tensor input, Tensor weight, str padding, int padding_code, "
+      "bool active, int[] crop, bool channels_last) -> Tensor");
+  m.def(
+      "eager_shift(Tensor input, Tensor weight, str padding, int padding_code, bool active, "
+      "int ndim, bool channels_last) -> Tensor");
   m.def("eager_shift_inplace(Tensor(a!) input, Tensor weight, int padding_code) -> bool");
   m.def("empty_cache() -> ()");
   m.def("cache_info() -> int[]");
   // Introspection (README.md, kernel selection).
-  m.def("kernel_name(str direction, ScalarType dtype, int[] sizes, int[] strides, int padding, "
-        "bool active, int[] crop, bool channels_last, int[] grad_output_strides, int multiplier, "
-        "bool needs_grad_input, bool needs_grad_weight) -> str");
+  m.def(
+      "kernel_name(str direction, ScalarType dtype, int[] sizes, int[] strides, int padding, "
+      "bool active, int[] crop, bool channels_last, int[] grad_output_strides, int multiplier, "
+      "bool needs_grad_input, bool needs_grad_weight) -> str");
   m.def("isa() -> str");
 }
 

@@ -71,8 +71,7 @@ int outer_rows(OuterRow* rows, const Geometry& g, const ChannelShift<opmath_t>& 
     const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0] - a0, g.length[0], g.padding);
     if (i0 == kOutside) continue;
     for (int a1 = 0; a1 < corners1; ++a1) {
-      const int64_t i1 =
-          source_index(o1 + g.before[1] - cs.shift[1] - a1, g.length[1], g.padding);
+      const int64_t i1 = source_index(o1 + g.before[1] - cs.shift[1] - a1, g.length[1], g.padding);
       if (i1 == kOutside) continue;
       rows[count++] = OuterRow{i0 * stride0 + i1 * stride1, a0 * 2 + a1};
     }
@@ -299,8 +298,7 @@ void adjoint_run_any(int taps, opmath_t* dst, int count, const scalar_t* const* 
 // adjoint_row for 1-4 source rows (add: into dst), A2 slot-2 taps.
 template <typename scalar_t, typename opmath_t>
 void adjoint_chunk(int taps, opmath_t* dst, bool add, int count, const scalar_t* const* src,
-                   const opmath_t* p0, const opmath_t* p1, int64_t offset, int64_t L2,
-                   int64_t O2) {
+                   const opmath_t* p0, const opmath_t* p1, int64_t offset, int64_t L2, int64_t O2) {
   dispatch_count<1, 2>(taps, [&](auto a2) {
     dispatch_bool(add, [&](auto kAdd) {
       dispatch_count<1, 2, 3, 4>(count, [&](auto k) {
@@ -341,9 +339,9 @@ struct CornerDots {
 // A run's per-source-row accumulators (lanes d0 / d1, row ends e0 / e1) into the plane's
 // CornerDots, by corner.
 template <int K, typename opmath_t>
-void add_run_dots(CornerDots<opmath_t>& dots, const OuterRow* rows,
-                  const opmath_t (&d0)[K][kLanes], const opmath_t (&d1)[K][kLanes],
-                  const opmath_t (&e0)[K], const opmath_t (&e1)[K]) {
+void add_run_dots(CornerDots<opmath_t>& dots, const OuterRow* rows, const opmath_t (&d0)[K][kLanes],
+                  const opmath_t (&d1)[K][kLanes], const opmath_t (&e0)[K],
+                  const opmath_t (&e1)[K]) {
   for (int k = 0; k < K; ++k) {
     opmath_t* __restrict__ l0 = dots.lane[rows[k].corner][0];
     opmath_t* __restrict__ l1 = dots.lane[rows[k].corner][1];
@@ -388,11 +386,10 @@ inline void add_row_ends(opmath_t (&e0)[K], opmath_t (&e1)[K], const scalar_t* g
 // same bit for bit when that changes (README.md, compiler flags).
 template <int K, typename scalar_t, typename opmath_t>
 __attribute__((noinline)) void run_dots(CornerDots<opmath_t>& dots, const OuterRow* rows,
-                                        const scalar_t* x, const scalar_t* go,
-                                        int64_t count_rows, int64_t xs1, int64_t gs1,
-                                        const RowAdjoint<opmath_t>& t, int64_t read_offset,
-                                        const scalar_t* pf, const scalar_t* pf_x,
-                                        int64_t pf_bytes) {
+                                        const scalar_t* x, const scalar_t* go, int64_t count_rows,
+                                        int64_t xs1, int64_t gs1, const RowAdjoint<opmath_t>& t,
+                                        int64_t read_offset, const scalar_t* pf,
+                                        const scalar_t* pf_x, int64_t pf_bytes) {
   opmath_t d0[K][kLanes], d1[K][kLanes], e0[K], e1[K];
   const scalar_t* base[K];
   for (int k = 0; k < K; ++k) {
@@ -608,22 +605,20 @@ PlaneBackward<scalar_t>::PlaneBackward(const Geometry& g, bool active,
   for (int d = 0; d < 2; ++d)
     share([&](int64_t c) { return read_shifts[c].shift[d]; }, tables->outer_of[d], tables->outer[d],
           [&](int64_t c) { return slot_adjoint(g, d, read_shifts[c].shift[d], active); });
-  share([&](int64_t c) {
-          return std::make_pair(read_shifts[c].shift[2], interp_shifts[c].shift[2]);
-        },
-        tables->row_of, tables->row_tables,
-        [&](int64_t c) { return row_adjoint(g, read_shifts[c], interp_shifts[c], active); });
+  share(
+      [&](int64_t c) { return std::make_pair(read_shifts[c].shift[2], interp_shifts[c].shift[2]); },
+      tables->row_of, tables->row_tables,
+      [&](int64_t c) { return row_adjoint(g, read_shifts[c], interp_shifts[c], active); });
 }
 
 template <typename scalar_t>
 PlaneBackward<scalar_t>::~PlaneBackward() = default;
 
 template <typename scalar_t>
-void PlaneBackward<scalar_t>::plane(PlaneScratch<scalar_t>& scratch, int64_t c,
-                                    const scalar_t* go, const scalar_t* x, scalar_t* gi,
-                                    const Strides& gos, const Strides& is, const Strides& gis,
-                                    const scalar_t* next_go, const scalar_t* next_x,
-                                    double* partial) const {
+void PlaneBackward<scalar_t>::plane(PlaneScratch<scalar_t>& scratch, int64_t c, const scalar_t* go,
+                                    const scalar_t* x, scalar_t* gi, const Strides& gos,
+                                    const Strides& is, const Strides& gis, const scalar_t* next_go,
+                                    const scalar_t* next_x, double* partial) const {
   using opmath_t = scalar_t;
   typename PlaneScratch<scalar_t>::Impl& s = *scratch.impl;
   const Geometry& g = g_;
@@ -693,8 +688,8 @@ void PlaneBackward<scalar_t>::plane(PlaneScratch<scalar_t>& scratch, int64_t c,
       for (int64_t r = 0; r < count_rows; ++r, dst += L2)
         for (int k = 0; k < count; ++k)
           for (size_t e = 0; e < extras; ++e)
-            dst[t.extra_j[e]] += cf[k] * tap[t.extra_a[e]] *
-                                 static_cast<opmath_t>(src[k][r * L2 + t.extra_o[e]]);
+            dst[t.extra_j[e]] +=
+                cf[k] * tap[t.extra_a[e]] * static_cast<opmath_t>(src[k][r * L2 + t.extra_o[e]]);
       return;
     }
     for (int64_t r = 0; r < count_rows; ++r) {
@@ -707,8 +702,8 @@ void PlaneBackward<scalar_t>::plane(PlaneScratch<scalar_t>& scratch, int64_t c,
         std::fill(dst, dst + L2, opmath_t(0));
       } else {
         for (int q = 0; q < count; q += 4)
-          adjoint_chunk(taps, dst, q > 0, std::min(4, count - q), src.data() + q,
-                        s.p0.data() + q, s.p1.data() + q, t.offset, L2, O2);
+          adjoint_chunk(taps, dst, q > 0, std::min(4, count - q), src.data() + q, s.p0.data() + q,
+                        s.p1.data() + q, t.offset, L2, O2);
         for (int k = 0; k < count; ++k)
           for (size_t e = 0; e < extras; ++e)
             dst[t.extra_j[e]] +=
@@ -722,8 +717,8 @@ void PlaneBackward<scalar_t>::plane(PlaneScratch<scalar_t>& scratch, int64_t c,
   auto grad_weight_rows = [&](int64_t o0, int64_t o1, int64_t count_rows) {
     const int count = outer_rows(s.rows, g, ws, o0, o1, is.slot[0], is.slot[1], true);
     const int64_t at = o0 * gos.slot[0] + o1 * gos.slot[1];
-    weight_grad_rows(s.dots, s.rows, count, x, go + at, count_rows, is.slot[1], gos.slot[1],
-                     t, read_offset, next_go == nullptr ? nullptr : next_go + at,
+    weight_grad_rows(s.dots, s.rows, count, x, go + at, count_rows, is.slot[1], gos.slot[1], t,
+                     read_offset, next_go == nullptr ? nullptr : next_go + at,
                      next_x == nullptr ? nullptr : next_x + o0 * is.slot[0] + o1 * is.slot[1],
                      row_bytes, flat_weight_rows);
   };
@@ -766,8 +761,7 @@ void backward_planar(const BackwardCall& call) {
     scalar_t* grad_in = static_cast<scalar_t*>(call.grad_input);
     const BackwardShifts<scalar_t> shifts(call.weight, g, call.active);
     const PlaneBackward<scalar_t> kernel(g, call.active, shifts.read, shifts.interp);
-    const int64_t grain =
-        std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.in_plane()));
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.in_plane()));
     at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
       PlaneScratch<scalar_t> scratch;
       for (int64_t p = begin; p < end; ++p) {
@@ -783,8 +777,8 @@ void backward_planar(const BackwardCall& call) {
         }
         kernel.plane(scratch, c, grad_out + n * gos.batch + c * gos.channel,
                      in + n * is.batch + c * is.channel,
-                     grad_in == nullptr ? nullptr : grad_in + n * gis.batch + c * gis.channel,
-                     gos, is, gis, next_go, next_x,
+                     grad_in == nullptr ? nullptr : grad_in + n * gis.batch + c * gis.channel, gos,
+                     is, gis, next_go, next_x,
                      partials == nullptr ? nullptr : partials + p * kSlots);
       }
     });

@@ -30,8 +30,7 @@ namespace {
 // SSL forward.
 
 template <typename T>
-void copy_row(const T* x, int64_t xs, T* y, int64_t ys, const Geometry& g, int64_t shift,
-              T fill) {
+void copy_row(const T* x, int64_t xs, T* y, int64_t ys, const Geometry& g, int64_t shift, T fill) {
   const int64_t out_length = g.out_length[2], length = g.length[2], before = g.before[2];
   const Interior in = interior(out_length, length, before, shift, 1);
   auto edge = [&](int64_t o) {
@@ -146,8 +145,8 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
   if (f.rows.hi > f.rows.lo) {
     const FlatRange r = flat_interior(g, f, s1);
     if (r.n > 0) std::memcpy(y + r.dst, x + r.src, r.n * sizeof(T));
-    edge_columns(y + f.rows.lo * L2, x + (f.rows.lo + b1 - s1) * L2, f.rows.hi - f.rows.lo, L2,
-                 f, fill);
+    edge_columns(y + f.rows.lo * L2, x + (f.rows.lo + b1 - s1) * L2, f.rows.hi - f.rows.lo, L2, f,
+                 fill);
   }
   for (int64_t o1 = std::max(f.rows.hi, f.rows.lo); o1 < O1; ++o1) {
     const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
@@ -188,15 +187,14 @@ void ssl_forward_plane_flat(const T* x, int64_t xs0, T* y, int64_t ys0, const Ge
   }
 }
 
-
 // One dense plane shifted in place with zeros padding (no crop), without a buffer: every
 // read through padding is the fill, so the only reads are each slab's interior, one
 // overlap-safe memmove from its source slab. Slabs are visited away from the slot-0 shift,
 // so a source slab is read before its own output is written, and within a slab the fills
 // come after the move they would clobber. Half the memory traffic of going through a buffer.
 template <typename T>
-void ssl_shift_plane_inplace_zeros(T* p, const Geometry& g, const ChannelShift<double>& cs,
-                                   T fill, int64_t* edge_scratch) {
+void ssl_shift_plane_inplace_zeros(T* p, const Geometry& g, const ChannelShift<double>& cs, T fill,
+                                   int64_t* edge_scratch) {
   const int64_t L0 = g.length[0], L1 = g.length[1], L2 = g.length[2], slab = L1 * L2;
   const int64_t s0 = cs.shift[0], s1 = cs.shift[1];
   const FlatSSL f = flat_ssl_plan(g, cs, edge_scratch);
@@ -262,8 +260,8 @@ void ssl_forward_planar(const ForwardCall& call) {
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / g.channels, c = p % g.channels;
         ssl_forward_plane_flat(in + n * is.batch + c * is.channel, is.slot[0],
-                               out + n * os.batch + c * os.channel, os.slot[0], g, shifts[c],
-                               fill, edges.data());
+                               out + n * os.batch + c * os.channel, os.slot[0], g, shifts[c], fill,
+                               edges.data());
       }
     });
   });
@@ -437,9 +435,8 @@ void stencil_run(opmath_t* __restrict__ dst, const scalar_t* const* src, const o
 template <int A, typename scalar_t, typename opmath_t>
 void stencil_run_any(opmath_t* dst, int count, const scalar_t* const* src, const opmath_t* coef,
                      const opmath_t* tap, const RowPlan& p, int64_t rows) {
-  dispatch_count<1, 2, 3, 4>(count, [&](auto k) {
-    stencil_run<decltype(k)::value, A>(dst, src, coef, tap, p, rows);
-  });
+  dispatch_count<1, 2, 3, 4>(
+      count, [&](auto k) { stencil_run<decltype(k)::value, A>(dst, src, coef, tap, p, rows); });
 }
 
 // Any number of source rows, four at a time.
@@ -521,12 +518,10 @@ ActiveForwardPlanes<scalar_t>::ActiveForwardPlanes(const Geometry& g,
     f.tables = found.first->second;
     if (!found.second) continue;
     ForwardTables& t = p->tables.emplace_back();
-    t.t0 = slot_taps(g.out_length[0], g.length[0], g.before[0], cs.shift[0], f.w0.taps,
-                     g.padding);
-    t.t1 = slot_taps(g.out_length[1], g.length[1], g.before[1], cs.shift[1], f.w1.taps,
-                     g.padding);
-    t.row = forward_row_plan(g.out_length[2], g.length[2], g.before[2], cs.shift[2],
-                             f.w2.taps, g.padding);
+    t.t0 = slot_taps(g.out_length[0], g.length[0], g.before[0], cs.shift[0], f.w0.taps, g.padding);
+    t.t1 = slot_taps(g.out_length[1], g.length[1], g.before[1], cs.shift[1], f.w1.taps, g.padding);
+    t.row = forward_row_plan(g.out_length[2], g.length[2], g.before[2], cs.shift[2], f.w2.taps,
+                             g.padding);
   }
 }
 
@@ -611,34 +606,35 @@ void active_forward_planar(const ForwardCall& call) {
   TORCH_INTERNAL_ASSERT(is.slot[2] == 1 || g.length[2] == 1, "planar input must be unit-stride");
   dispatch_type<float, double, c10::BFloat16, c10::Half>(
       call.dtype, "active_forward_planar", [&](auto type) {
-    using scalar_t = typename decltype(type)::type;
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* in = static_cast<const scalar_t*>(call.input);
-    scalar_t* out = static_cast<scalar_t*>(call.output);
-    const Shifts<opmath_t> shifts = channel_shifts<opmath_t>(call.weight, g, /*rounded=*/false);
-    const ActiveForwardPlanes<scalar_t> kernel(g, shifts);
-    const bool buffered = kernel.buffered(os);
-    const int64_t grain =
-        std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
-    at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
-      std::vector<opmath_t> buffer(buffered ? kernel.buffer_size() : 0);
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t n = p / g.channels, c = p % g.channels;
-        kernel.plane(c, in + n * is.batch + c * is.channel, is,
-                     out + n * os.batch + c * os.channel, os, buffered ? buffer.data() : nullptr);
-      }
-    });
-  });
+        using scalar_t = typename decltype(type)::type;
+        using opmath_t = at::opmath_type<scalar_t>;
+        const scalar_t* in = static_cast<const scalar_t*>(call.input);
+        scalar_t* out = static_cast<scalar_t*>(call.output);
+        const Shifts<opmath_t> shifts = channel_shifts<opmath_t>(call.weight, g, /*rounded=*/false);
+        const ActiveForwardPlanes<scalar_t> kernel(g, shifts);
+        const bool buffered = kernel.buffered(os);
+        const int64_t grain =
+            std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
+        at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
+          std::vector<opmath_t> buffer(buffered ? kernel.buffer_size() : 0);
+          for (int64_t p = begin; p < end; ++p) {
+            const int64_t n = p / g.channels, c = p % g.channels;
+            kernel.plane(c, in + n * is.batch + c * is.channel, is,
+                         out + n * os.batch + c * os.channel, os,
+                         buffered ? buffer.data() : nullptr);
+          }
+        });
+      });
 }
 
 // The per-plane SSL kernels of planes.h, for every carrier.
-#define TS2_INSTANTIATE(T)                                                                   \
-  template void ssl_forward_plane<T>(const T*, const int64_t*, T*, const int64_t*,          \
-                                     const Geometry&, const ChannelShift<double>&, T);       \
-  template void ssl_forward_plane_flat<T>(const T*, int64_t, T*, int64_t, const Geometry&,  \
-                                          const ChannelShift<double>&, T, int64_t*);         \
-  template void ssl_shift_plane_inplace_zeros<T>(T*, const Geometry&,                       \
-                                                 const ChannelShift<double>&, T, int64_t*);
+#define TS2_INSTANTIATE(T)                                                                         \
+  template void ssl_forward_plane<T>(const T*, const int64_t*, T*, const int64_t*,                 \
+                                     const Geometry&, const ChannelShift<double>&, T);             \
+  template void ssl_forward_plane_flat<T>(const T*, int64_t, T*, int64_t, const Geometry&,         \
+                                          const ChannelShift<double>&, T, int64_t*);               \
+  template void ssl_shift_plane_inplace_zeros<T>(T*, const Geometry&, const ChannelShift<double>&, \
+                                                 T, int64_t*);
 TS2_INSTANTIATE(uint8_t)
 TS2_INSTANTIATE(int16_t)
 TS2_INSTANTIATE(int32_t)

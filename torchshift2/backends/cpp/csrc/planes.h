@@ -19,8 +19,8 @@ namespace torchshift2_cpu {
 
 // Any strides: xs / ys are the three slot strides of the input and output planes.
 template <typename T>
-void ssl_forward_plane(const T* x, const int64_t* xs, T* y, const int64_t* ys,
-                       const Geometry& g, const ChannelShift<double>& cs, T fill);
+void ssl_forward_plane(const T* x, const int64_t* xs, T* y, const int64_t* ys, const Geometry& g,
+                       const ChannelShift<double>& cs, T fill);
 
 // A plane whose slabs (slots 1, 2) are one flat run in both tensors, slot 2 not cropped
 // (flat_planes): a memcpy per slab plus its edge columns. xs0 / ys0: the slot-0 strides;
@@ -32,8 +32,8 @@ void ssl_forward_plane_flat(const T* x, int64_t xs0, T* y, int64_t ys0, const Ge
 // A dense plane shifted in place with zeros padding and no crop, without a buffer (one
 // overlap-safe memmove per slab). edge_scratch: room for g.length[2] indices.
 template <typename T>
-void ssl_shift_plane_inplace_zeros(T* p, const Geometry& g, const ChannelShift<double>& cs,
-                                   T fill, int64_t* edge_scratch);
+void ssl_shift_plane_inplace_zeros(T* p, const Geometry& g, const ChannelShift<double>& cs, T fill,
+                                   int64_t* edge_scratch);
 
 // --- Active Shift forward of single planes ----------------------------------------------
 

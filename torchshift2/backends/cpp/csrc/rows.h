@@ -26,8 +26,9 @@ inline c10::BFloat16 round_to<c10::BFloat16, float>(float v) {
   uint32_t u;
   std::memcpy(&u, &v, sizeof(u));
   const uint32_t rounded = (u + UINT32_C(0x7FFF) + ((u >> 16) & 1u)) >> 16;
-  const uint16_t bits =
-      (u & UINT32_C(0x7FFFFFFF)) > UINT32_C(0x7F800000) ? UINT16_C(0x7FC0) : static_cast<uint16_t>(rounded);
+  const uint16_t bits = (u & UINT32_C(0x7FFFFFFF)) > UINT32_C(0x7F800000)
+                            ? UINT16_C(0x7FC0)
+                            : static_cast<uint16_t>(rounded);
   return c10::BFloat16(bits, c10::BFloat16::from_bits());
 }
 
@@ -76,6 +77,5 @@ inline void masked_taps(opmath_t* __restrict__ dst, const scalar_t* (&s)[K][A],
   for (; j < end; ++j, column = column + 1 == L2 ? 0 : column + 1)
     dst[j] = value(j, inside[0] + column, inside[A - 1] + column);
 }
-
 
 }  // namespace torchshift2_cpu

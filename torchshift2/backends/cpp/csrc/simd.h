@@ -32,24 +32,24 @@ struct Bits;
 
 #ifdef TS2_AVX512
 // One specialisation per element size: the intrinsics differ only in their suffix.
-#define TS2_BITS(E, MASK, SUFFIX, LANE)                                                     \
-  template <>                                                                               \
-  struct Bits<E> {                                                                          \
-    using V = __m512i;                                                                      \
-    static V or_(V a, V b) { return _mm512_or_si512(a, b); }                                \
-    static V set1(uint64_t v) { return _mm512_set1_##SUFFIX(static_cast<LANE>(v)); }       \
-    static V load_merge(V acc, uint64_t m, const void* p) {                                 \
-      return _mm512_mask_loadu_##SUFFIX(acc, static_cast<MASK>(m), p);                      \
-    }                                                                                       \
-    static V load_zero(uint64_t m, const void* p) {                                         \
-      return _mm512_maskz_loadu_##SUFFIX(static_cast<MASK>(m), p);                          \
-    }                                                                                       \
-    static V blend(uint64_t m, V a, V b) {                                                  \
-      return _mm512_mask_blend_##SUFFIX(static_cast<MASK>(m), a, b);                        \
-    }                                                                                       \
-    static void store(void* p, uint64_t m, V v) {                                           \
-      _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);                              \
-    }                                                                                       \
+#define TS2_BITS(E, MASK, SUFFIX, LANE)                                              \
+  template <>                                                                        \
+  struct Bits<E> {                                                                   \
+    using V = __m512i;                                                               \
+    static V or_(V a, V b) { return _mm512_or_si512(a, b); }                         \
+    static V set1(uint64_t v) { return _mm512_set1_##SUFFIX(static_cast<LANE>(v)); } \
+    static V load_merge(V acc, uint64_t m, const void* p) {                          \
+      return _mm512_mask_loadu_##SUFFIX(acc, static_cast<MASK>(m), p);               \
+    }                                                                                \
+    static V load_zero(uint64_t m, const void* p) {                                  \
+      return _mm512_maskz_loadu_##SUFFIX(static_cast<MASK>(m), p);                   \
+    }                                                                                \
+    static V blend(uint64_t m, V a, V b) {                                           \
+      return _mm512_mask_blend_##SUFFIX(static_cast<MASK>(m), a, b);                 \
+    }                                                                                \
+    static void store(void* p, uint64_t m, V v) {                                    \
+      _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);                       \
+    }                                                                                \
   };
 TS2_BITS(1, __mmask64, epi8, char)
 TS2_BITS(2, __mmask32, epi16, short)
@@ -104,8 +104,8 @@ inline __m256i lane_mask32(uint64_t m) {  // 8 lanes of 4 bytes from bits 0-7
 }
 inline __m256i lane_mask64(uint64_t m) {  // 4 lanes of 8 bytes from bits 0-3
   const __m256i bit = _mm256_setr_epi64x(1, 2, 4, 8);
-  return _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(static_cast<int64_t>(m & 0xf)), bit),
-                            bit);
+  return _mm256_cmpeq_epi64(
+      _mm256_and_si256(_mm256_set1_epi64x(static_cast<int64_t>(m & 0xf)), bit), bit);
 }
 // The lane mask of half h of a 64-byte vector of E-byte lanes.
 template <int E>
@@ -164,8 +164,10 @@ struct Avx2Bits {
     for (int h = 0; h < 2; ++h) {
       const __m256i k = half_mask<E>(m, h);
       if (_mm256_testz_si256(k, k)) continue;
-      if (E == 4) _mm256_maskstore_epi32(reinterpret_cast<int*>(c + 32 * h), k, v.h[h]);
-      else _mm256_maskstore_epi64(reinterpret_cast<long long*>(c + 32 * h), k, v.h[h]);
+      if (E == 4)
+        _mm256_maskstore_epi32(reinterpret_cast<int*>(c + 32 * h), k, v.h[h]);
+      else
+        _mm256_maskstore_epi64(reinterpret_cast<long long*>(c + 32 * h), k, v.h[h]);
     }
   }
 };
@@ -182,27 +184,27 @@ template <typename scalar_t>
 struct Math;
 
 #ifdef TS2_AVX512
-#define TS2_MATH(T, VEC, LANES, MASK, SUFFIX)                                               \
-  template <>                                                                               \
-  struct Math<T> {                                                                          \
-    using V = VEC;                                                                          \
-    static constexpr int kLanes = LANES;                                                    \
-    static V zero() { return _mm512_setzero_##SUFFIX(); }                                   \
-    static V load(const T* c) { return _mm512_loadu_##SUFFIX(c); }                          \
-    static V load(uint64_t m, const T* p) {                                                 \
-      return _mm512_maskz_loadu_##SUFFIX(static_cast<MASK>(m), p);                          \
-    }                                                                                       \
-    static V fma(V a, V b, V c) { return _mm512_fmadd_##SUFFIX(a, b, c); }                  \
-    static V mul(V a, V b) { return _mm512_mul_##SUFFIX(a, b); }                            \
-    static V add(V a, V b) { return _mm512_add_##SUFFIX(a, b); }                            \
-    static void store(T* p, uint64_t m, V v) {                                              \
-      _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);                              \
-    }                                                                                       \
-    static void spill(T* p, V v) { _mm512_storeu_##SUFFIX(p, v); }                          \
-    /* Lanes in m from a, the others from b. */                                             \
-    static V select(uint64_t m, V a, V b) {                                                 \
-      return _mm512_mask_blend_##SUFFIX(static_cast<MASK>(m), b, a);                        \
-    }                                                                                       \
+#define TS2_MATH(T, VEC, LANES, MASK, SUFFIX)                              \
+  template <>                                                              \
+  struct Math<T> {                                                         \
+    using V = VEC;                                                         \
+    static constexpr int kLanes = LANES;                                   \
+    static V zero() { return _mm512_setzero_##SUFFIX(); }                  \
+    static V load(const T* c) { return _mm512_loadu_##SUFFIX(c); }         \
+    static V load(uint64_t m, const T* p) {                                \
+      return _mm512_maskz_loadu_##SUFFIX(static_cast<MASK>(m), p);         \
+    }                                                                      \
+    static V fma(V a, V b, V c) { return _mm512_fmadd_##SUFFIX(a, b, c); } \
+    static V mul(V a, V b) { return _mm512_mul_##SUFFIX(a, b); }           \
+    static V add(V a, V b) { return _mm512_add_##SUFFIX(a, b); }           \
+    static void store(T* p, uint64_t m, V v) {                             \
+      _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);             \
+    }                                                                      \
+    static void spill(T* p, V v) { _mm512_storeu_##SUFFIX(p, v); }         \
+    /* Lanes in m from a, the others from b. */                            \
+    static V select(uint64_t m, V a, V b) {                                \
+      return _mm512_mask_blend_##SUFFIX(static_cast<MASK>(m), b, a);       \
+    }                                                                      \
   };
 TS2_MATH(float, __m512, 16, __mmask16, ps)
 TS2_MATH(double, __m512d, 8, __mmask8, pd)
@@ -323,7 +325,7 @@ struct PortableMath {
       if ((m & kAll) == kAll) return spill(p, v);                                           \
       for (int h = 0; h < 2; ++h) {                                                         \
         const __m256i k = half_mask<E>(m, h);                                               \
-        if (!_mm256_testz_si256(k, k)) _mm256_maskstore_##SUFFIX(p + h * kHalf, k, v.h[h]);       \
+        if (!_mm256_testz_si256(k, k)) _mm256_maskstore_##SUFFIX(p + h * kHalf, k, v.h[h]); \
       }                                                                                     \
     }                                                                                       \
     static V select(uint64_t m, V a, V b) {                                                 \
@@ -403,10 +405,14 @@ struct Gather<8> {
   using I = __m256i;
   using Bv = __m512i;
   using Fv = __m512d;
-  static I index(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I index(const int32_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
   static I add(I i, int32_t v) { return _mm256_add_epi32(i, _mm256_set1_epi32(v)); }
   static I add(I i, I j) { return _mm256_add_epi32(i, j); }
-  static void store_index(int32_t* p, I i) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), i); }
+  static void store_index(int32_t* p, I i) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), i);
+  }
   static Bv bits(Bv src, uint64_t m, I i, const void* base) {
     return _mm512_mask_i32gather_epi64(src, static_cast<__mmask8>(m), i, base, 8);
   }
@@ -497,10 +503,14 @@ struct Gather<8> {
   using I = __m256i;
   using Bv = Bits<8>::V;
   using Fv = Math<double>::V;
-  static I index(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static I index(const int32_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
   static I add(I i, int32_t v) { return _mm256_add_epi32(i, _mm256_set1_epi32(v)); }
   static I add(I i, I j) { return _mm256_add_epi32(i, j); }
-  static void store_index(int32_t* p, I i) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), i); }
+  static void store_index(int32_t* p, I i) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), i);
+  }
   static __m128i half(I i, int h) {
     return h == 0 ? _mm256_castsi256_si128(i) : _mm256_extracti128_si256(i, 1);
   }

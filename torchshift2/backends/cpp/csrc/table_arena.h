@@ -93,9 +93,13 @@ struct TableAllocator {
   }
   void deallocate(T* p, size_t) { TableArena::deallocate(p); }
   template <typename U>
-  bool operator==(const TableAllocator<U>&) const { return true; }
+  bool operator==(const TableAllocator<U>&) const {
+    return true;
+  }
   template <typename U>
-  bool operator!=(const TableAllocator<U>&) const { return false; }
+  bool operator!=(const TableAllocator<U>&) const {
+    return false;
+  }
 };
 
 template <typename T>
