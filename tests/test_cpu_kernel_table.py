@@ -82,6 +82,21 @@ def _tensor(shape, layout, dtype):
     raise ValueError(f"unknown layout {layout!r} in the kernel table")
 
 
+def _weight(kind, channels, ndim):
+    """The case's weight (option ``shifts=``): ``equal``, every channel shifted by 0.5 in
+    each dim (SSL: one tap per block; Active: 2^D); ``spread``, channel c by
+    ((c % 4) - 1.5, ...) (SSL: 4^D taps per block, up to 16); absent, no weight (the widest
+    spread)."""
+    if kind is None:
+        return None
+    if kind == "equal":
+        return torch.full((channels, ndim), 0.5)
+    if kind == "spread":
+        c = torch.arange(channels, dtype=torch.float64)
+        return torch.stack([(c // 4 ** d) % 4 - 1.5 for d in range(ndim)], dim=1).float()
+    raise ValueError(f"unknown shifts={kind!r} in the kernel table")
+
+
 def _case(text: str):
     shape, layout, *options = text.split()
     options = dict(option.split("=") for option in options)
@@ -108,9 +123,11 @@ def test_row_selects_its_function(row):
         for dtype in dtypes:
             x = _tensor(shape, layout, DTYPES[dtype])
             for active in actives:
+                k = int(options.get("k", 1))
+                weight = _weight(options.get("shifts"), k * shape[1], len(shape) - 2)
                 got = cpp.kernel_name(direction, x, options.get("padding", "zeros"), active, crop,
-                                      multiplier=int(options.get("k", 1)),
-                                      needs_grad_input=mask[0], needs_grad_weight=mask[1])
+                                      multiplier=k, needs_grad_input=mask[0],
+                                      needs_grad_weight=mask[1], weight=weight)
                 assert got == expected, (dtype, active, got)
     finally:
         torch.set_num_threads(threads)

@@ -65,3 +65,28 @@ def test_calls_in_blocks_match_the_reference(active):
     assert_close(grad_input.double(), ref_input, torch.float32)
     scale = float(ref_weight.abs().max())
     assert_close(grad_weight / scale, ref_weight / scale, torch.float32)
+
+
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_channel_blocks_of_a_channels_last_grad_input(padding):
+    # Regression: a 12.8 MB channels-last sample with a contiguous grad_output runs the
+    # backward in blocks of 16 channels; each block's grad_input is a slice whose rows have
+    # all 20 channels, which the gathers wrote as rows of 16 (garbage for every element but
+    # the first column) until plan_backward sent such slices through a temporary.
+    torch.manual_seed(0)
+    x = torch.randn(1, 20, 400, 400).contiguous(memory_format=torch.channels_last)
+    weight = torch.rand(20, 2) * 8 - 4
+    grad_output = torch.randn(1, 20, 400, 400)
+    assert ts.backends.cpp.kernel_name("backward", x, padding, grad_output=grad_output).endswith(
+        "[blocks]")
+    grads = []
+    for fn in (ts.backends.cpp.backward, ts.reference.shift):
+        xr = x.detach().requires_grad_()
+        wr = weight.clone().requires_grad_()
+        if fn is ts.reference.shift:
+            grads.append(torch.autograd.grad(fn(xr, wr, padding), (xr, wr), grad_output))
+        else:
+            grads.append(fn(grad_output, x, weight, padding, False, [0, 0, 0, 0]))
+    assert_close(grads[0][0], grads[1][0], torch.float32)
+    scale = float(grads[1][1].abs().max())
+    assert_close(grads[0][1] / scale, grads[1][1] / scale, torch.float32)

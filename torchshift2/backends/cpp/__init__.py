@@ -14,6 +14,8 @@ Besides the interface, the library registers the eager fast path that
 """
 from __future__ import annotations
 
+import contextlib
+
 from ... import _spec
 from . import build
 
@@ -60,13 +62,15 @@ def cache_info() -> dict:
 
 def kernel_name(direction, input, padding="zeros", active=False, crop=None,
                 grad_output=None, multiplier=1, needs_grad_input=True,
-                needs_grad_weight=True) -> str:
+                needs_grad_weight=True, weight=None) -> str:
     """The C++ kernel a call would run, without running it (``README.md`` here, kernel
     selection): ``direction`` is ``"forward"``, ``"backward"`` or ``"inplace"``; ``input``
     any tensor with the call's dtype, sizes and strides (a ``meta`` tensor will do);
     ``crop`` flat ``[before, after] * D`` or ``None``; ``grad_output`` (backward, any device)
     by default in the layout the forward gives; ``multiplier`` k of a ``(k·C, D)`` weight;
-    ``needs_grad_input`` / ``needs_grad_weight`` the backward's ``output_mask``. Answers
+    ``needs_grad_input`` / ``needs_grad_weight`` the backward's ``output_mask``; ``weight``
+    the call's ``(k·C, D)`` weight, whose shift spread the channels-last forward's cost model
+    reads (``None``: the widest spread, every channel's corners taps of their own). Answers
     ``"<function>"``, with `` [widened]`` (bfloat16 / half through the float kernels),
     `` [blocks]`` (the call runs in blocks of samples / channels) and `` [inverse shift]``
     (grad_input as the forward with the negated shift), or ``"none"``."""
@@ -77,7 +81,20 @@ def kernel_name(direction, input, padding="zeros", active=False, crop=None,
                                    crop, _spec.is_channels_last(input),
                                    [] if grad_output is None else list(grad_output.stride()),
                                    int(multiplier), bool(needs_grad_input),
-                                   bool(needs_grad_weight))
+                                   bool(needs_grad_weight),
+                                   None if weight is None else weight.detach().cpu())
+
+
+@contextlib.contextmanager
+def kernel_override(kernel: str):
+    """Within the block, every channels-last call runs ``kernel`` (``"taps"``, ``"gather"``
+    or ``"planes"``) where it can and raises where it cannot: for calibrating the cost model
+    (``benchmarks/tools/calibrate_cl.py``), not for use. Process-wide, not thread-safe."""
+    build.ops().set_kernel_override(kernel)
+    try:
+        yield
+    finally:
+        build.ops().set_kernel_override("none")
 
 
 def isa() -> str:

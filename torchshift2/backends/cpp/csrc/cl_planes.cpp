@@ -215,6 +215,9 @@ int64_t channel_blocks(const Geometry& g) {
 // the transposes' reads still gain from more blocks: then as many as kSpillFactor budgets
 // hold, at least one.
 constexpr int64_t kSpillFactor = 8;
+// Where one block's planes exceed this many budgets, they go to memory between the passes
+// (PlanesFit::spills; cost_model.h).
+constexpr int64_t kPlanesSpill = 2 * kSpillFactor;
 // The most a task's plane buffers may take (through_planes): their size must not grow with
 // the input's (SPEC §5).
 constexpr int64_t kMaxTaskBytes = int64_t(16) << 20;
@@ -256,33 +259,49 @@ void for_each_channel_block(const Geometry& g, int64_t buffers, F fn) {
 
 }  // namespace
 
-// Whether a channels-last kernel goes through planes (dense channels-last samples):
-// - three spatial dims: always; a gather per interpolation corner (8 of them) costs more
-//   than the transposes (benchmarks/archive/NOTES.md v8);
-// - two, on CPUs with AVX2 but not AVX-512, whose gathers are slower: always (v10);
-// - two, with AVX-512: 4-byte elements only, where a task's group of blocks reads at least
-//   four cache lines of a position, or all of them, while its planes stay in L2 (v11); with
-//   one block per task the transposes' strided reads cost more than the gathers;
-// - one: never.
-// grad_input: the strides of a backward's grad_input, null for a forward.
-bool through_planes(int64_t element_size, const Geometry& g, const Strides& input,
-                    const Strides& output, const Strides* grad_input) {
+// Whether the through-planes kernels can run a call: dense channels-last samples (input,
+// output / grad_output, and for a backward grad_input; else null), and planes small enough
+// that a task's buffers hold at least one block's (kMaxTaskBytes: they must not grow with the
+// input, SPEC §5); with the blocks per task (group) and per sample.
+PlanesFit planes_fit(int64_t element_size, const Geometry& g, const Strides& input,
+                     const Strides& output, const Strides* grad_input) {
+  PlanesFit fit;
   if (!dense_channels_last(input, g.length, g.channels) ||
       !dense_channels_last(output, g.out_length, g.channels) ||
       (grad_input != nullptr && !dense_channels_last(*grad_input, g.length, g.channels)))
-    return false;
-  // A task's buffers hold whole planes of at least one block of channels: planes so big
-  // that they pass kMaxTaskBytes would make the buffers grow with the input (SPEC §5).
-  if (kTransposeLanes<float> * plane_buffers<float>(g, grad_input != nullptr) *
-          std::max<int64_t>(element_size, 4) >
-      kMaxTaskBytes)
-    return false;
+    return fit;
+  const int64_t buffers = plane_buffers<float>(g, grad_input != nullptr);
+  if (kTransposeLanes<float> * buffers * std::max<int64_t>(element_size, 4) > kMaxTaskBytes)
+    return fit;
+  fit.possible = true;
+  fit.group = group_blocks<float>(g, buffers);
+  fit.blocks = channel_blocks<float>(g);
+  fit.spills = kTransposeLanes<float> * buffers * static_cast<int64_t>(sizeof(float)) >
+               kPlanesSpill * plane_budget_bytes();
+  fit.tasks = g.batch * ((fit.blocks + fit.group - 1) / fit.group);
+  fit.plane_bytes = g.in_plane() * static_cast<int64_t>(sizeof(float));
+  return fit;
+}
+
+// Whether a channels-last backward, or a forward the cost model does not decide, goes through
+// planes (planes_fit, and):
+// - three spatial dims: always; a gather per interpolation corner (8 of them) costs more
+//   than the transposes (benchmarks/archive/NOTES.md v8);
+// - two, on CPUs with AVX2 but not AVX-512, whose gathers are slower: always (v10);
+// - two, with AVX-512: 4-byte elements only (v11 chose the gathers where a task holds fewer
+//   than four blocks; on the AMD machine of docs/dev/numbers.md the gathers cost up to 2x
+//   the planes there, and at most 1.2x less elsewhere: benchmarks/tools/calibrate_cl.py
+//   --backward);
+// - one: never.
+bool through_planes(int64_t element_size, const Geometry& g, const Strides& input,
+                    const Strides& output, const Strides* grad_input) {
+  const PlanesFit fit = planes_fit(element_size, g, input, output, grad_input);
+  if (!fit.possible) return false;
   if (g.is_spatial[0]) return true;
   if (!g.is_spatial[1]) return false;
   if (kAvx2Only) return true;
   if (element_size != 4) return false;
-  const int64_t group = group_blocks<float>(g, plane_buffers<float>(g, grad_input != nullptr));
-  return group >= 4 || group == channel_blocks<float>(g);
+  return true;
 }
 
 // Backward through planes (float, double); partials: kSlots per (n, c) (the plane format).

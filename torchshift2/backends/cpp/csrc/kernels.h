@@ -98,9 +98,22 @@ void shift_inplace_cl_two_pass(const InplaceCall&);   // channels innermost, few
 
 // --- Conditions --------------------------------------------------------------------------
 
-// Whether a channels-last kernel of elements of this size goes through planes (cl_planes.cpp
-// explains the rule): input, output / grad_output, and for a backward grad_input (else null)
-// must hold dense channels-last samples.
+// Whether the through-planes kernels can run a call (dense channels-last samples, bounded
+// buffers), and how many blocks of 16 channels a task transposes together (group) of the
+// sample's (blocks), whether they spill out of L2, and the tasks of the call. grad_input: a
+// backward's strides, null for a forward.
+struct PlanesFit {
+  bool possible = false;
+  int64_t group = 0, blocks = 0;
+  bool spills = false;      // one block's planes go to memory between the passes
+  int64_t plane_bytes = 0;  // one input plane as float
+  int64_t tasks = 0;        // (sample, group) tasks of the call
+};
+PlanesFit planes_fit(int64_t element_size, const Geometry& g, const Strides& input,
+                     const Strides& output, const Strides* grad_input);
+
+// Whether a channels-last kernel of elements of this size goes through planes where the cost
+// model (cost_model.h) does not decide (cl_planes.cpp explains the rule).
 bool through_planes(int64_t element_size, const Geometry& g, const Strides& input,
                     const Strides& output, const Strides* grad_input);
 

@@ -13,6 +13,7 @@
 
 #include <c10/util/accumulate.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -20,11 +21,13 @@
 #include <vector>
 
 #include "corners.h"
+#include "cost_model.h"
 #include "geometry.h"
 #include "isa.h"
 #include "kernels.h"
 #include "ops.h"
 #include "output_cache.h"
+#include "simd.h"
 
 namespace torchshift2_cpu {
 namespace {
@@ -233,7 +236,64 @@ struct Query {
   bool cl;  // the channels-last kernels run (channels innermost, rows W x C blocks)
   Strides input, output, grad_input;  // output: forward's output / backward's grad_output
   bool needs_grad_input = true;       // backward: output_mask[0]
+  // Forward: the (C, D) float64 weight of the kernel's channels, for the shift spread of the
+  // cost model; null: the widest spread (every corner of every channel a tap of its own).
+  const double* weight = nullptr;
 };
+
+// A kernel forced by set_kernel_override (benchmarks/tools/calibrate_cl.py times each
+// channels-last kernel on the same call that way); kNone in normal use.
+enum class Override { kNone, kTaps, kGather, kPlanes };
+std::atomic<Override> kernel_override{Override::kNone};
+
+// The mean taps per 64-byte block of the call's channels (cost_model.h).
+double call_taps(const Query& q, int64_t lanes) {
+  if (q.weight != nullptr) return mean_taps(q.weight, q.g, lanes, q.active);
+  return static_cast<double>(std::min(lanes, q.g.channels) * (q.active ? corner_count(q.g) : 1));
+}
+
+// The channels-last forward of op-math (and for SSL any) elements on AVX-512 or portable
+// builds: the cheapest by the cost model among the kernels that can run the call. The
+// taps run every call; the gathers need 32-bit indices (and 4- or 8-byte elements); the
+// planes two or three spatial dims, dense samples, bounded buffers (and for SSL 4-byte
+// elements).
+Choice choose_cl_forward(const Query& q, int64_t size) {
+  const Geometry& g = q.g;
+  const PlanesFit fit = planes_fit(size, g, q.input, q.output, nullptr);
+  const bool can_planes = fit.possible && g.spatial_dims() >= 2 && (q.active || size == 4);
+  const bool can_gather = (size == 4 || size == 8) && gather_indexable(g, q.input);
+  const Choice taps =
+      q.active ? TS2_FORWARD(active_forward_cl_taps) : TS2_FORWARD(ssl_forward_cl_taps);
+  const Choice gather =
+      q.active ? TS2_FORWARD(active_forward_cl_gather) : TS2_FORWARD(ssl_forward_cl_gather);
+  const Choice planes =
+      q.active ? TS2_FORWARD(active_forward_cl_planes) : TS2_FORWARD(ssl_forward_cl_planes);
+  switch (kernel_override.load()) {
+    case Override::kNone:
+      break;
+    case Override::kTaps:
+      return taps;
+    case Override::kGather:
+      TORCH_CHECK(can_gather, "set_kernel_override: 'gather' cannot run this call (it needs ",
+                  "4- or 8-byte elements and 32-bit indices)");
+      return gather;
+    case Override::kPlanes:
+      TORCH_CHECK(can_planes, "set_kernel_override: 'planes' cannot run this call (it needs ",
+                  "dense channels-last samples, planes within the task budget, and for SSL ",
+                  "4-byte elements)");
+      return planes;
+  }
+  const ForwardCosts cost = forward_costs(
+      q.active, g.spatial_dims(), call_taps(q, kVectorBytes / size), fit, at::get_num_threads());
+  Choice best = taps;
+  double best_cost = cost.taps;
+  if (can_gather && cost.gather < best_cost) {
+    best = gather;
+    best_cost = cost.gather;
+  }
+  if (can_planes && cost.planes < best_cost) best = planes;
+  return best;
+}
 
 // The one place that decides which kernel runs (README.md, kernel selection).
 Choice choose_kernel(const Query& q) {
@@ -247,20 +307,21 @@ Choice choose_kernel(const Query& q) {
         if (!q.cl)
           return flat_planes(g, q.input, q.output) ? TS2_FORWARD(ssl_forward_planar)
                                                    : TS2_FORWARD(ssl_forward_strided);
-        // Planes where gathers are slow (AVX2 only), in 3D only: in 2D the three passes
-        // cost as much as the gathers (benchmarks/archive/NOTES.md v10).
-        if (size == 4 && kAvx2Only && g.is_spatial[0] &&
-            through_planes(size, g, q.input, q.output, nullptr))
+        if (!kAvx2Only) return choose_cl_forward(q, size);
+        // AVX2 (slow gathers): planes in 3D only, since in 2D the three passes cost as
+        // much as the gathers (benchmarks/archive/NOTES.md v10).
+        if (size == 4 && g.is_spatial[0] && through_planes(size, g, q.input, q.output, nullptr))
           return TS2_FORWARD(ssl_forward_cl_planes);
-        // 2-byte elements on AVX2-only CPUs: the portable per-lane gather, since their taps
-        // would be one per-lane loop per distinct shift of a block.
-        if ((size == 4 || size == 8 || (kAvx2Only && size == 2)) && gather_indexable(g, q.input))
+        // 2-byte elements too: the portable per-lane gather, since their taps would be one
+        // per-lane loop per distinct shift of a block.
+        if ((size == 4 || size == 8 || size == 2) && gather_indexable(g, q.input))
           return TS2_FORWARD(ssl_forward_cl_gather);
         return TS2_FORWARD(ssl_forward_cl_taps);
       }
       if (!q.cl) return TS2_FORWARD(active_forward_planar);
       // 3D only: in 2D the conversions cost what the float kernel saves (v14).
       if (reduced && g.is_spatial[0]) return kWiden;
+      if (op_math && !kAvx2Only) return choose_cl_forward(q, size);
       if (op_math) {
         if (through_planes(size, g, q.input, q.output, nullptr))
           return TS2_FORWARD(active_forward_cl_planes);
@@ -274,6 +335,20 @@ Choice choose_kernel(const Query& q) {
       // The reduced-type kernels converted inside their inner loops (v14).
       if (reduced) return kWiden;
       TORCH_INTERNAL_ASSERT(op_math, "choose_kernel: backward of ", q.dtype);
+      if (kernel_override.load() != Override::kNone) {
+        const Override o = kernel_override.load();
+        const bool gathers = gather_indexable(g, q.input) && gather_indexable(g, q.output) &&
+                             gather_indexable(g, q.grad_input);
+        TORCH_CHECK(o != Override::kTaps, "set_kernel_override: the backward has no taps kernel");
+        TORCH_CHECK(o != Override::kPlanes ||
+                        planes_fit(size, g, q.input, q.output, &q.grad_input).possible,
+                    "set_kernel_override: 'planes' cannot run this call");
+        TORCH_CHECK(o != Override::kGather || gathers,
+                    "set_kernel_override: 'gather' cannot run this call");
+        if (o == Override::kPlanes) return TS2_BACKWARD(backward_cl_planes, Partials::kPlanes);
+        return g.padding == kZeros ? TS2_BACKWARD(backward_cl_gather_fused, Partials::kCornerChunks)
+                                   : TS2_BACKWARD(backward_cl_gather, Partials::kCornerChunks);
+      }
       if (through_planes(size, g, q.input, q.output, &q.grad_input))
         return TS2_BACKWARD(backward_cl_planes, Partials::kPlanes);
       if (gather_indexable(g, q.input) && gather_indexable(g, q.output) &&
@@ -314,19 +389,23 @@ struct Plan {
   bool grad_input_temp = false;  // the kernel writes a temporary, copied into grad_input
 };
 
+// weight: the (C, D) float64 weight of the call's channels (null: assume the widest spread).
 Plan plan_forward(at::ScalarType dtype, const Geometry& g, bool active, at::IntArrayRef sizes,
-                  at::IntArrayRef strides, at::IntArrayRef out_sizes, at::IntArrayRef out_strides) {
+                  at::IntArrayRef strides, at::IntArrayRef out_sizes, at::IntArrayRef out_strides,
+                  const double* weight = nullptr) {
   Plan p;
   p.cl = channels_inner(sizes, strides) && channel_rows(out_sizes, out_strides);
   if (p.cl && !channel_rows(sizes, strides)) p.input = Copy::kChannelsLast;
   if (!p.cl && sizes.back() > 1 && strides.back() != 1) p.input = Copy::kContiguous;
   const std::vector<int64_t> is = strides_after(p.input, sizes, strides);
   p.copies_input = is != strides.vec();
-  p.choice = choose_kernel(
-      {Direction::kForward, active, dtype, g, p.cl, strides_of(is), strides_of(out_strides), {}});
+  Query query{Direction::kForward,     active, dtype, g, p.cl, strides_of(is),
+              strides_of(out_strides), {}};
+  query.weight = weight;
+  p.choice = choose_kernel(query);
   if (!p.choice.widen) return p;
   Plan wide = plan_forward(at::kFloat, g, active, sizes, dense_strides(sizes, true), out_sizes,
-                           out_strides);
+                           out_strides, weight);
   wide.widened = true;
   return wide;
 }
@@ -344,7 +423,9 @@ Plan plan_backward(at::ScalarType dtype, const Geometry& g, bool active, at::Int
   if (p.cl) {
     // Rows of input and grad_output must be W x C blocks.
     p.input = p.grad_output = Copy::kChannelsLast;
-    p.grad_input_temp = gis[1] != 1;
+    // So must grad_input's: a channel block's slice of a channels-last grad_input (run_backward)
+    // has rows of the full C, which the kernels would write as W x C-block rows.
+    p.grad_input_temp = !channel_rows(sizes, gis);
     if (p.grad_input_temp) gis = dense_strides(sizes, true);
   } else {
     // The plane kernel wants each (n, c) plane dense: channels-last and other layouts go
@@ -466,7 +547,7 @@ at::Tensor reading(const at::Tensor& t, int64_t dim, int64_t c0, int64_t c1, int
 void forward_into(at::Tensor out, const at::Tensor& input_, const at::Tensor& weight64,
                   const Geometry& g, bool active, double fill, Scratch& scratch) {
   const Plan plan = plan_forward(input_.scalar_type(), g, active, input_.sizes(), input_.strides(),
-                                 out.sizes(), out.strides());
+                                 out.sizes(), out.strides(), weight64.const_data_ptr<double>());
   if (plan.widened) {
     at::Tensor result = scratch.tensor(kWideOutput, out.sizes(), at::kFloat,
                                        channel_rows(out.sizes(), out.strides()));
@@ -687,10 +768,22 @@ namespace {
 std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::IntArrayRef sizes,
                         at::IntArrayRef strides, int64_t padding, bool active, at::IntArrayRef crop,
                         bool channels_last, at::IntArrayRef grad_output_strides, int64_t multiplier,
-                        bool needs_grad_input, bool needs_grad_weight) {
+                        bool needs_grad_input, bool needs_grad_weight,
+                        const std::optional<at::Tensor>& weight) {
   TORCH_CHECK(sizes.size() == strides.size(), "kernel_name: sizes and strides differ in length");
   TORCH_CHECK(multiplier >= 1, "multiplier: expected an int >= 1, got ", multiplier);
   const Geometry g = geometry_of(sizes, padding, crop);
+  // The weight rows of the first kernel call (j = 0 of a channel multiplier), for the cost
+  // model's shift spread; without a weight, the widest spread.
+  at::Tensor weight64;
+  if (weight.has_value() && weight->defined()) {
+    TORCH_CHECK(weight->dim() == 2 && weight->size(0) == sizes[1] * multiplier &&
+                    weight->size(1) == static_cast<int64_t>(sizes.size()) - 2,
+                "weight: expected shape (", sizes[1] * multiplier, ", ", sizes.size() - 2,
+                "), got ", weight->sizes());
+    weight64 = weight->to(at::kDouble).slice(0, 0, sizes[1] * multiplier, multiplier).contiguous();
+  }
+  const double* w = weight64.defined() ? weight64.const_data_ptr<double>() : nullptr;
   // The output of all k·C channels, then the view of output channels j::k a kernel writes.
   std::vector<int64_t> out_sizes = output_sizes(sizes, g, sizes[1] * multiplier);
   std::vector<int64_t> out_strides = dense_strides(out_sizes, channels_last);
@@ -701,7 +794,7 @@ std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::In
   Plan plan;
   if (direction == "forward") {
     if (empty) return "none";
-    plan = plan_forward(dtype, g, active, sizes, strides, out_sizes, out_strides);
+    plan = plan_forward(dtype, g, active, sizes, strides, out_sizes, out_strides, w);
   } else if (direction == "backward") {
     if (empty) return "none";
     if (inverse_shift(g, active, needs_grad_input, needs_grad_weight, multiplier)) {
@@ -709,7 +802,7 @@ std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::In
       std::vector<int64_t> go_strides = out_strides;
       go_strides[1] /= multiplier;
       plan = plan_forward(dtype, g, false, out_sizes, go_strides, sizes,
-                          dense_strides(sizes, channels_last));
+                          dense_strides(sizes, channels_last), w);
       return std::string(plan.choice.name) + (plan.widened ? " [widened]" : "") +
              (copies(plan) ? " [blocks]" : "") + " [inverse shift]";
     }
@@ -727,6 +820,22 @@ std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::In
 }
 
 std::string isa() { return kIsa; }
+
+// "none", "taps", "gather" or "planes": the channels-last kernel every later call runs where
+// it can (an error where it cannot), for calibrating the cost model (cost_model.h).
+void set_kernel_override(c10::string_view kernel) {
+  Override o = Override::kNone;
+  if (kernel == "taps")
+    o = Override::kTaps;
+  else if (kernel == "gather")
+    o = Override::kGather;
+  else if (kernel == "planes")
+    o = Override::kPlanes;
+  else
+    TORCH_CHECK(kernel == "none", "kernel: expected 'none', 'taps', 'gather' or 'planes', got '",
+                kernel, "'");
+  kernel_override.store(o);
+}
 
 }  // namespace
 
@@ -754,7 +863,8 @@ TORCH_LIBRARY(torchshift2_cpu, m) {
   m.def(
       "kernel_name(str direction, ScalarType dtype, int[] sizes, int[] strides, int padding, "
       "bool active, int[] crop, bool channels_last, int[] grad_output_strides, int multiplier, "
-      "bool needs_grad_input, bool needs_grad_weight) -> str");
+      "bool needs_grad_input, bool needs_grad_weight, Tensor? weight=None) -> str");
+  m.def("set_kernel_override(str kernel) -> ()");
   m.def("isa() -> str");
 }
 
@@ -768,6 +878,7 @@ TORCH_LIBRARY_IMPL(torchshift2_cpu, CatchAll, m) {
   m.impl("empty_cache", &empty_cache);
   m.impl("cache_info", &cache_info);
   m.impl("kernel_name", &kernel_name);
+  m.impl("set_kernel_override", &set_kernel_override);
   m.impl("isa", &isa);
 }
 

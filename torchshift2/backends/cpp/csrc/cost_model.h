@@ -1,0 +1,86 @@
+// The cost model of the channels-last forward's choice among the taps, the gathers and the
+// planes (README.md, kernel selection). The taps cost grows with the shift spread: a block
+// of channels (one 64-byte vector) costs one masked read per distinct offset its channels
+// read (its taps), so a block whose channels all move alike costs a copy, and one whose 16
+// channels read 16 places costs 16 reads. The gathers cost one indexed read per corner and
+// vector, the planes two transposes and the planar kernel, whatever the spread. Each is
+// estimated in nanoseconds per output vector for one thread with the data in cache; the
+// dispatcher takes the cheapest kernel that can run the call.
+//
+// The constants are fitted by benchmarks/tools/calibrate_cl.py (docs/dev/numbers.md holds its
+// last run and the machine); they rank kernels, so only their ratios matter. AVX2-only
+// builds keep the fixed rules of choose_kernel (their gathers are slower still).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "corners.h"
+#include "geometry.h"
+#include "kernels.h"
+
+namespace torchshift2_cpu {
+
+struct CostModel {
+  // SSL: taps = ssl_tap_base + ssl_tap * taps; gather (one per vector); planes.
+  double ssl_tap_base, ssl_tap, ssl_gather, ssl_planes;
+  // Active Shift: taps = active_tap_base + active_tap * taps (a tap per distinct corner
+  // offset); gather per corner pair (2^(D-1) per vector); planes (2D; 3D: times
+  // active_planes_3d, eight corners per position in the planar kernel).
+  double active_tap_base, active_tap, active_gather_pair, active_planes, active_planes_3d;
+  // SSL planes of two spatial dims larger than kLargePlaneBytes, and any planes that go to
+  // memory between the passes (PlanesFit::spills): measured at 3-5x the in-cache cost for
+  // SSL (whose planar pass is a copy, so the transposes dominate), little more for Active.
+  double ssl_planes_large, active_planes_spill;
+};
+
+inline constexpr CostModel kCostModel{1.5, 0.75, 9.0, 6.3, 2.4, 0.87, 10.7, 7.0, 1.4, 4.0, 1.2};
+inline constexpr int64_t kLargePlaneBytes = 32 << 10;
+
+// The mean number of taps of a block of `lanes` channels (a 64-byte vector): the distinct
+// offsets its channels read, over all of a channel's corners (SSL: the rounded shift;
+// Active Shift: floor(w) + a for a in {0, 1}^D). weight: (C, D) contiguous float64.
+inline double mean_taps(const double* weight, const Geometry& g, int64_t lanes, bool active) {
+  if (g.channels == 0) return 0;
+  const Shifts<double> shifts = channel_shifts<double>(weight, g, /*rounded=*/!active);
+  const int corners = active ? corner_count(g) : 1;
+  std::vector<Offset> keys;
+  int64_t total = 0, blocks = 0;
+  for (int64_t c0 = 0; c0 < g.channels; c0 += lanes, ++blocks) {
+    keys.clear();
+    for (int64_t c = c0; c < std::min(g.channels, c0 + lanes); ++c)
+      for (int k = 0; k < corners; ++k) keys.push_back(corner_offset(shifts[c], k));
+    std::sort(keys.begin(), keys.end());
+    total += std::unique(keys.begin(), keys.end()) - keys.begin();
+  }
+  return static_cast<double>(total) / static_cast<double>(blocks);
+}
+
+// Estimated costs (kCostModel's units) of the three channels-last forwards for a call whose
+// blocks read `taps` offsets on average. The planes run one task per (sample, group of
+// blocks) (planes_fit): with fewer tasks than threads the others wait, which the taps and the
+// gathers (parallel over rows) do not.
+struct ForwardCosts {
+  double taps, gather, planes;
+};
+
+inline ForwardCosts forward_costs(bool active, int ndim, double taps, const PlanesFit& fit,
+                                  int64_t threads) {
+  const CostModel& m = kCostModel;
+  const double idle = fit.tasks > 0 && fit.tasks < threads
+                          ? static_cast<double>(threads) / static_cast<double>(fit.tasks)
+                          : 1.0;
+  if (!active) {
+    const bool large = fit.spills || (ndim == 2 && fit.plane_bytes > kLargePlaneBytes);
+    return {m.ssl_tap_base + m.ssl_tap * taps, m.ssl_gather,
+            m.ssl_planes * (large ? m.ssl_planes_large : 1.0) * idle};
+  }
+  return {m.active_tap_base + m.active_tap * taps,
+          m.active_gather_pair * static_cast<double>(1 << (ndim - 1)),
+          m.active_planes * (ndim == 3 ? m.active_planes_3d : 1.0) *
+              (fit.spills ? m.active_planes_spill : 1.0) * idle};
+}
+
+}  // namespace torchshift2_cpu
