@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed-test
 
-.PHONY: test venv clean demo docs
+.PHONY: test venv clean demo docs lint
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,18 @@ $(DOCS_STAMP): $(PY) pyproject.toml
 docs: $(DOCS_STAMP)
 	$(PY) docs/make_figures.py
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# Lint: ruff over the Python sources ([tool.ruff] in pyproject.toml), clang-format over the
+# C++ sources (.clang-format). Neither imports torch or torchshift2, so the stamp installs the
+# `lint` extra's requirements alone (read from pyproject.toml), not the package.
+LINT_STAMP := $(VENV)/.installed-lint
+LINT_PY := $(wildcard torchshift2 tests benchmarks examples docs)
+LINT_CPP := $(wildcard torchshift2/backends/cpp/csrc/*)
+$(LINT_STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install -q $$($(PY) -c "import tomllib; print(' '.join(tomllib.load(\
+	    open('pyproject.toml', 'rb'))['project']['optional-dependencies']['lint']))")
+	touch $@
+
+lint: $(LINT_STAMP)
+	$(VENV)/bin/ruff check $(LINT_PY)
+	$(VENV)/bin/clang-format --dry-run --Werror $(LINT_CPP)

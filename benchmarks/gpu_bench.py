@@ -13,7 +13,7 @@ For each (shape, memory format, dtype) row, in the same process and minutes:
 * the floors and the competitor beside it: ``clone`` / ``copy_`` and cuDNN's 3x3 depthwise
   convolution (``nn.Conv2d(C, C, 3, padding=1, groups=C)``), forward and forward+backward;
 * two weight distributions: ``uniform`` in [-1.5, 1.5] and ``trained`` (90% zero, the rest
-  +-1..3, what SSL training produces) — LESSONS: judge kernels on held-out distributions.
+  +-1..3, what SSL training produces): kernels are judged on distributions they were not tuned on.
 
 Block rows (channels-last rows by default, ``--block-formats``): ``BatchNorm -> ReLU ->
 Shift2d (SSL) -> 1x1 conv``, forward+backward, under ``torch.compile``, against the same

@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_run.sh [STAGE...]
 # stages, in this order by default: env tests oracle bench sass
 #   env     GPU, driver, torch / triton versions                       (seconds)
-#   tests   tests/triton on CUDA tensors + tests/test_cuda.py          (limit 200 s, parallel)
+#   tests   the kernel suite's triton-cuda case, tests/triton on CUDA   (limit 200 s, parallel)
+#           tensors, tests/test_cuda.py
 #   oracle  benchmarks/oracle_check.py, the Triton backend on CUDA    (limit 100 s, parallel)
 #   bench   benchmarks/gpu_bench.py: device + eager wall time, floors, (limit 240 s)
 #           cuDNN depthwise conv, compiled block rows, target summary
@@ -47,9 +48,10 @@ for stage in $STAGES; do
         $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
         git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head -20
       } 2>&1 | tee "$OUT/env.txt" ;;
-    tests)  # the property tests of tests/triton on CUDA tensors, and tests/test_cuda.py
-      TORCHSHIFT2_TEST_DEVICE=cuda run 200 "$OUT/tests-cuda.txt" $PY -m pytest -q \
-        -p no:cacheprovider $XDIST tests/triton tests/test_cuda.py \
+    tests)  # the kernel suite (its triton-cuda case), tests/triton on CUDA tensors, test_cuda.py
+      TORCHSHIFT2_TEST_DEVICE=cuda TORCHSHIFT2_KERNEL_BACKENDS=triton-cuda \
+        run 200 "$OUT/tests-cuda.txt" $PY -m pytest -q -p no:cacheprovider $XDIST \
+        tests/test_backends.py tests/test_regressions.py tests/triton tests/test_cuda.py \
         --ignore=tests/triton/test_triton_compile.py
       tail -15 "$OUT/tests-cuda.txt" ;;
     oracle)  # one process per padding: compiling the kernel variants is the slow part

@@ -13,7 +13,12 @@ Writes, relative to ``--out`` (default: this ``docs/`` folder):
   ``python benchmarks/bench.py`` in ``benchmarks/results/`` (a line per weight distribution,
   and the worst ratios where the file has them), or a note that there are none;
 - ``generated/demo.md`` (+ ``figures/demo_*.png``): the results of ``make demo`` when
-  ``demo-output/`` exists, or a note that it has not been run.
+  ``demo-output/`` exists, or a note that it has not been run;
+- ``generated/numbers.md``: the current numbers (``docs/dev/numbers.md``): ratios to
+  ``x.clone()`` per shape, layout, dtype and distribution, each from the newest CPU / GPU
+  table file of ``benchmarks/results/`` that measured it, the newest CPU thread-scaling file
+  and the newest SASS report summarised, each with its machine and the command that
+  produced it.
 
 Every number and every picture is computed by torchshift2 itself (with the pure-torch
 reference backend, so no C++ compiler is needed), and each figure checks what it shows
@@ -111,11 +116,14 @@ def figure_paddings(out: Path) -> Path:
 
 
 def _original_active(signal: np.ndarray, w: float, i: int) -> float:
-    """The original torchshifts active forward as measured (LESSONS.md #1):
+    """The original torchshifts active forward as measured (docs/migration.md, fixed bug 1):
     (1-d) * in[i-k] + d * in[i-k+1], k = floor(w), d = w - k, zeros outside."""
     k = int(np.floor(w))
     d = w - k
-    value = lambda j: signal[j] if 0 <= j < len(signal) else 0.0
+
+    def value(j):
+        return signal[j] if 0 <= j < len(signal) else 0.0
+
     return (1 - d) * value(i - k) + d * value(i - k + 1)
 
 
@@ -157,7 +165,7 @@ def figure_active_1d(out: Path) -> Path:
     right.plot(weights, active_curve, color="tab:orange", lw=2, label="active (SPEC §3)")
     right.plot(weights, ssl_curve, color="tab:blue", lw=1.5, label="SSL (round half to even)")
     right.plot(weights, original, ":", color="tab:red", lw=1.5,
-               label="original torchshifts active (LESSONS #1)")
+               label="original torchshifts active (migration: bug 1)")
     integers = np.arange(0, 4)
     right.plot(integers, [float(signal[position - k]) for k in integers], "ko", ms=4,
                label=f"x[{position} - w] at integer w")
@@ -360,6 +368,195 @@ def generated_benchmarks(out: Path, results: Path) -> Path:
     return target
 
 
+#: The numbers page's ratio tables: the op's cases, then the convolution they replace.
+NUMBERS_CASES = ("ssl_fwd", "active_fwd", "ssl_fwdbwd", "active_fwdbwd", "ssl_inplace_sparse",
+                 "dwconv_fwd", "dwconv_fwdbwd")
+
+
+def _results_of(results: Path, device: str, mode: str) -> list:
+    """``(path, payload)`` of the harness's JSON files for ``device`` and ``mode``."""
+    found = []
+    for path in sorted(results.glob("**/bench*.json")) if results.is_dir() else []:
+        payload = json.loads(path.read_text())
+        machine, config = payload.get("machine", {}), payload.get("config", {})
+        if machine.get("device") == device and config.get("mode") == mode:
+            found.append((path, payload))
+    return found
+
+
+def _stamp(item) -> tuple:
+    """When a ``(path, payload)`` result was measured: machine timestamp, then name."""
+    return item[1].get("machine", {}).get("timestamp", ""), item[0].name
+
+
+def _newest(found: list):
+    """The file of ``found`` measured last, or None."""
+    return max(found, key=_stamp) if found else None
+
+
+def _numbers_source(path: Path, results: Path, payload: dict, label: str = "") -> list:
+    machine, config = payload.get("machine", {}), payload.get("config", {})
+    name = path.relative_to(results.parent.parent) if results.parent.parent in path.parents \
+        else path
+    argv = " ".join(config.get("argv", []))
+    line = (f"{label}From `{name}`. Machine: {machine.get('cpu_model', '?')} "
+            f"({machine.get('logical_cpus', '?')} logical CPUs, {machine.get('threads', '?')} "
+            f"threads), {machine.get('gpu_model') or 'no GPU'}; torch "
+            f"{machine.get('torch_version', '?')}; backend `{machine.get('backend', '?')}`; "
+            f"commit `{machine.get('git_commit', '?')}`; {machine.get('timestamp', '?')}.")
+    return [line, "", f"Produced by `python benchmarks/bench.py {argv}`.", ""]
+
+
+def _group(row) -> tuple:
+    return row["shape_name"], row["shape"], row["format"], row["dtype"]
+
+
+def _numbers_ratio_tables(found: list, results: Path) -> list:
+    """One ratio table over the table files ``found`` of one device: each (shape, layout,
+    dtype) from the newest file that measured it (all its distributions), the file named in
+    the ``run`` column."""
+    ordered = sorted(found, key=_stamp)
+    groups, newest = [], {}
+    for item in ordered:
+        for row in item[1]["rows"]:
+            if _group(row) not in groups:
+                groups.append(_group(row))
+            newest[_group(row)] = item
+    used = sorted({id(item): item for item in newest.values()}.values(), key=_stamp,
+                  reverse=True)
+    labels = {id(item): chr(ord("A") + i) for i, item in enumerate(used)}
+    lines = []
+    for item in used:
+        lines += _numbers_source(item[0], results, item[1], f"Run {labels[id(item)]}: ")
+    rows_used = [row for item in used for row in item[1]["rows"]]
+    cases = [c for c in NUMBERS_CASES if any(r["case"] == c for r in rows_used)]
+    lines += ["Ratio of each case's median time to `x.clone()` of the same tensor in the same "
+              "run (the `clone` column: its median in ms); `dwconv_*` is the 3x3 depthwise "
+              "convolution in the row's layout. Each line comes from one run (`run`), the "
+              "newest that measured its shape, layout and dtype; an empty cell is a case that "
+              "run did not time.", "",
+              "| shape | format | dtype | distribution | run | `clone` ms | "
+              + " | ".join(f"`{c}`" for c in cases) + " |",
+              "|---|---|---|---|---|---:|" + "---:|" * len(cases)]
+    for group in groups:
+        item = newest[group]
+        rows = [r for r in item[1]["rows"] if _group(r) == group]
+        for key in _bench_lines(rows):
+            def find(case):
+                return [r for r in rows if r["case"] == case
+                        and r.get("distribution", OLD_DISTRIBUTION) in (key[4],
+                                                                        NO_DISTRIBUTION)]
+            clone = find("clone")
+            cells = [f"{float(clone[0]['median_ms']):.3g}" if clone else ""]
+            for case in cases:
+                match = find(case)
+                cells.append(f"{float(match[0]['ratio_clone']):.3g}x" if match else "")
+            name = f"`{key[1]}`" if key[0] == key[1] else f"{key[0]} `{key[1]}`"
+            lines.append(f"| {name} | {key[2]} | {key[3]} | {key[4]} | {labels[id(item)]} | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
+def _numbers_scaling_table(rows: list) -> list:
+    """Per size factor and layout: the speedup of all threads over one, per case."""
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    most = max(int(r["threads"]) for r in rows)
+    lines = [f"Speedup of {most} threads over 1 (`speedup_vs_1_thread`), and in brackets the "
+             f"time per element relative to the 1x size at {most} threads "
+             "(`per_element_vs_1x`):", "",
+             "| size | shape | format | dtype | " + " | ".join(f"`{c}`" for c in cases) + " |",
+             "|---:|---|---|---|" + "---:|" * len(cases)]
+    groups = list(dict.fromkeys((r["factor"], r["shape"], r["format"], r["dtype"])
+                                for r in rows))
+    for group in groups:
+        cells = []
+        for case in cases:
+            match = [r for r in rows if (r["factor"], r["shape"], r["format"], r["dtype"])
+                     == group and r["case"] == case and int(r["threads"]) == most]
+            cells.append(f"{float(match[0]['speedup_vs_1_thread']):.3g} "
+                         f"({float(match[0]['per_element_vs_1x']):.3g})" if match else "")
+        lines.append(f"| {group[0]}x | `{group[1]}` | {group[2]} | {group[3]} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+SASS_CALLS = ("forward", "backward", "backward gi", "backward gw", "shift_")
+
+
+def _numbers_sass(path: Path) -> list:
+    """The SASS report summarised per case: launches per call, the most registers of any
+    kernel, spilled bytes, and the widest global load and store of the first kernel."""
+    cases, case, call = [], None, None
+    header = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if raw.startswith("# SASS report"):
+            header = raw[2:]
+        elif raw.startswith("== "):
+            case = {"name": raw[3:], "calls": {}, "regs": 0, "spill": 0}
+            cases.append(case)
+        elif case is not None and raw.startswith("  ") and not raw.startswith("    ") \
+                and ":" in line:
+            call = line.split(":")[0]
+            case["calls"][call] = []
+        elif case is not None and call is not None and " regs " in line:
+            fields = line.split()
+            regs = int(fields[fields.index("regs") + 1])
+            spill = int(fields[fields.index("spill") + 1])
+            case["regs"] = max(case["regs"], regs)
+            case["spill"] += spill
+            case["calls"][call].append(
+                (fields[0], [f for f in fields if f.startswith(("LDG.", "STG."))]))
+    lines = [header + ".", "",
+             "| case | launches: " + " / ".join(SASS_CALLS) + " | most registers | spilled "
+             "bytes | forward kernel's global accesses |", "|---|---|---:|---:|---|"]
+    for case in cases:
+        launches = " / ".join(str(len(case["calls"].get(c, []))) if c in case["calls"] else "-"
+                              for c in SASS_CALLS)
+        forward = case["calls"].get("forward") or [("", [])]
+        lines.append(f"| {case['name']} | {launches} | {case['regs']} | {case['spill']} | "
+                     f"`{forward[0][0]}` {' '.join(forward[0][1])} |")
+    return lines
+
+
+def generated_numbers(out: Path, results: Path) -> Path:
+    """``generated/numbers.md``: the newest result files, each with where it comes from."""
+    lines = ["<!-- generated by docs/make_figures.py from benchmarks/results/: do not edit -->",
+             ""]
+    sections = [
+        ("CPU: the C++ kernels", _results_of(results, "cpu", "table"), "table"),
+        ("CPU: thread scaling", _results_of(results, "cpu", "scaling"), "scaling"),
+        ("GPU: the Triton kernels", _results_of(results, "cuda", "table"), "table"),
+    ]
+    for title, found, kind in sections:
+        lines += [f"## {title}", ""]
+        if not found:
+            lines += ["!!! note \"No result file\"",
+                      "    `benchmarks/results/` holds none in this checkout.", ""]
+            continue
+        if kind == "table":
+            lines += _numbers_ratio_tables(found, results)
+        else:
+            path, payload = _newest(found)
+            lines += _numbers_source(path, results, payload)
+            lines += _numbers_scaling_table(payload["rows"])
+        lines.append("")
+    lines += ["## GPU: the Triton kernels' machine code (sm_90)", ""]
+    reports = sorted(results.glob("sass-*.txt")) if results.is_dir() else []
+    if reports:
+        name = reports[-1].relative_to(results.parent.parent) \
+            if results.parent.parent in reports[-1].parents else reports[-1]
+        lines += [f"From `{name}`, produced by `python benchmarks/tools/sass_report.py` (no GPU "
+                  "needed).", ""] + _numbers_sass(reports[-1])
+    else:
+        lines += ["!!! note \"No SASS report\"",
+                  "    `benchmarks/results/` holds none in this checkout."]
+    target = out / "generated" / "numbers.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
 def generated_demo(out: Path, demo: Path) -> Path:
     lines = ["<!-- generated by docs/make_figures.py from demo-output/: do not edit -->", ""]
     figures = out / "figures"
@@ -402,6 +599,7 @@ def main(argv=None) -> int:
         generated_adjoint(args.out),
         generated_benchmarks(args.out, args.bench_results),
         generated_demo(args.out, args.demo_output),
+        generated_numbers(args.out, args.bench_results),
     ]
     for path in written:
         print(f"wrote {path}")

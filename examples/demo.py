@@ -315,7 +315,10 @@ def format_table(results: Sequence[Dict[str, object]]) -> str:
             "-" if static is None else f"{100 * static:.1f}%",
         ))
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+
+    def line(cells):
+        return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+
     rule = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
     return "\n".join([line(header), rule] + [line(row) for row in rows])
 

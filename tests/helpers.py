@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
 import os
 
 import torch
@@ -10,7 +13,8 @@ from hypothesis import strategies as st
 import torchshift2 as ts
 
 #: Device of the tensors drawn by :func:`shift_cases` (``TORCHSHIFT2_TEST_DEVICE``, default
-#: ``cpu``): tests/triton runs on ``cuda`` when a GPU is there (benchmarks/gpu_run.sh).
+#: ``cpu``): tests/triton runs on ``cuda`` when a GPU is there (benchmarks/gpu_run.sh). The
+#: kernel suite (tests/test_backends.py) moves them to its ``backend_device``'s device.
 TEST_DEVICE = torch.device(os.environ.get("TORCHSHIFT2_TEST_DEVICE", "cpu"))
 
 #: Tolerances (atol, rtol) per dtype for kernels compared with the reference.
@@ -71,19 +75,74 @@ def shift_with_grads(backend, x, weight, padding, active, crop, grad_output=None
     """Forward and, for floating inputs, ``(grad_input, grad_weight)`` through ``backend``.
 
     ``backend="oracle"`` differentiates :func:`torchshift2.reference.shift` directly (no
-    custom op): the oracle every backend is compared with.
+    custom op): the oracle every backend is compared with. The backward runs inside
+    ``use_backend(backend)`` too: the backend is chosen when an op runs, so a backward run
+    after the block would take the default backend.
     """
     x = x.detach().requires_grad_(x.dtype.is_floating_point)
     weight = weight.detach().requires_grad_(x.dtype.is_floating_point)
-    if backend == "oracle":
-        out = ts.reference.shift(x, weight, padding, active, crop)
-    else:
-        with ts.use_backend(backend):
+    with contextlib.nullcontext() if backend == "oracle" else ts.use_backend(backend):
+        if backend == "oracle":
+            out = ts.reference.shift(x, weight, padding, active, crop)
+        else:
             out = ts.shift(x, weight, padding, active, crop)
-    if not x.requires_grad:
-        return out, None
-    if grad_output is None:
-        grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1),
-                                  dtype=torch.float64).to(device=x.device, dtype=x.dtype)
-    grads = torch.autograd.grad(out, (x, weight), grad_output, allow_unused=True)
+        if not x.requires_grad:
+            return out, None
+        if grad_output is None:
+            grad_output = torch.randn(out.shape, generator=torch.Generator().manual_seed(1),
+                                      dtype=torch.float64).to(device=x.device, dtype=x.dtype)
+        grads = torch.autograd.grad(out, (x, weight), grad_output, allow_unused=True)
     return out, grads
+
+
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+                  torch.uint16, torch.uint32, torch.uint64)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendDevice:
+    """One case of the kernel suite's ``backend_device`` parameter (tests/conftest.py): a
+    backend of :mod:`torchshift2.backends` on a device.
+
+    ``interpreted``: the Triton kernels run by the interpreter (CPU tensors, numpy per
+    program), where the suite uses fewer hypothesis examples and smaller fixed shapes, and
+    where reduced-precision *arithmetic* is no evidence (the interpreter's bfloat16 is
+    unreliable upstream): only float32 / float64 arithmetic is compared there.
+    """
+
+    id: str
+    backend: str
+    device: torch.device
+    interpreted: bool = False
+
+    @property
+    def module(self):
+        """The backend module: ``forward``, ``backward``, ``shift_inplace`` (the ``Backend``
+        protocol of :mod:`torchshift2.backends`)."""
+        return importlib.import_module(f"torchshift2.backends.{self.backend}")
+
+    @property
+    def low_precision(self):
+        """Floating dtypes below float64 whose arithmetic is compared here."""
+        if self.interpreted:
+            return (torch.float32,)
+        return (torch.float32, torch.float16, torch.bfloat16)
+
+    def shape(self, shape):
+        """``shape`` as this case runs it: unchanged, or under the interpreter at most one
+        sample, two channels and 4 positions per spatial dim."""
+        if not self.interpreted:
+            return tuple(shape)
+        return (1, min(shape[1], 2), *(min(s, 4) for s in shape[2:]))
+
+    def __str__(self):
+        return self.id
+
+
+BACKEND_DEVICES = {
+    "reference-cpu": BackendDevice("reference-cpu", "reference", torch.device("cpu")),
+    "cpp-cpu": BackendDevice("cpp-cpu", "cpp", torch.device("cpu")),
+    "triton-interpreter": BackendDevice("triton-interpreter", "triton", torch.device("cpu"),
+                                        interpreted=True),
+    "triton-cuda": BackendDevice("triton-cuda", "triton", torch.device("cuda")),
+}

@@ -216,8 +216,10 @@ class Cropping(nn.Conv2d):
 def test_summary_names_what_was_replaced_and_what_was_kept_and_why():
     # Issue 18 item 9: dynamic-"same" subclasses and channel-multiplier convs were skipped
     # silently.
-    qat = torch.ao.nn.qat.Conv2d(4, 4, 3, groups=4, qconfig=torch.ao.quantization.get_default_qat_qconfig())
-    model = nn.Sequential(Conv2dSame(4, 4, 3, stride=2, groups=4), nn.Conv2d(4, 12, 3, padding=1, groups=4),
+    qat = torch.ao.nn.qat.Conv2d(4, 4, 3, groups=4,
+                                 qconfig=torch.ao.quantization.get_default_qat_qconfig())
+    model = nn.Sequential(Conv2dSame(4, 4, 3, stride=2, groups=4),
+                          nn.Conv2d(4, 12, 3, padding=1, groups=4),
                           Cropping(12, 12, 3, groups=12), qat, nn.Conv2d(12, 4, 1))
     model[3] = nn.Identity()  # the QAT conv is checked on its own below
     shapes = {size: model(torch.randn(1, 4, *size)).shape for size in [(9, 9), (10, 13), (17, 8)]}

@@ -306,9 +306,11 @@ def test_fast_path_equals_custom_op(memory_format, active):
         assert torch.equal(a, b) and a.stride() == b.stride()
 
 
-@pytest.mark.parametrize("shape, layout", [((2, 20, 9), "contiguous"), ((2, 20, 6, 7), "contiguous"),
+@pytest.mark.parametrize("shape, layout", [((2, 20, 9), "contiguous"),
+                                           ((2, 20, 6, 7), "contiguous"),
                                            ((2, 20, 6, 7), "channels_last"),
-                                           ((2, 20, 6, 7), "gapped"), ((1, 17, 3, 4, 5), "channels_last")])
+                                           ((2, 20, 6, 7), "gapped"),
+                                           ((1, 17, 3, 4, 5), "channels_last")])
 @pytest.mark.parametrize("active", [False, True])
 def test_eager_entry_equals_custom_op(shape, layout, active):
     """ts.shift without crop runs in one C++ call (torchshift2_cpu::eager_shift), with the
@@ -440,3 +442,15 @@ def test_nonfinite_weight_is_a_value_error_from_the_kernel():
                                     [0, 0])
     with pytest.raises(ValueError, match="weight"):
         ts.shift_(x, torch.tensor([[0.0], [float("inf")]]))
+
+
+def test_more_than_two_to_the_31_elements():
+    # int64 index arithmetic: a uint8 tensor of 2^31 + 6 elements, shifted along its last dim.
+    length = 2**30 + 3
+    x = torch.empty(1, 2, length, dtype=torch.uint8)
+    x[:, :, :8] = torch.arange(1, 9, dtype=torch.uint8)
+    x[:, :, -8:] = torch.arange(11, 19, dtype=torch.uint8)
+    with torch.no_grad(), ts.use_backend("cpp"):
+        out = ts.shift(x, torch.tensor([[2.0], [-3.0]]), "periodic")
+    assert out[0, 0, :4].tolist() == [17, 18, 1, 2]
+    assert out[0, 1, -4:].tolist() == [18, 1, 2, 3]

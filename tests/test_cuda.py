@@ -1,9 +1,10 @@
-"""CUDA integration of the Triton backend: opcheck, autograd, layers, torch.compile, large
-tensors and determinism on real GPU tensors.
+"""CUDA integration of the Triton backend: opcheck, autograd, layers, torch.compile, CUDA
+graphs, large tensors, determinism and non-finite weights on real GPU tensors.
 
 Skipped without a GPU (CI has none); benchmarks/gpu_run.sh runs them on a GPU machine. The
-kernels' values are property-tested against the reference in tests/triton (on CUDA there
-with ``TORCHSHIFT2_TEST_DEVICE=cuda``, on CPU through the interpreter in CI).
+kernels' values against the reference (realistic shapes, the channel multiplier, in place,
+grad_output layouts, ...) are the kernel suite's: tests/test_backends.py, case
+``triton-cuda`` (on CPU through the interpreter in CI, case ``triton-interpreter``).
 """
 
 import pytest
@@ -40,32 +41,6 @@ def test_opcheck_on_cuda(padding, memory_format):
         torch.library.opcheck(torch.ops.torchshift2.shift_backward.default,
                               (grad_output, x, weight, padding, active, crop))
     torch.library.opcheck(torch.ops.torchshift2.shift_.default, (x.clone(), weight, padding))
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
-def test_forward_and_gradients_match_reference_on_realistic_shapes(memory_format, dtype):
-    """Many tiles per plane and per channel block, as in the benchmark."""
-    x, weight = _case((4, 48, 33, 70), memory_format, dtype)
-    for padding in ts.PADDINGS:
-        for active in (False, True):
-            xs = x.detach().requires_grad_()
-            ws = weight.detach().requires_grad_()
-            out = ts.shift(xs, ws, padding, active)
-            xr = x.detach().double().requires_grad_()
-            wr = weight.detach().double().requires_grad_()
-            ref = ts.reference.shift(xr, wr, padding, active)
-            grad_output = torch.randn_like(out)
-            grads = torch.autograd.grad(out, (xs, ws), grad_output)
-            ref_grads = torch.autograd.grad(ref, (xr, wr), grad_output.double())
-            assert out.stride() == ref.stride()
-            if not active:  # SSL forward copies bits
-                assert torch.equal(out, ref.to(dtype))
-            assert_close(out.double(), ref, dtype)
-            assert_close(grads[0].double(), ref_grads[0], dtype)
-            scale = max(1.0, float(ref_grads[1].abs().max()))
-            assert_close(grads[1].double() / scale, ref_grads[1] / scale,
-                         torch.float32 if dtype == torch.float32 else dtype)
 
 
 def test_backward_is_deterministic_on_cuda():
@@ -157,28 +132,6 @@ def test_compiled_model_on_cuda_matches_eager_without_graph_breaks(memory_format
 
 
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("padding", ts.PADDINGS)
-def test_in_place_sparse_shift_on_cuda(padding, memory_format):
-    """The in-place kernel writes only the channels that move: the others keep their bits
-    (NaN payloads included)."""
-    x, _ = _case((2, 16, 9, 12), memory_format)
-    sentinel = (torch.arange(2 * 9 * 12, device=CUDA, dtype=torch.int32) | 0x7FA00000)
-    x[:, 5] = sentinel.view(torch.float32).reshape(2, 9, 12)
-    weight = torch.zeros(16, 2, device=CUDA)
-    weight[3] = torch.tensor([1.0, -2.0])
-    weight[7] = torch.tensor([0.4, 5.0])
-    weight[5] = torch.tensor([0.3, -0.2])  # rounds to 0: must not be touched
-    before = x.clone()
-    expected = ts.reference.shift(x, weight, padding)
-    with torch.no_grad():
-        assert ts.shift_(x, weight, padding) is x
-    assert torch.equal(x[:, [3, 7]], expected[:, [3, 7]])
-    keep = [c for c in range(16) if c not in (3, 7)]
-    assert torch.equal(x[:, keep].contiguous().view(torch.int32),
-                       before[:, keep].contiguous().view(torch.int32))
-
-
-@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 def test_non_finite_weight_gives_nan_channel_on_cuda(memory_format):
     """SPEC §5 on CUDA: no synchronising check, but never a silently finite value."""
     x, weight = _case((2, 8, 10, 12), memory_format)
@@ -194,24 +147,6 @@ def test_non_finite_weight_gives_nan_channel_on_cuda(memory_format):
         assert torch.isfinite(grad_input[:, [0, 1, 3, 4, 6, 7]]).all()
         assert torch.isnan(grad_weight[[2, 5]]).all()
         assert torch.isfinite(grad_weight[[0, 1, 3, 4, 6, 7]]).all()
-
-
-@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
-def test_channel_multiplier_on_cuda(memory_format):
-    x, _ = _case((2, 6, 14, 15), memory_format)
-    weight = (torch.randn(18, 2, generator=torch.Generator().manual_seed(4)) * 2).to(CUDA)
-    xs = x.detach().requires_grad_()
-    ws = weight.detach().requires_grad_()
-    out = ts.shift(xs, ws, "symmetric", True)
-    grads = torch.autograd.grad(out, (xs, ws), torch.ones_like(out))
-    xr = x.detach().double().requires_grad_()
-    wr = weight.detach().double().requires_grad_()
-    ref = ts.reference.shift(xr, wr, "symmetric", True)
-    ref_grads = torch.autograd.grad(ref, (xr, wr), torch.ones_like(ref))
-    assert out.shape == (2, 18, 14, 15) and out.stride() == ref.stride()
-    assert_close(out.double(), ref, torch.float32)
-    assert_close(grads[0].double(), ref_grads[0], torch.float32)
-    assert_close(grads[1].double() / 100, ref_grads[1] / 100, torch.float32)
 
 
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
@@ -236,18 +171,6 @@ def test_grad_weight_bitwise_across_launch_configurations(memory_format):
     for grad_input, grad_weight in results[1:]:
         assert torch.equal(grad_input, results[0][0])
         assert torch.equal(grad_weight, results[0][1])
-
-
-def test_grad_output_in_the_other_layout_on_cuda():
-    x, weight = _case((2, 16, 20, 24), "channels_last")
-    xs = x.detach().requires_grad_()
-    out = ts.shift(xs, weight, "border", True)
-    g = torch.randn(out.shape, device=CUDA)  # contiguous, not channels-last
-    (grad_input,) = torch.autograd.grad(out, xs, g)
-    xr = x.detach().double().requires_grad_()
-    (expected,) = torch.autograd.grad(ts.reference.shift(xr, weight.double(), "border", True),
-                                      xr, g.double())
-    assert_close(grad_input.double(), expected, torch.float32)
 
 
 def test_training_step_captures_in_a_cuda_graph():

@@ -26,14 +26,18 @@ def test_models_share_the_architecture():
     assert demo.spatial_macs(shift) == 0
     # the shift net is the dwconv net minus the depthwise kernels (C*9) plus shifts (C*2)
     channels = 32 + 32 + 64 + 64
-    count = lambda m: sum(p.numel() for p in m.parameters())
+
+    def count(m):
+        return sum(p.numel() for p in m.parameters())
+
     assert count(dw) - count(shift) == channels * (9 - 2)
     assert demo.total_macs(dw) - demo.total_macs(shift) == demo.spatial_macs(dw)
 
 
 def test_quick_demo_trains_both_nets(tmp_path):
     """Run as a script from another directory, as ``make demo`` and a user do."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "demo.py"), "--quick", "--no-compile",

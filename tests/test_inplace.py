@@ -1,36 +1,12 @@
-"""shift_: the in-place sparse SSL forward for inference."""
+"""shift_: the in-place sparse SSL forward for inference: the C++ kernel's own paths, the
+op, and the layers' ``inplace`` option. (Its values against the reference on every backend:
+the kernel suite, tests/test_backends.py.)"""
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
 
 import torchshift2 as ts
-from helpers import layout, shift_cases
-
-
-@pytest.mark.parametrize("backend", ["cpp", "reference"])
-@given(case=shift_cases(dtypes=(torch.float32, torch.float64, torch.int16, torch.uint8)),
-       sparsity=st.sampled_from([0.0, 0.5, 0.9, 1.0]))
-def test_matches_out_of_place(backend, case, sparsity):
-    x, weight, padding, _, _ = case
-    weight = weight * (torch.rand(weight.shape[0], 1) >= sparsity)
-    expected = ts.reference.shift(x, weight, padding)
-    y = x.clone()  # keeps x's memory format
-    with torch.no_grad(), ts.use_backend(backend):
-        result = ts.shift_(y, weight, padding)
-    assert result is y and torch.equal(y, expected)
-    assert y.stride() == x.stride() or not y.is_contiguous()
-
-
-def test_only_moving_channels_are_written():
-    x = torch.randn(2, 4, 6, 6)
-    y = x.clone()
-    weight = torch.tensor([[0.0, 0.3], [1.0, 0.0], [0.0, 0.0], [-0.4, 0.49]])
-    with torch.no_grad():
-        ts.shift_(y, weight)
-    assert torch.equal(y[:, [0, 2, 3]], x[:, [0, 2, 3]])
-    assert torch.equal(y[:, 1], ts.shift(x, weight)[:, 1])
+from helpers import layout
 
 
 @pytest.mark.parametrize("threads", [1, 4])  # one pass per sample (batch >= threads), two passes

@@ -334,7 +334,8 @@ def test_channel_multiplier_through_ts_shift():
         pytest.skip(f"ts.shift does not take a channel multiplier yet ({error})")
     for active in MODES:
         model = Several([OneShift(p, active, [(1, 0), (0, 2)]) for p in ts.PADDINGS])
-        for padding, actual in zip(ts.PADDINGS, run(session(export(model, (x, weight))), x, weight)):
+        actuals = run(session(export(model, (x, weight))), x, weight)
+        for padding, actual in zip(ts.PADDINGS, actuals):
             check(actual, multiplier_reference(x, weight, padding, active, [1, 0, 0, 2]), active)
 
 
@@ -364,7 +365,8 @@ def test_demo_shiftnet_end_to_end():
     model = _randomize(demo_module().build_model("shift"), seed=0)
     g = torch.Generator().manual_seed(0)
     check_end_to_end(model, torch.randn(4, 1, 8, 8, generator=g),
-                     [torch.randn(7, 1, 12, 12, generator=g), torch.randn(1, 1, 9, 10, generator=g)])
+                     [torch.randn(7, 1, 12, 12, generator=g),
+                      torch.randn(1, 1, 9, 10, generator=g)])
 
 
 class InvertedResidual(nn.Module):
@@ -404,7 +406,8 @@ def test_mobilenet_v2_like_end_to_end():
     model = _randomize(model, seed=1)
     g = torch.Generator().manual_seed(1)
     check_end_to_end(model, torch.randn(2, 3, 32, 32, generator=g),
-                     [torch.randn(5, 3, 24, 40, generator=g), torch.randn(1, 3, 17, 21, generator=g)])
+                     [torch.randn(5, 3, 24, 40, generator=g),
+                      torch.randn(1, 3, 17, 21, generator=g)])
 
 
 def test_saved_file_runs(tmp_path):

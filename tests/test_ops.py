@@ -17,8 +17,9 @@ def _samples():
                     k = 2 if memory_format == "permuted" else 1  # a channel multiplier
                     weight = torch.randn(k * shape[1], ndim, dtype=torch.float64) * 3
                     crop = [1, 0] * ndim
+                    mode = "active" if active else "ssl"
                     yield pytest.param(x, weight, padding, active, crop,
-                                       id=f"{ndim}d-{padding}-{'active' if active else 'ssl'}-{memory_format}")
+                                       id=f"{ndim}d-{padding}-{mode}-{memory_format}")
 
 
 @pytest.mark.parametrize("backend", ["cpp", "reference"])
@@ -27,7 +28,8 @@ def test_opcheck(backend, x, weight, padding, active, crop):
     with ts.use_backend(backend):
         x = x.requires_grad_()
         weight = weight.requires_grad_()
-        torch.library.opcheck(torch.ops.torchshift2.shift.default, (x, weight, padding, active, crop))
+        torch.library.opcheck(torch.ops.torchshift2.shift.default,
+                              (x, weight, padding, active, crop))
         out_shape = ts._spec.output_shape(x.shape, ts._spec.pair_crop(crop), weight.shape[0])
         grad_output = torch.randn(out_shape, dtype=x.dtype)
         for mask in ([True, True], [True, False], [False, True]):

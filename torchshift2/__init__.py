@@ -1,7 +1,7 @@
 """torchshift2: learnable per-channel shift layers (Grouped Shift, Active Shift, Sparse Shift Layer).
 
 See SPEC.md / the docs for the exact contract.
-"""
+"""  # noqa: E501 (the first line is the package description, see pyproject.toml)
 
 from . import functional, nn, reference
 from ._spec import PADDINGS, PADDING_ALIASES

@@ -156,7 +156,8 @@ def not_computed(like: torch.Tensor) -> torch.Tensor:
     return torch.empty((0,), dtype=like.dtype, device=like.device)
 
 
-def empty_grads(input: torch.Tensor, weight: torch.Tensor, output_mask: Sequence[bool] = (True, True)
+def empty_grads(input: torch.Tensor, weight: torch.Tensor,
+                output_mask: Sequence[bool] = (True, True)
                 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Uninitialised ``(grad_input, grad_weight)``: input's layout rule, weight contiguous;
     ``None`` for a gradient not in ``output_mask``."""

@@ -368,7 +368,8 @@ class _ShiftNd(_ShiftBase):
         init_shift = tuple(float(v) for v in init_shift)
         if len(init_shift) != self.ndim or not all(math.isfinite(v) and v >= 0 for v in init_shift):
             raise ValueError(
-                f"init_shift: expected a non-negative float or {self.ndim} of them, got {init_shift!r}"
+                f"init_shift: expected a non-negative float or {self.ndim} of them, "
+                f"got {init_shift!r}"
             )
         if (isinstance(sparsity_term, bool) or not isinstance(sparsity_term, (int, float))
                 or not math.isfinite(sparsity_term) or sparsity_term < 0):
@@ -673,7 +674,8 @@ class GroupedShift2d(_GroupedShiftNd):
         >>> import torch, torchshift2 as ts
         >>> layer = ts.GroupedShift2d(18, kernel_size=3)
         >>> layer.weight[::2].tolist()  # 2 channels per group
-        [[1.0, 1.0], [1.0, 0.0], [1.0, -1.0], [0.0, 1.0], [0.0, 0.0], [0.0, -1.0], [-1.0, 1.0], [-1.0, 0.0], [-1.0, -1.0]]
+        [[1.0, 1.0], [1.0, 0.0], [1.0, -1.0], [0.0, 1.0], [0.0, 0.0], [0.0, -1.0],
+         [-1.0, 1.0], [-1.0, 0.0], [-1.0, -1.0]]
         >>> layer(torch.randn(2, 18, 5, 5))[0].shape
         torch.Size([2, 18, 5, 5])
     """

@@ -282,7 +282,8 @@ def _traced() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def apply_shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]) -> Tensor:
+def apply_shift(input: Tensor, weight: Tensor, padding: str, active: bool,
+                crop: List[int]) -> Tensor:
     """:func:`shift` with autograd, for checked arguments: plain eager CPU calls take the
     C++ fast path (:mod:`torchshift2._eager`), traced calls the custom op, the rest
     :class:`ShiftAutograd`."""

@@ -14,7 +14,7 @@ import contextvars
 import importlib
 import os
 import warnings
-from typing import Iterator, List, Optional, Protocol, Tuple
+from typing import Iterator, List, Optional, Protocol, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -42,8 +42,11 @@ class Backend(Protocol):
         """SPEC §3. ``fill``: the value of zeros padding (a quantized zero point)."""
 
     def backward(self, grad_output: Tensor, input: Tensor, weight: Tensor, padding: str,
-                 active: bool, crop: List[int]) -> Tuple[Tensor, Tensor]:
-        """SPEC §4: ``(grad_input, grad_weight)``."""
+                 active: bool, crop: List[int],
+                 output_mask: Sequence[bool] = (True, True)) -> Tuple[Optional[Tensor],
+                                                                     Optional[Tensor]]:
+        """SPEC §4: ``(grad_input, grad_weight)``; only those ``output_mask`` asks for are
+        computed, the others are ``None``."""
 
     def shift_inplace(self, input: Tensor, weight: Tensor, padding: str) -> None:
         """SSL forward in place, without crop; touches only channels that move."""
