@@ -1,3 +1,8 @@
+// Longer than the ~800 lines a file should hold: the layout plans, the kernel choice, the
+// block driver and the op registrations share the Plan, Query and Scratch types, which are
+// private to this translation unit on purpose (kernels.h is the only interface of the
+// kernels); the cost model's arithmetic lives in cost_model.h.
+//
 // torchshift2 CPU ops: the argument checks, output allocation, the choice of a kernel for a
 // call (choose_kernel: README.md's kernel selection table, which
 // tests/test_cpu_kernel_table.py checks through the kernel_name op), the dispatch to the

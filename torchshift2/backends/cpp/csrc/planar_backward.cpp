@@ -1,3 +1,7 @@
+// Longer than the ~800 lines a file should hold: the row routines below (the adjoint per
+// padding, the flat runs, the grad_weight dots) are the inner loops of one sweep and share
+// its tables; split, each half would be unreadable without the other.
+//
 // Planar backward: grad_input and the grad_weight terms of dense (n, c) planes (SPEC §4),
 // and PlaneBackward, the per-plane kernel that the channels-last backward through planes
 // (cl_planes.cpp) runs too.
