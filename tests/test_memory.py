@@ -90,3 +90,30 @@ def test_channel_blocks_of_a_channels_last_grad_input(padding):
     assert_close(grads[0][0], grads[1][0], torch.float32)
     scale = float(grads[1][1].abs().max())
     assert_close(grads[0][1] / scale, grads[1][1] / scale, torch.float32)
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_channels_last_3d_beyond_the_planes_budget_goes_planar(active):
+    # Planes of 8x128x136 do not fit a task's buffers: the 3D channels-last backward (and the
+    # Active Shift forward, by the cost model) run the planar kernels on contiguous copies of
+    # blocks instead of a gather per corner; results as the reference's.
+    torch.manual_seed(0)
+    x = torch.randn(1, 20, 8, 128, 136).contiguous(memory_format=torch.channels_last_3d)
+    weight = torch.rand(20, 3) * 8 - 4
+    assert ts.backends.cpp.kernel_name("backward", x) == "backward_planar [blocks]"
+    if active:
+        assert ts.backends.cpp.kernel_name("forward", x, active=True, weight=weight) == (
+            "active_forward_planar [blocks]")
+    grads, outs = [], []
+    for fn in (ts.shift, ts.reference.shift):
+        xr = x.detach().requires_grad_()
+        wr = weight.clone().requires_grad_()
+        with ts.use_backend("cpp"):
+            out = fn(xr, wr, "border", active)
+            outs.append(out.detach())
+            grads.append(torch.autograd.grad(out, (xr, wr), torch.ones_like(out) * 0.5 + out))
+    assert outs[0].is_contiguous(memory_format=torch.channels_last_3d)
+    assert_close(outs[0], outs[1], torch.float32)
+    assert_close(grads[0][0], grads[1][0], torch.float32)
+    scale = float(grads[1][1].abs().max())
+    assert_close(grads[0][1] / scale, grads[1][1] / scale, torch.float32)

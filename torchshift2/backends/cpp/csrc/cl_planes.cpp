@@ -409,4 +409,59 @@ void ssl_forward_cl_planes(const ForwardCall& call) {
       });
 }
 
+// Layout copies between channels innermost and planes for 4-byte elements, by the
+// transposes above (ATen's copy_ between the two layouts moves one element at a time).
+// Each of `batch` samples: src holds `positions` rows of `channels` elements (the first
+// `lanes` of them copied, the rest untouched) at src + n * src_batch; dst holds `lanes`
+// dense planes of `positions` elements at dst + n * dst_batch. Parallel over (sample, chunk
+// of positions); a chunk goes through a buffer of plane_pitch rows, since dense planes of
+// a size with a large power-of-two factor put a transpose's 16 plane rows in one L1 set.
+namespace {
+constexpr int64_t kTransposeChunk = 4096;  // positions per task: 16 KiB per channel
+template <typename F>
+void for_position_chunks(int64_t batch, int64_t positions, F fn) {
+  const int64_t chunks = (positions + kTransposeChunk - 1) / kTransposeChunk;
+  constexpr int64_t pitch = plane_pitch<float>(kTransposeChunk);
+  at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buffer(kTransposeLanes<float> * pitch);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t p0 = (t % chunks) * kTransposeChunk;
+      fn(t / chunks, p0, std::min(kTransposeChunk, positions - p0), buffer.data(), pitch);
+    }
+  });
+}
+}  // namespace
+
+void rows_to_planes(const void* src, int64_t src_batch, int64_t channels, int64_t lanes, void* dst,
+                    int64_t dst_batch, int64_t positions, int64_t batch) {
+  const float* in = static_cast<const float*>(src);
+  float* out = static_cast<float*>(dst);
+  for_position_chunks(
+      batch, positions, [&](int64_t n, int64_t p0, int64_t count, float* buf, int64_t pitch) {
+        for (int64_t c0 = 0; c0 < lanes; c0 += kTransposeLanes<float>) {
+          const int64_t block = std::min<int64_t>(kTransposeLanes<float>, lanes - c0);
+          to_planes(in + n * src_batch + p0 * channels + c0, channels, block, count, buf, pitch);
+          for (int64_t c = 0; c < block; ++c)
+            std::memcpy(out + n * dst_batch + (c0 + c) * positions + p0, buf + c * pitch,
+                        count * sizeof(float));
+        }
+      });
+}
+
+void planes_to_rows(const void* src, int64_t src_batch, int64_t lanes, void* dst, int64_t dst_batch,
+                    int64_t channels, int64_t positions, int64_t batch) {
+  const float* in = static_cast<const float*>(src);
+  float* out = static_cast<float*>(dst);
+  for_position_chunks(
+      batch, positions, [&](int64_t n, int64_t p0, int64_t count, float* buf, int64_t pitch) {
+        for (int64_t c0 = 0; c0 < lanes; c0 += kTransposeLanes<float>) {
+          const int64_t block = std::min<int64_t>(kTransposeLanes<float>, lanes - c0);
+          for (int64_t c = 0; c < block; ++c)
+            std::memcpy(buf + c * pitch, in + n * src_batch + (c0 + c) * positions + p0,
+                        count * sizeof(float));
+          from_planes(buf, pitch, block, count, out + n * dst_batch + p0 * channels + c0, channels);
+        }
+      });
+}
+
 }  // namespace torchshift2_cpu

@@ -34,9 +34,11 @@ struct CostModel {
   // memory between the passes (PlanesFit::spills): measured at 3-5x the in-cache cost for
   // SSL (whose planar pass is a copy, so the transposes dominate), little more for Active.
   double ssl_planes_large, active_planes_spill;
+  double copies_factor;
 };
 
-inline constexpr CostModel kCostModel{1.5, 0.75, 9.0, 6.3, 2.4, 0.87, 10.7, 7.0, 1.4, 4.0, 1.2};
+inline constexpr CostModel kCostModel{1.5,  0.75, 9.0, 6.3, 2.4, 0.87,
+                                      10.7, 7.0,  1.4, 4.0, 1.2, 2.0};
 inline constexpr int64_t kLargePlaneBytes = 32 << 10;
 
 // The mean number of taps of a block of `lanes` channels (a 64-byte vector): the distinct
@@ -64,6 +66,9 @@ inline double mean_taps(const double* weight, const Geometry& g, int64_t lanes, 
 // gathers (parallel over rows) do not.
 struct ForwardCosts {
   double taps, gather, planes;
+  // The planar kernel on contiguous copies of blocks (where the planes do not fit a task):
+  // the in-cache planes' cost, times copies_factor for the two layout copies through memory.
+  double copies;
 };
 
 inline ForwardCosts forward_costs(bool active, int ndim, double taps, const PlanesFit& fit,
@@ -75,12 +80,13 @@ inline ForwardCosts forward_costs(bool active, int ndim, double taps, const Plan
   if (!active) {
     const bool large = fit.spills || (ndim == 2 && fit.plane_bytes > kLargePlaneBytes);
     return {m.ssl_tap_base + m.ssl_tap * taps, m.ssl_gather,
-            m.ssl_planes * (large ? m.ssl_planes_large : 1.0) * idle};
+            m.ssl_planes * (large ? m.ssl_planes_large : 1.0) * idle,
+            m.ssl_planes * m.copies_factor};
   }
+  const double planes = m.active_planes * (ndim == 3 ? m.active_planes_3d : 1.0);
   return {m.active_tap_base + m.active_tap * taps,
           m.active_gather_pair * static_cast<double>(1 << (ndim - 1)),
-          m.active_planes * (ndim == 3 ? m.active_planes_3d : 1.0) *
-              (fit.spills ? m.active_planes_spill : 1.0) * idle};
+          planes * (fit.spills ? m.active_planes_spill : 1.0) * idle, planes * m.copies_factor};
 }
 
 }  // namespace torchshift2_cpu

@@ -96,6 +96,16 @@ void shift_inplace_strided(const InplaceCall&);       // other dense layouts
 void shift_inplace_cl_one_pass(const InplaceCall&);   // channels innermost, batch >= threads
 void shift_inplace_cl_two_pass(const InplaceCall&);   // channels innermost, fewer samples
 
+// --- Layout copies (4-byte elements; cl_planes.cpp) ----------------------------------------
+
+// Per sample n < batch: `lanes` planes of `positions` elements at dst + n * dst_batch from
+// the first `lanes` elements of `positions` rows of `channels` at src + n * src_batch.
+void rows_to_planes(const void* src, int64_t src_batch, int64_t channels, int64_t lanes, void* dst,
+                    int64_t dst_batch, int64_t positions, int64_t batch);
+// The inverse: rows (the first `lanes` of `channels` elements each) from dense planes.
+void planes_to_rows(const void* src, int64_t src_batch, int64_t lanes, void* dst, int64_t dst_batch,
+                    int64_t channels, int64_t positions, int64_t batch);
+
 // --- Conditions --------------------------------------------------------------------------
 
 // Whether the through-planes kernels can run a call (dense channels-last samples, bounded

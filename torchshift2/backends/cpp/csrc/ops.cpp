@@ -142,6 +142,39 @@ bool is_contiguous(at::IntArrayRef sizes, at::IntArrayRef strides) {
   return true;
 }
 
+// The row length (in elements) of a tensor whose channels are innermost and whose positions
+// are dense rows of that length (a channels-last tensor or a slice of its channels), or 0.
+int64_t position_rows(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  if (sizes[1] > 1 && strides[1] != 1) return 0;
+  const int64_t row = strides.back();
+  int64_t expected = row;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 2; --d) {
+    if (sizes[d] > 1 && strides[d] != expected) return 0;
+    expected *= sizes[d];
+  }
+  return row >= sizes[1] ? row : 0;
+}
+
+// dst.copy_(src), by the planes' transposes (kernels.h) between channels-innermost rows and
+// contiguous planes of 4-byte elements, where ATen's copy_ would move one element at a time.
+void layout_copy(at::Tensor dst, const at::Tensor& src) {
+  const int64_t positions = c10::multiply_integers(src.sizes().slice(2));
+  const bool four = src.element_size() == 4 && dst.scalar_type() == src.scalar_type();
+  if (four && src.size(1) > 1 && positions > 1) {
+    const int64_t src_row = position_rows(src.sizes(), src.strides());
+    const int64_t dst_row = position_rows(dst.sizes(), dst.strides());
+    const bool src_planar = is_contiguous(src.sizes().slice(1), src.strides().slice(1));
+    const bool dst_planar = is_contiguous(dst.sizes().slice(1), dst.strides().slice(1));
+    if (src_row > 0 && dst_planar)
+      return rows_to_planes(src.const_data_ptr(), src.stride(0), src_row, src.size(1),
+                            dst.data_ptr(), dst.stride(0), positions, src.size(0));
+    if (src_planar && dst_row > 0)
+      return planes_to_rows(src.const_data_ptr(), src.stride(0), src.size(1), dst.data_ptr(),
+                            dst.stride(0), dst_row, positions, src.size(0));
+  }
+  dst.copy_(src);
+}
+
 // The copy a kernel needs of a tensor: none, contiguous, or dense channels innermost
 // (channels_last / _3d, or (N, L, C) for 1D).
 enum class Copy { kNone, kContiguous, kChannelsLast };
@@ -166,6 +199,7 @@ enum Role {
   kWideGradOutput,
   kWideGradInput,
   kWideOutput,
+  kOutput,
   kPart,
   kRoles
 };
@@ -177,7 +211,7 @@ class Scratch {
     const int64_t count = c10::multiply_integers(sizes);
     at::Tensor& buffer = buffers_[role];
     if (!buffer.defined() || buffer.scalar_type() != dtype || buffer.numel() < count)
-      buffer = at::empty({count}, at::TensorOptions().dtype(dtype));
+      buffer = cached_empty({count}, dtype, false);  // recycled: no page faults per call
     return buffer.as_strided(sizes, dense_strides(sizes, channels_last));
   }
 
@@ -185,7 +219,9 @@ class Scratch {
   at::Tensor copied(Role role, Copy copy, const at::Tensor& t) {
     const std::vector<int64_t> strides = strides_after(copy, t.sizes(), t.strides());
     if (strides == t.strides().vec()) return t;
-    return tensor(role, t.sizes(), t.scalar_type(), copy == Copy::kChannelsLast).copy_(t);
+    at::Tensor copy_of = tensor(role, t.sizes(), t.scalar_type(), copy == Copy::kChannelsLast);
+    layout_copy(copy_of, t);
+    return copy_of;
   }
 
   // bfloat16 / half `t` widened to float, channels innermost (the float kernels' layout for
@@ -218,9 +254,14 @@ struct Choice {
   Partials partials = Partials::kNone;
   bool widen = false;
   bool writes_grad_input = false;
+  // `planar`: a channels-last call that goes to the planar kernels on contiguous copies of
+  // blocks of its tensors (choose again for the contiguous layout): where the planes do not
+  // fit a task's budget and the channels-last kernels would cost more than the copies.
+  bool planar = false;
 };
 
 constexpr Choice kWiden{"widen", nullptr, nullptr, nullptr, Partials::kNone, true};
+constexpr Choice kPlanar{"planar", nullptr, nullptr, nullptr, Partials::kNone, false, false, true};
 
 #define TS2_FORWARD(f) \
   Choice { #f, &f, nullptr, nullptr, Partials::kNone, false }
@@ -297,6 +338,7 @@ Choice choose_cl_forward(const Query& q, int64_t size) {
     best_cost = cost.gather;
   }
   if (can_planes && cost.planes < best_cost) best = planes;
+  if (!can_planes && size == 4 && g.spatial_dims() >= 2 && cost.copies < best_cost) best = kPlanar;
   return best;
 }
 
@@ -392,14 +434,40 @@ struct Plan {
   Copy input = Copy::kNone, grad_output = Copy::kNone;
   bool copies_input = false, copies_grad_output = false;  // the Copy is not a no-op
   bool grad_input_temp = false;  // the kernel writes a temporary, copied into grad_input
+  bool output_temp = false;      // the forward writes a contiguous temporary, copied into out
 };
 
 // weight: the (C, D) float64 weight of the call's channels (null: assume the widest spread).
 Plan plan_forward(at::ScalarType dtype, const Geometry& g, bool active, at::IntArrayRef sizes,
                   at::IntArrayRef strides, at::IntArrayRef out_sizes, at::IntArrayRef out_strides,
                   const double* weight = nullptr) {
+  // The planar kernel on a contiguous copy of the input, into a contiguous temporary copied
+  // into the channels-innermost output (in blocks: run_forward).
+  auto planar_plan = [&] {
+    Plan planar;
+    planar.input = Copy::kContiguous;
+    planar.copies_input = true;
+    planar.output_temp = true;
+    const std::vector<int64_t> dense = dense_strides(sizes, false);
+    const std::vector<int64_t> out_dense = dense_strides(out_sizes, false);
+    planar.choice = choose_kernel({Direction::kForward,
+                                   active,
+                                   dtype,
+                                   g,
+                                   false,
+                                   strides_of(dense),
+                                   strides_of(out_dense),
+                                   {}});
+    return planar;
+  };
   Plan p;
   p.cl = channels_inner(sizes, strides) && channel_rows(out_sizes, out_strides);
+  // A block of the channels of a channels-last call (run_forward): its output rows hold all
+  // the channels, which the channels-last kernels cannot write; the planar kernels would
+  // write them one element at a time.
+  if (!p.cl && channels_inner(sizes, strides) && position_rows(out_sizes, out_strides) > 0 &&
+      c10::elementSize(dtype) == 4)
+    return planar_plan();
   if (p.cl && !channel_rows(sizes, strides)) p.input = Copy::kChannelsLast;
   if (!p.cl && sizes.back() > 1 && strides.back() != 1) p.input = Copy::kContiguous;
   const std::vector<int64_t> is = strides_after(p.input, sizes, strides);
@@ -408,6 +476,7 @@ Plan plan_forward(at::ScalarType dtype, const Geometry& g, bool active, at::IntA
               strides_of(out_strides), {}};
   query.weight = weight;
   p.choice = choose_kernel(query);
+  if (p.choice.planar) return planar_plan();
   if (!p.choice.widen) return p;
   Plan wide = plan_forward(at::kFloat, g, active, sizes, dense_strides(sizes, true), out_sizes,
                            out_strides, weight);
@@ -423,6 +492,14 @@ Plan plan_backward(at::ScalarType dtype, const Geometry& g, bool active, at::Int
                    bool needs_grad_input = true) {
   Plan p;
   p.cl = channels_inner(sizes, strides);
+  if (p.cl && g.is_spatial[0]) {
+    // Three spatial dims whose planes do not fit a task: the planar kernel on contiguous
+    // copies (in blocks), whose cost does not grow with the spread, rather than a gather per
+    // corner (eight).
+    const Strides dense = strides_of(dense_strides(sizes, true));
+    const Strides out_dense = strides_of(dense_strides(out_sizes, true));
+    if (!planes_fit(c10::elementSize(dtype), g, dense, out_dense, &dense).possible) p.cl = false;
+  }
   std::vector<int64_t> gis =
       needs_grad_input ? grad_input_strides.vec() : dense_strides(sizes, p.cl);
   if (p.cl) {
@@ -455,7 +532,7 @@ Plan plan_backward(at::ScalarType dtype, const Geometry& g, bool active, at::Int
 // Whether a plan copies anything of the size of its tensors (layout copies, widened copies,
 // a grad_input written elsewhere first): such calls run in blocks (run_forward, run_backward).
 bool copies(const Plan& p) {
-  return p.widened || p.copies_input || p.copies_grad_output || p.grad_input_temp;
+  return p.widened || p.copies_input || p.copies_grad_output || p.grad_input_temp || p.output_temp;
 }
 
 Choice choose_inplace(at::ScalarType dtype, const Geometry& g, at::IntArrayRef strides) {
@@ -518,8 +595,8 @@ void add_corner_partials(const at::Tensor& partials, const Geometry& g, const at
 constexpr int64_t kBlockBytes = int64_t(8) << 20;
 
 // fn(n0, n1, c0, c1) over blocks of samples [n0, n1) and input channels [c0, c1) of at
-// most kBlockBytes of per-(n, c) bytes; channel blocks are multiples of 16 channels (a
-// channels-last vector of float32).
+// most kBlockBytes of per-(n, c) bytes (or one channel); channel blocks are multiples of 16
+// channels (a channels-last vector of float32) where 16 planes fit.
 template <typename F>
 void for_blocks(int64_t batch, int64_t channels, int64_t plane_bytes, F fn) {
   const int64_t sample = std::max<int64_t>(1, channels * plane_bytes);
@@ -528,8 +605,8 @@ void for_blocks(int64_t batch, int64_t channels, int64_t plane_bytes, F fn) {
     for (int64_t n = 0; n < batch; n += step) fn(n, std::min(batch, n + step), 0, channels);
     return;
   }
-  const int64_t step =
-      std::max<int64_t>(16, kBlockBytes / std::max<int64_t>(1, plane_bytes) / 16 * 16);
+  const int64_t fit = std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, plane_bytes));
+  const int64_t step = fit >= 16 ? fit / 16 * 16 : fit;
   for (int64_t n = 0; n < batch; ++n)
     for (int64_t c = 0; c < channels; c += step) fn(n, n + 1, c, std::min(channels, c + step));
 }
@@ -561,15 +638,18 @@ void forward_into(at::Tensor out, const at::Tensor& input_, const at::Tensor& we
     return;
   }
   const at::Tensor input = scratch.copied(kInput, plan.input, input_);
+  const at::Tensor result =
+      plan.output_temp ? scratch.tensor(kOutput, out.sizes(), out.scalar_type(), false) : out;
   const ForwardCall call{input.const_data_ptr(),
-                         out.data_ptr(),
+                         result.data_ptr(),
                          input.scalar_type(),
                          g,
                          strides_of(input.strides()),
-                         strides_of(out.strides()),
+                         strides_of(result.strides()),
                          weight64.const_data_ptr<double>(),
                          active ? 0 : fill_bits(input, fill)};
   plan.choice.forward(call);
+  if (plan.output_temp) layout_copy(out, result);
 }
 
 void run_forward(at::Tensor out, const at::Tensor& input, const at::Tensor& weight64,
@@ -643,7 +723,7 @@ void backward_into(at::Tensor grad_input, at::Tensor weight_sum, const at::Tenso
                           weight64.const_data_ptr<double>(),
                           active};
   plan.choice.backward(call);
-  if (needs_input && !kernel_grad.is_same(grad_input)) grad_input.copy_(kernel_grad);
+  if (needs_input && !kernel_grad.is_same(grad_input)) layout_copy(grad_input, kernel_grad);
   if (!needs_weight) return;
   if (plan.choice.partials == Partials::kPlanes)
     add_plane_partials(partials, g, weight64.size(1), weight_sum);
