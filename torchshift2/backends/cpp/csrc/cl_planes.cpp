@@ -289,9 +289,8 @@ PlanesFit planes_fit(int64_t element_size, const Geometry& g, const Strides& inp
 //   than the transposes (benchmarks/archive/NOTES.md v8);
 // - two, on CPUs with AVX2 but not AVX-512, whose gathers are slower: always (v10);
 // - two, with AVX-512: 4-byte elements only (v11 chose the gathers where a task holds fewer
-//   than four blocks; on the AMD machine of docs/dev/numbers.md the gathers cost up to 2x
-//   the planes there, and at most 1.2x less elsewhere: benchmarks/tools/calibrate_cl.py
-//   --backward);
+//   than four blocks; `benchmarks/tools/calibrate_cl.py --backward` found the planes faster
+//   there, and little slower elsewhere, on the AMD machine of docs/dev/numbers.md);
 // - one: never.
 bool through_planes(int64_t element_size, const Geometry& g, const Strides& input,
                     const Strides& output, const Strides* grad_input) {

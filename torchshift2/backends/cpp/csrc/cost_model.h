@@ -7,8 +7,9 @@
 // estimated in nanoseconds per output vector for one thread with the data in cache; the
 // dispatcher takes the cheapest kernel that can run the call.
 //
-// The constants are fitted by benchmarks/tools/calibrate_cl.py (docs/dev/numbers.md holds its
-// last run and the machine); they rank kernels, so only their ratios matter. AVX2-only
+// The constants are fitted by benchmarks/tools/calibrate_cl.py (its last run, with the
+// machine, is benchmarks/results/calibrate-cl-*.txt); they rank kernels, so only their
+// ratios matter. AVX2-only
 // builds keep the fixed rules of choose_kernel (their gathers are slower still).
 #pragma once
 
@@ -31,8 +32,9 @@ struct CostModel {
   // active_planes_3d, eight corners per position in the planar kernel).
   double active_tap_base, active_tap, active_gather_pair, active_planes, active_planes_3d;
   // SSL planes of two spatial dims larger than kLargePlaneBytes, and any planes that go to
-  // memory between the passes (PlanesFit::spills): measured at 3-5x the in-cache cost for
-  // SSL (whose planar pass is a copy, so the transposes dominate), little more for Active.
+  // memory between the passes (PlanesFit::spills): the SSL planes then cost several times
+  // their in-cache cost (the planar pass is a copy, so the transposes dominate), the Active
+  // ones little more (calibrate_cl.py --shapes with large planes shows both).
   double ssl_planes_large, active_planes_spill;
   double copies_factor;
 };
