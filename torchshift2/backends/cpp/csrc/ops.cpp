@@ -656,8 +656,9 @@ void run_forward(at::Tensor out, const at::Tensor& input, const at::Tensor& weig
                  const Geometry& g, int64_t k, bool active, double fill) {
   Scratch scratch;
   if (k == 1) {
+    // With the weight: the cost model's choice decides whether the call copies.
     const Plan plan = plan_forward(input.scalar_type(), g, active, input.sizes(), input.strides(),
-                                   out.sizes(), out.strides());
+                                   out.sizes(), out.strides(), weight64.const_data_ptr<double>());
     if (!copies(plan)) return forward_into(out, input, weight64, g, active, fill, scratch);
   }
   // Op-math bytes: a bfloat16 / half block is widened to float.
