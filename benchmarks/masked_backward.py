@@ -1,17 +1,23 @@
 """The backward's output mask: what one gradient costs next to both, and a Grouped Shift step.
 
     python benchmarks/masked_backward.py [--shapes 32x64x56x56,8x256x28x28] [--threads 2]
+        [--rounds 9]
 
 Prints, per shape and layout (float32), the time of ``torchshift2::shift_backward`` with
 ``output_mask`` both / grad_input only / grad_weight only (SSL and Active Shift, ``uniform1.5``
 shifts), their ratios to both, and a Grouped Shift training step (forward + grad_input of a
-``GroupedShift2d``) as a ratio to ``x.clone()``; every number of a table from one process,
-min over ``torch.utils.benchmark`` runs, each measured twice to show the spread.
+``GroupedShift2d``) as a ratio to ``x.clone()``. Every number of a table comes from one
+process, and every ratio is paired: in each of ``--rounds`` rounds, each case is timed right
+after the case it is divided by (``both`` for the masks, ``clone`` for the step), and the
+table shows the median over the rounds of the times (ms) and of the ratios. On a machine
+whose speed drifts, this compares cases under the same conditions, where the min of each
+case alone would pair one case's fast spell with another's slow one.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -19,34 +25,50 @@ import torch.utils.benchmark as benchmark
 import torchshift2 as ts
 
 
-def _time(fn, threads: int) -> tuple:
-    """(min, second run's min) in ms over two blocked_autorange runs."""
-    runs = []
-    for _ in range(2):
-        timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
-        runs.append(timer.blocked_autorange(min_run_time=0.4).median * 1e3)
-    return min(runs), max(runs)
+def _ms(fn, threads: int) -> float:
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=0.1).median * 1e3
+
+
+def _paired(cases: dict, pairs: dict, threads: int, rounds: int) -> tuple:
+    """({case: median ms}, {case: median of its ratio to pairs[case], timed just before it})."""
+    times = {name: [] for name in cases}
+    ratios = {name: [] for name in pairs}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            if name in pairs:
+                base = _ms(cases[pairs[name]], threads)
+                t = _ms(fn, threads)
+                ratios[name].append(t / base)
+            else:
+                t = _ms(fn, threads)
+            times[name].append(t)
+    return (
+        {n: statistics.median(v) for n, v in times.items()},
+        {n: statistics.median(v) for n, v in ratios.items()},
+    )
 
 
 def _layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
 
 
-def rows_for(shape, fmt: str, threads: int):
+def times_for(shape, fmt: str, threads: int, rounds: int) -> dict:
     torch.manual_seed(0)
     x = _layout(torch.randn(shape), fmt)
-    weight = (torch.rand(shape[1], 2) * 3 - 1.5)
+    weight = torch.rand(shape[1], 2) * 3 - 1.5
     grad = _layout(torch.randn(shape), fmt)
     op = torch.ops.torchshift2.shift_backward.default
-    clone = _time(lambda: x.clone(), threads)
-    rows = []
+    cases = {"clone": lambda: x.clone()}
     for active in (False, True):
-        times = {}
-        for name, mask in (("both", [True, True]), ("grad_input", [True, False]),
-                           ("grad_weight", [False, True])):
-            times[name] = _time(lambda: op(grad, x, weight, "zeros", active, [0] * 4, mask),
-                                threads)
-        rows.append((active, times))
+        for name, mask in (
+            ("both", [True, True]),
+            ("grad_input", [True, False]),
+            ("grad_weight", [False, True]),
+        ):
+            cases[active, name] = lambda mask=mask, active=active: op(
+                grad, x, weight, "zeros", active, [0] * 4, mask
+            )
     layer = ts.GroupedShift2d(shape[1], kernel_size=3)
     xr = x.clone().requires_grad_()
 
@@ -58,33 +80,48 @@ def rows_for(shape, fmt: str, threads: int):
         with torch.no_grad():
             layer(x)
 
-    return clone, rows, _time(grouped_step, threads), _time(grouped_forward, threads)
+    cases["grouped_step"] = grouped_step
+    cases["grouped_forward"] = grouped_forward
+    pairs = {"grouped_step": "clone", "grouped_forward": "clone"}
+    for active in (False, True):
+        pairs[active, "grad_input"] = pairs[active, "grad_weight"] = (active, "both")
+    return _paired(cases, pairs, threads, rounds)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="32x64x56x56,8x256x28x28")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, backend "
-          f"{ts.backends.resolve(torch.device('cpu'))}, float32, ms (min / second run)")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, backend "
+        f"{ts.backends.resolve(torch.device('cpu'))}, float32; medians over {args.rounds} "
+        "rounds of the times (ms) and of the paired ratios"
+    )
     for text in args.shapes.split(","):
         shape = tuple(int(v) for v in text.split("x"))
         for fmt in ("contiguous", "channels_last"):
-            clone, rows, grouped, grouped_forward = rows_for(shape, fmt, args.threads)
-            print(f"\n{text} {fmt}: clone {clone[0]:.3f} / {clone[1]:.3f} ms")
-            print("| mode | both | grad_input only | grad_weight only | input / both | "
-                  "weight / both |")
+            t, r = times_for(shape, fmt, args.threads, args.rounds)
+            print(f"\n{text} {fmt}: clone {t['clone']:.3f} ms")
+            print(
+                "| mode | both | grad_input only | grad_weight only | input / both | "
+                "weight / both |"
+            )
             print("|---|---|---|---|---|---|")
-            for active, t in rows:
-                both, gi, gw = t["both"], t["grad_input"], t["grad_weight"]
-                print(f"| {'active' if active else 'SSL'} | {both[0]:.3f} / {both[1]:.3f} | "
-                      f"{gi[0]:.3f} / {gi[1]:.3f} | {gw[0]:.3f} / {gw[1]:.3f} | "
-                      f"{gi[0] / both[0]:.2f} | {gw[0] / both[0]:.2f} |")
-            print(f"Grouped Shift step (forward + grad_input): {grouped[0]:.3f} / "
-                  f"{grouped[1]:.3f} ms = {grouped[0] / clone[0]:.2f}x clone (its forward "
-                  f"alone {grouped_forward[0]:.3f} ms = {grouped_forward[0] / clone[0]:.2f}x)")
+            for active in (False, True):
+                name = "active" if active else "SSL"
+                both, gi, gw = (t[active, k] for k in ("both", "grad_input", "grad_weight"))
+                print(
+                    f"| {name} | {both:.3f} | {gi:.3f} | {gw:.3f} | "
+                    f"{r[active, 'grad_input']:.2f} | {r[active, 'grad_weight']:.2f} |"
+                )
+            print(
+                f"Grouped Shift step (forward + grad_input): {t['grouped_step']:.3f} ms = "
+                f"{r['grouped_step']:.2f}x clone (its forward alone "
+                f"{t['grouped_forward']:.3f} ms = {r['grouped_forward']:.2f}x)"
+            )
     return 0
 
 

@@ -225,6 +225,24 @@ def test_inplace_matches_oracle(dtype, layout, padding):
         assert torch.equal(y, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+def test_long_runs_forward_and_inplace(dtype, padding):
+    # csrc/copy.h: runs of several unrolled vector groups, a single vector and a partial
+    # tail, misaligned by every shift; in place, slabs that overlap their source both ways
+    # (shift 0 along the slab dim, +-rows along the next) and slabs moved between planes.
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(2, 18, 3, 41, 45, generator=gen) * 9).to(dtype)
+    shifts = [(a, b, c) for a in (-1, 0, 2) for b in (-3, 0, 1) for c in (-5, 0, 1)]
+    weight = torch.tensor(shifts[:18], dtype=torch.float32)
+    expected = ts.reference.shift(x, weight, padding)
+    with ts.use_backend("cpp"):
+        assert torch.equal(ts.shift(x, weight, padding), expected)
+        y = x.clone()
+        ts.shift_(y, weight, padding)
+    assert torch.equal(y, expected)
+
+
 # --- output cache ----------------------------------------------------------------------
 
 def test_output_cache_reuses_freed_blocks_and_empties():

@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "copy.h"
 #include "dispatch.h"
 #include "geometry.h"
 #include "kernels.h"
@@ -370,7 +371,7 @@ void active_forward_cl_planes(const ForwardCall& call) {
 }
 
 // SSL forward through planes (4-byte elements): the bits move through the float transposes
-// unchanged, and each plane is the planar SSL forward (a memcpy per slab and its edge
+// unchanged, and each plane is the planar SSL forward (a copy per slab and its edge
 // columns).
 void ssl_forward_cl_planes(const ForwardCall& call) {
   const Geometry& g = call.g;
@@ -441,8 +442,8 @@ void rows_to_planes(const void* src, int64_t src_batch, int64_t channels, int64_
           const int64_t block = std::min<int64_t>(kTransposeLanes<float>, lanes - c0);
           to_planes(in + n * src_batch + p0 * channels + c0, channels, block, count, buf, pitch);
           for (int64_t c = 0; c < block; ++c)
-            std::memcpy(out + n * dst_batch + (c0 + c) * positions + p0, buf + c * pitch,
-                        count * sizeof(float));
+            copy_bytes(out + n * dst_batch + (c0 + c) * positions + p0, buf + c * pitch,
+                       count * sizeof(float));
         }
       });
 }
@@ -456,8 +457,8 @@ void planes_to_rows(const void* src, int64_t src_batch, int64_t lanes, void* dst
         for (int64_t c0 = 0; c0 < lanes; c0 += kTransposeLanes<float>) {
           const int64_t block = std::min<int64_t>(kTransposeLanes<float>, lanes - c0);
           for (int64_t c = 0; c < block; ++c)
-            std::memcpy(buf + c * pitch, in + n * src_batch + (c0 + c) * positions + p0,
-                        count * sizeof(float));
+            copy_bytes(buf + c * pitch, in + n * src_batch + (c0 + c) * positions + p0,
+                       count * sizeof(float));
           from_planes(buf, pitch, block, count, out + n * dst_batch + p0 * channels + c0, channels);
         }
       });

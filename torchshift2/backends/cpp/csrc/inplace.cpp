@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "copy.h"
 #include "dispatch.h"
 #include "geometry.h"
 #include "kernels.h"
@@ -194,7 +195,7 @@ void shift_inplace_planar(const InplaceCall& call) {
     using T = std::remove_pointer_t<decltype(data)>;
     const int64_t plane = g.in_plane();
     for_each_moving_plane(data, g, st, moving, plane, [&](int64_t c, T* p, T* b, int64_t* edges) {
-      std::memcpy(b, p, plane * sizeof(T));
+      copy_bytes(b, p, plane * sizeof(T));
       ssl_forward_plane_flat(static_cast<const T*>(b), g.length[1] * g.length[2], p, st.slot[0], g,
                              shifts[c], T(0), edges);
     });

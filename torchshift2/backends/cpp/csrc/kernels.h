@@ -32,7 +32,7 @@ struct ForwardCall {
 using ForwardKernel = void (*)(const ForwardCall&);
 
 // SSL, any element size. Planar: the input's slot 2 unit-stride.
-void ssl_forward_planar(const ForwardCall&);   // flat planes (flat_planes): memcpy per slab
+void ssl_forward_planar(const ForwardCall&);   // flat planes (flat_planes): a copy per slab
 void ssl_forward_strided(const ForwardCall&);  // any other strides: a copy per row
 // SSL, channels innermost, rows (n, i0, i1) W x C blocks.
 void ssl_forward_cl_taps(const ForwardCall&);    // masked moves per distinct shift

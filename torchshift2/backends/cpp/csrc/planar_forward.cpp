@@ -15,6 +15,7 @@
 #include <map>
 #include <vector>
 
+#include "copy.h"
 #include "corners.h"
 #include "dispatch.h"
 #include "geometry.h"
@@ -40,7 +41,7 @@ void copy_row(const T* x, int64_t xs, T* y, int64_t ys, const Geometry& g, int64
   for (int64_t o = 0; o < in.lo; ++o) edge(o);
   const T* src = x + (before - shift) * xs;
   if (xs == 1 && ys == 1) {
-    std::memcpy(y + in.lo, src + in.lo, (in.hi - in.lo) * sizeof(T));
+    copy_bytes(y + in.lo, src + in.lo, (in.hi - in.lo) * sizeof(T));
   } else {
     for (int64_t o = in.lo; o < in.hi; ++o) y[o * ys] = src[o * xs];
   }
@@ -70,7 +71,7 @@ void ssl_forward_plane(const T* x, const int64_t* xs, T* y, const int64_t* ys, c
 namespace {
 
 // SSL, one plane, when a slab (slots 1, 2) is one flat run in both tensors and slot 2 is
-// not cropped: the rows of a slab whose source rows are inside are one memcpy, shifted by
+// not cropped: the rows of a slab whose source rows are inside are one copy, shifted by
 // the slot-2 shift; the few columns per row that this wraps are then fixed. The plan is
 // made per plane (a few index computations) into a per-task buffer of L2 indices: per
 // channel tables cost more than the copy itself on small planes.
@@ -135,7 +136,7 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
       return;
     }
     const int64_t lo = clamp(f.s2, 0, L2), hi = clamp(L2 + f.s2, lo, L2);
-    if (hi > lo) std::memcpy(yr + lo, src + lo - f.s2, (hi - lo) * sizeof(T));
+    if (hi > lo) copy_bytes(yr + lo, src + lo - f.s2, (hi - lo) * sizeof(T));
     edges(yr, src);
   };
   for (int64_t o1 = 0; o1 < f.rows.lo; ++o1) {
@@ -144,7 +145,7 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
   }
   if (f.rows.hi > f.rows.lo) {
     const FlatRange r = flat_interior(g, f, s1);
-    if (r.n > 0) std::memcpy(y + r.dst, x + r.src, r.n * sizeof(T));
+    if (r.n > 0) copy_bytes(y + r.dst, x + r.src, r.n * sizeof(T));
     edge_columns(y + f.rows.lo * L2, x + (f.rows.lo + b1 - s1) * L2, f.rows.hi - f.rows.lo, L2, f,
                  fill);
   }
@@ -206,7 +207,7 @@ void ssl_shift_plane_inplace_zeros(T* p, const Geometry& g, const ChannelShift<d
       return;
     }
     const FlatRange r = flat_interior(g, f, s1);
-    if (r.n > 0) std::memmove(ys + r.dst, p + i0 * slab + r.src, r.n * sizeof(T));
+    if (r.n > 0) move_bytes(ys + r.dst, p + i0 * slab + r.src, r.n * sizeof(T));
     // Zeros padding: every edge column is the fill, no source is read.
     edge_columns(ys + f.rows.lo * L2, static_cast<const T*>(ys), f.rows.hi - f.rows.lo, L2, f,
                  fill);

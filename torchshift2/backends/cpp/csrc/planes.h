@@ -23,7 +23,7 @@ void ssl_forward_plane(const T* x, const int64_t* xs, T* y, const int64_t* ys, c
                        const ChannelShift<double>& cs, T fill);
 
 // A plane whose slabs (slots 1, 2) are one flat run in both tensors, slot 2 not cropped
-// (flat_planes): a memcpy per slab plus its edge columns. xs0 / ys0: the slot-0 strides;
+// (flat_planes): one copy per slab plus its edge columns. xs0 / ys0: the slot-0 strides;
 // edge_scratch: room for g.length[2] indices.
 template <typename T>
 void ssl_forward_plane_flat(const T* x, int64_t xs0, T* y, int64_t ys0, const Geometry& g,
