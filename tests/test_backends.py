@@ -345,6 +345,37 @@ def test_double_backward_raises(backend_device):
             grad_x.sum().backward()
 
 
+@pytest.mark.parametrize("needs", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("crop", [None, [(1, 0)]])
+def test_eager_training_bypasses_the_custom_ops(backend_device, monkeypatch, needs, crop):
+    # Plain eager calls of the C++ and Triton backends run one autograd node around the
+    # backend's kernels (torchshift2._eager), not the custom ops and their Python wrappers
+    # (issue 20: host time per call); with and without crop, for every gradient subset.
+    if backend_device.backend == "reference":
+        pytest.skip("the reference backend runs through the custom ops")
+    from torchshift2 import ops
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an eager call went through a custom op")
+
+    device = backend_device.device
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(backend_device.shape((2, 3, 6)), generator=gen, dtype=torch.float64)
+    weight = torch.randn(x.shape[1], 1, generator=gen, dtype=torch.float64) * 2
+    x, weight = x.to(device).requires_grad_(needs[0]), weight.to(device).requires_grad_(needs[1])
+    with ts.use_backend(backend_device.backend), monkeypatch.context() as patch:
+        patch.setattr(ops, "shift", refuse)
+        patch.setattr(ops, "shift_backward", refuse)
+        out = ts.shift(x, weight, "reflect", True, crop)
+        grad_output = _grad_output(out.shape, out.dtype, device)
+        wanted = [t for t, n in zip((x, weight), needs) if n]
+        grads = torch.autograd.grad(out, wanted, grad_output)
+    ref, ref_grads = _oracle(x, weight, "reflect", True, crop, grad_output, needs)
+    assert_close(out, ref, torch.float64)
+    for got, want in zip(grads, [g for g in ref_grads if g is not None]):
+        assert_close(got, want, torch.float64)
+
+
 @pytest.mark.parametrize("active", [False, True])
 def test_any_strides_for_weight_and_grad_output(backend_device, active):
     device = backend_device.device

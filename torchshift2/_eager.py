@@ -1,11 +1,18 @@
-"""The eager fast path: plain CPU calls go to the C++ kernels without torch's Python wrappers.
+"""The eager fast paths: plain calls go to a backend's kernels without torch's Python wrappers.
 
 The public custom ops (:mod:`torchshift2.ops`) run through torch's Python custom-op and
 autograd wrappers, which cost tens of microseconds per call. :mod:`torchshift2.functional`
-therefore first offers each call to this module, which takes it only for plain eager CPU
-tensors with the C++ backend selected: compile, export, tracing, dispatch modes, torch.func
-transforms, forward-mode AD and tensor subclasses all see the custom ops. Both paths call
-the same kernels (``backends/cpp/ops.cpp``).
+therefore first offers each call to this module, which takes it only for plain eager
+tensors, with nothing tracing or intercepting ops: compile, export, tracing, dispatch modes,
+torch.func transforms, forward-mode AD and tensor subclasses all see the custom ops.
+
+* CPU with the C++ backend: one C++ call, argument checks and autograd node included
+  (``backends/cpp/csrc/eager.cpp``).
+* The Triton backend (CUDA, or CPU tensors under ``TRITON_INTERPRET=1``): one Python
+  autograd node, :class:`BackendShift`, whose forward and backward call the backend's
+  ``forward`` / ``backward`` (cached launch plans) directly.
+
+Every path runs the same kernels as the custom ops.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from . import _spec, backends
 from .backends import cpp
 from .backends.cpp import build
 
-__all__ = ["shift", "shift_", "try_shift", "try_shift_"]
+__all__ = ["BackendShift", "shift", "shift_", "try_shift", "try_shift_"]
 
 # Parameters are plain tensors to dispatch (no __torch_function__ of their own).
 _PLAIN = (Tensor, torch.nn.Parameter)
@@ -43,17 +50,16 @@ def intercepted() -> bool:
     )
 
 
-def _takes(input: Tensor, weight: Tensor) -> bool:
-    """Whether a checked call may bypass the custom ops: plain CPU tensors, nothing tracing
-    or intercepting ops, and the C++ backend selected."""
-    return (
-        type(input) is Tensor
-        and type(weight) in _PLAIN
-        and input.device.type == "cpu"
-        and not input.is_quantized
-        and not intercepted()
-        and backends.resolve(input.device) == "cpp"
-    )
+def _lean_backend(input: Tensor, weight: Tensor) -> Optional[str]:
+    """The backend whose eager path takes a checked call (``"cpp"`` or ``"triton"``), else
+    ``None``: plain tensors, not quantized, nothing tracing or intercepting ops."""
+    if (type(input) is not Tensor or type(weight) not in _PLAIN or input.is_quantized
+            or intercepted()):
+        return None
+    name = backends.resolve(input.device)
+    if name == "triton" or (name == "cpp" and input.device.type == "cpu"):
+        return name
+    return None
 
 
 def _ready(input, weight, padding) -> bool:
@@ -109,21 +115,57 @@ def try_shift_(input, weight, padding) -> bool:
     return code is not None and entries[1](input, weight, code[1])
 
 
+class BackendShift(torch.autograd.Function):
+    """One autograd node around a backend's own ``forward`` and ``backward`` (the Triton
+    eager path): what the custom op and its registered autograd compute, without their
+    wrappers. The backward computes only the gradients its inputs need (``output_mask``)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, padding, active, crop, module):
+        ctx.save_for_backward(input, weight)
+        ctx.arguments = (padding, active, list(crop))
+        ctx.module = module
+        return module.forward(input, weight, padding, active, list(crop), 0)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        mask = tuple(ctx.needs_input_grad[:2])
+        if torch.is_grad_enabled():
+            # create_graph=True: the public op, whose own backward refuses double backward
+            # with a clear error (SPEC §4), instead of gradients without a graph.
+            from . import ops
+
+            grads = ops.shift_backward(grad_output, input, weight, *ctx.arguments, list(mask))
+        else:
+            grads = ctx.module.backward(grad_output, input, weight, *ctx.arguments, mask)
+        return (grads[0] if mask[0] else None, grads[1] if mask[1] else None,
+                None, None, None, None)
+
+
 def shift(input: Tensor, weight: Tensor, padding: str, active: bool,
           crop: List[int]) -> Optional[Tensor]:
-    """A checked shift through the C++ kernels with a C++ autograd node (or none when no
-    gradient is wanted); ``None`` when the call must take the custom op."""
-    if not _takes(input, weight):
+    """A checked shift through a backend's kernels with one autograd node (the C++ one on
+    CPU, :class:`BackendShift` for Triton; none when no gradient is wanted); ``None`` when
+    the call must take the custom op."""
+    name = _lean_backend(input, weight)
+    if name is None:
         return None
-    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
-        return cpp.shift_autograd(input, weight, padding, active, crop)
-    return cpp.forward(input, weight, padding, active, crop, 0)
+    wants_grad = torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad)
+    if name == "cpp":
+        if wants_grad:
+            return cpp.shift_autograd(input, weight, padding, active, crop)
+        return cpp.forward(input, weight, padding, active, crop, 0)
+    module = backends.module_for(input.device)
+    if wants_grad:
+        return BackendShift.apply(input, weight, padding, active, tuple(crop), module)
+    return module.forward(input, weight, padding, active, crop, 0)
 
 
 def shift_(input: Tensor, weight: Tensor, padding: str) -> bool:
     """A checked in-place shift straight to the C++ kernel; ``False`` when it must take
     the custom op."""
-    if not (_takes(input, weight) and input.numel()):
+    if not (_lean_backend(input, weight) == "cpp" and input.numel()):
         return False
     cpp.shift_inplace(input, weight, padding)
     return True

@@ -284,9 +284,9 @@ def _traced() -> bool:
 
 def apply_shift(input: Tensor, weight: Tensor, padding: str, active: bool,
                 crop: List[int]) -> Tensor:
-    """:func:`shift` with autograd, for checked arguments: plain eager CPU calls take the
-    C++ fast path (:mod:`torchshift2._eager`), traced calls the custom op, the rest
-    :class:`ShiftAutograd`."""
+    """:func:`shift` with autograd, for checked arguments: plain eager calls of the C++ and
+    Triton backends take their fast path (:mod:`torchshift2._eager`), traced calls the
+    custom op, the rest :class:`ShiftAutograd`."""
     out = _eager.shift(input, weight, padding, active, crop)
     if out is not None:
         return out
