@@ -496,6 +496,18 @@ def test_masked_backward_computes_what_is_asked(backend_device, mask, active, me
 
 
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("padding", ["zeros", "periodic"])
+def test_grad_input_alone_without_crop(backend_device, padding, ndim, memory_format):
+    # grad_input alone with zeros / periodic padding and no crop: the C++ backend runs it as
+    # the forward with the negated shift ("[inverse shift]"), for SSL and Active Shift.
+    for active, dtype in itertools.product((False, True),
+                                           (torch.float64, *backend_device.low_precision)):
+        x, weight = _module_case(backend_device, ndim, memory_format, 30 + ndim, dtype=dtype)
+        _check_module(backend_device, x, weight, padding, active, None, (True, False))
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("k", [2, 3])
 def test_channel_multiplier(backend_device, k, memory_format):
     """SPEC §1: output channel o reads input channel o // k; grad_input sums the k readers."""

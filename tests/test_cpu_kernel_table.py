@@ -33,6 +33,7 @@ DIRECTIONS = {"forward SSL": ("forward", (False,), (True, True)),
               "backward": ("backward", (False, True), (True, True)),
               "backward grad_input only": ("backward", (False, True), (True, False)),
               "backward SSL grad_input only": ("backward", (False,), (True, False)),
+              "backward Active grad_input only": ("backward", (True,), (True, False)),
               "backward grad_weight only": ("backward", (False, True), (False, True)),
               "in place": ("inplace", (False,), (True, True))}
 # The table's ISA column against torchshift2_cpu::isa(); portable builds choose as AVX-512.

@@ -53,7 +53,7 @@ def test_backward_computes_only_the_gradients_in_output_mask(backend, active, pa
                                                              memory_format, multiplier, crop):
     """Issue 23: each masked backward equals its part of the full one and the reference's;
     the other output is the empty placeholder. (Channels-last float64 with zeros padding runs
-    the fused gathers, SSL without crop the inverse shift.)"""
+    the fused gathers; without crop, grad_input alone is the inverse shift.)"""
     torch.manual_seed(3)
     x = layout(torch.randn(2, 20, 9, 8, dtype=torch.float64), memory_format)
     weight = torch.randn(20 * multiplier, 2, dtype=torch.float64) * 2

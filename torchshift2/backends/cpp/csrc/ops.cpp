@@ -732,22 +732,32 @@ void backward_into(at::Tensor grad_input, at::Tensor weight_sum, const at::Tenso
     add_corner_partials(partials, g, weight64, weight_sum);
 }
 
-// Whether grad_input alone is the forward with the negated shift: an SSL shift with zeros
-// (or periodic) padding and no crop moves every element to one place (or permutes them), so
-// its adjoint is the opposite shift; the forward kernels do it at copy speed.
-bool inverse_shift(const Geometry& g, bool active, bool needs_input, bool needs_weight, int64_t k) {
-  if (active || !needs_input || needs_weight || k != 1) return false;
+// Whether grad_input alone is the forward with the negated shift, which the forward kernels
+// run at their speed (a copy for SSL). With zeros (or periodic) padding and no crop, an SSL
+// shift moves every element to one place (or permutes them), so its adjoint is the opposite
+// shift. An Active Shift by w reads, per dim, x[o - floor(w)] and x[o - floor(w) - 1] with
+// weights 1 - f and f (f = w - floor(w)); the one by -w reads g[i + floor(w)] and
+// g[i + floor(w) + 1] with weights 1 - f and f (its own fraction is 1 - f, and floor(-w) =
+// -floor(w) - 1; for whole w the single read g[i + w]): the adjoint's reads and weights.
+bool inverse_shift(const Geometry& g, bool needs_input, bool needs_weight, int64_t k) {
+  if (!needs_input || needs_weight || k != 1) return false;
   if (g.padding != kZeros && g.padding != kPeriodic) return false;
   for (int d = 0; d < kSlots; ++d)
     if (g.out_length[d] != g.length[d]) return false;
   return true;
 }
 
+// The weight of that forward: -w (Active Shift), -round(w) (SSL).
+at::Tensor inverse_weight(const at::Tensor& weight64, bool active) {
+  return active ? weight64.neg() : weight64.round().neg_();
+}
+
 void run_backward(at::Tensor grad_input, at::Tensor weight_sum, const at::Tensor& grad_output,
                   const at::Tensor& input, const at::Tensor& weight64, const Geometry& g, int64_t k,
                   bool active) {
-  if (inverse_shift(g, active, grad_input.defined(), weight_sum.defined(), k))
-    return run_forward(grad_input, grad_output, weight64.round().neg_(), g, 1, false, 0.0);
+  if (inverse_shift(g, grad_input.defined(), weight_sum.defined(), k))
+    return run_forward(grad_input, grad_output, inverse_weight(weight64, active), g, 1, active,
+                       0.0);
   Scratch scratch;
   if (k == 1) {
     const std::vector<int64_t> gis =
@@ -883,12 +893,15 @@ std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::In
     plan = plan_forward(dtype, g, active, sizes, strides, out_sizes, out_strides, w);
   } else if (direction == "backward") {
     if (empty) return "none";
-    if (inverse_shift(g, active, needs_grad_input, needs_grad_weight, multiplier)) {
+    if (inverse_shift(g, needs_grad_input, needs_grad_weight, multiplier)) {
       // run_backward: the forward from grad_output (its strides) into grad_input
       std::vector<int64_t> go_strides = out_strides;
       go_strides[1] /= multiplier;
-      plan = plan_forward(dtype, g, false, out_sizes, go_strides, sizes,
-                          dense_strides(sizes, channels_last), w);
+      const at::Tensor inverse =
+          weight64.defined() ? inverse_weight(weight64, active) : at::Tensor();
+      plan = plan_forward(dtype, g, active, out_sizes, go_strides, sizes,
+                          dense_strides(sizes, channels_last),
+                          inverse.defined() ? inverse.const_data_ptr<double>() : nullptr);
       return std::string(plan.choice.name) + (plan.widened ? " [widened]" : "") +
              (copies(plan) ? " [blocks]" : "") + " [inverse shift]";
     }
