@@ -30,7 +30,7 @@ def _weights(channels, ndim, gen):
 @pytest.mark.parametrize("shape", [(2, 40, 7, 9), (1, 16, 3, 5, 6)])
 @pytest.mark.parametrize("active", [False, True], ids=["ssl", "active"])
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
-@pytest.mark.parametrize("kernel", ["taps", "gather", "planes"])
+@pytest.mark.parametrize("kernel", ["taps", "gather", "planes", "planar"])
 def test_every_kernel_of_the_model_matches_the_reference(shape, active, padding, kernel):
     gen = torch.Generator().manual_seed(0)
     x = _channels_last(torch.randn(shape, generator=gen))
@@ -59,7 +59,10 @@ def test_override_refuses_what_a_kernel_cannot_run():
     w = torch.zeros(16, 1)
     with cpp.kernel_override("planes"), pytest.raises(RuntimeError, match="'planes' cannot"):
         cpp.forward(x, w, "zeros", False, [0, 0], 0.0)
+    with cpp.kernel_override("planar"), pytest.raises(RuntimeError, match="'planar' cannot"):
+        cpp.forward(x, w, "zeros", False, [0, 0], 0.0)
     with pytest.raises(RuntimeError, match="kernel: expected 'none'"):
         with cpp.kernel_override("fastest"):
             pass
     assert cpp.kernel_name("forward", x, weight=w) == "ssl_forward_cl_taps"
+

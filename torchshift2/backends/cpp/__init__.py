@@ -87,8 +87,9 @@ def kernel_name(direction, input, padding="zeros", active=False, crop=None,
 
 @contextlib.contextmanager
 def kernel_override(kernel: str):
-    """Within the block, every channels-last call runs ``kernel`` (``"taps"``, ``"gather"``
-    or ``"planes"``) where it can and raises where it cannot: for calibrating the cost model
+    """Within the block, every channels-last call runs ``kernel`` (``"taps"``, ``"gather"``,
+    ``"planes"``, or the forward's ``"planar"``: the planar kernel on contiguous copies of
+    blocks) where it can and raises where it cannot: for calibrating the cost model
     (``benchmarks/tools/calibrate_cl.py``), not for use. Process-wide, not thread-safe."""
     build.ops().set_kernel_override(kernel)
     try:

@@ -69,12 +69,14 @@ inline double mean_taps(const double* weight, const Geometry& g, int64_t lanes, 
 struct ForwardCosts {
   double taps, gather, planes;
   // The planar kernel on contiguous copies of blocks (where the planes do not fit a task):
-  // the in-cache planes' cost, times copies_factor for the two layout copies through memory.
+  // the in-cache planes' cost, plus (copies_factor - 1) times it for the two layout copies
+  // through memory, times copy_waste where a block's channels fill less than a cache line
+  // (ops.cpp, block_copy_waste).
   double copies;
 };
 
 inline ForwardCosts forward_costs(bool active, int ndim, double taps, const PlanesFit& fit,
-                                  int64_t threads) {
+                                  int64_t threads, double copy_waste = 1.0) {
   const CostModel& m = kCostModel;
   const double idle = fit.tasks > 0 && fit.tasks < threads
                           ? static_cast<double>(threads) / static_cast<double>(fit.tasks)
@@ -83,12 +85,13 @@ inline ForwardCosts forward_costs(bool active, int ndim, double taps, const Plan
     const bool large = fit.spills || (ndim == 2 && fit.plane_bytes > kLargePlaneBytes);
     return {m.ssl_tap_base + m.ssl_tap * taps, m.ssl_gather,
             m.ssl_planes * (large ? m.ssl_planes_large : 1.0) * idle,
-            m.ssl_planes * m.copies_factor};
+            m.ssl_planes * (1.0 + (m.copies_factor - 1.0) * copy_waste)};
   }
   const double planes = m.active_planes * (ndim == 3 ? m.active_planes_3d : 1.0);
   return {m.active_tap_base + m.active_tap * taps,
           m.active_gather_pair * static_cast<double>(1 << (ndim - 1)),
-          planes * (fit.spills ? m.active_planes_spill : 1.0) * idle, planes * m.copies_factor};
+          planes * (fit.spills ? m.active_planes_spill : 1.0) * idle,
+          planes * (1.0 + (m.copies_factor - 1.0) * copy_waste)};
 }
 
 }  // namespace torchshift2_cpu

@@ -287,9 +287,36 @@ struct Query {
   const double* weight = nullptr;
 };
 
+// A call that would copy tensors of its own size (plan copies), or has a channel multiplier
+// (k > 1, whose k grad_input contributions are summed), runs in blocks of samples and, for a
+// sample bigger than the budget, of input channels: its temporaries are one block's
+// (SPEC §5: buffers that do not grow with the input). Each block runs the kernels for k = 1:
+// output channels j, j + k, ... of the block are a strided view, weight rows j::k.
+constexpr int64_t kBlockBytes = int64_t(8) << 20;
+
+// The input channels of one block of a call that runs in blocks (for_blocks): all of them
+// where a sample fits kBlockBytes, else as many planes as fit, in multiples of 16 where 16
+// fit.
+int64_t block_channels(int64_t channels, int64_t plane_bytes) {
+  if (channels * plane_bytes <= kBlockBytes) return channels;
+  const int64_t fit = std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, plane_bytes));
+  return fit >= 16 ? fit / 16 * 16 : fit;
+}
+
+// How many times its own bytes the layout copies of a channels-last call in blocks move:
+// a block of fewer channels than a 64-byte line holds reads (and writes) every line of its
+// channels' rows, which also hold other blocks' channels; at most all of a row.
+double block_copy_waste(const Geometry& g, int64_t element_size) {
+  const int64_t plane = g.in_plane() * std::max<int64_t>(element_size, 4);
+  const int64_t step = block_channels(g.channels, plane);
+  if (step >= g.channels) return 1.0;
+  const double line = static_cast<double>(kVectorBytes) / static_cast<double>(step * element_size);
+  return std::max(1.0, std::min(static_cast<double>(g.channels) / static_cast<double>(step), line));
+}
+
 // A kernel forced by set_kernel_override (benchmarks/tools/calibrate_cl.py times each
 // channels-last kernel on the same call that way); kNone in normal use.
-enum class Override { kNone, kTaps, kGather, kPlanes };
+enum class Override { kNone, kTaps, kGather, kPlanes, kPlanar };
 std::atomic<Override> kernel_override{Override::kNone};
 
 // The mean taps per 64-byte block of the call's channels (cost_model.h).
@@ -328,9 +355,14 @@ Choice choose_cl_forward(const Query& q, int64_t size) {
                   "dense channels-last samples, planes within the task budget, and for SSL ",
                   "4-byte elements)");
       return planes;
+    case Override::kPlanar:
+      TORCH_CHECK(size == 4 && g.spatial_dims() >= 2, "set_kernel_override: 'planar' cannot ",
+                  "run this call (it needs 4-byte elements and two or three spatial dims)");
+      return kPlanar;
   }
-  const ForwardCosts cost = forward_costs(
-      q.active, g.spatial_dims(), call_taps(q, kVectorBytes / size), fit, at::get_num_threads());
+  const ForwardCosts cost =
+      forward_costs(q.active, g.spatial_dims(), call_taps(q, kVectorBytes / size), fit,
+                    at::get_num_threads(), block_copy_waste(g, size));
   Choice best = taps;
   double best_cost = cost.taps;
   if (can_gather && cost.gather < best_cost) {
@@ -386,7 +418,8 @@ Choice choose_kernel(const Query& q) {
         const Override o = kernel_override.load();
         const bool gathers = gather_indexable(g, q.input) && gather_indexable(g, q.output) &&
                              gather_indexable(g, q.grad_input);
-        TORCH_CHECK(o != Override::kTaps, "set_kernel_override: the backward has no taps kernel");
+        TORCH_CHECK(o != Override::kTaps && o != Override::kPlanar,
+                    "set_kernel_override: the backward has no taps or planar-copies choice");
         TORCH_CHECK(o != Override::kPlanes ||
                         planes_fit(size, g, q.input, q.output, &q.grad_input).possible,
                     "set_kernel_override: 'planes' cannot run this call");
@@ -587,13 +620,6 @@ void add_corner_partials(const at::Tensor& partials, const Geometry& g, const at
 
 // --- Running a call ------------------------------------------------------------------------
 
-// A call that would copy tensors of its own size (plan copies), or has a channel multiplier
-// (k > 1, whose k grad_input contributions are summed), runs in blocks of samples and, for a
-// sample bigger than the budget, of input channels: its temporaries are one block's
-// (SPEC §5: buffers that do not grow with the input). Each block runs the kernels for k = 1:
-// output channels j, j + k, ... of the block are a strided view, weight rows j::k.
-constexpr int64_t kBlockBytes = int64_t(8) << 20;
-
 // fn(n0, n1, c0, c1) over blocks of samples [n0, n1) and input channels [c0, c1) of at
 // most kBlockBytes of per-(n, c) bytes (or one channel); channel blocks are multiples of 16
 // channels (a channels-last vector of float32) where 16 planes fit.
@@ -605,8 +631,7 @@ void for_blocks(int64_t batch, int64_t channels, int64_t plane_bytes, F fn) {
     for (int64_t n = 0; n < batch; n += step) fn(n, std::min(batch, n + step), 0, channels);
     return;
   }
-  const int64_t fit = std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, plane_bytes));
-  const int64_t step = fit >= 16 ? fit / 16 * 16 : fit;
+  const int64_t step = block_channels(channels, plane_bytes);
   for (int64_t n = 0; n < batch; ++n)
     for (int64_t c = 0; c < channels; c += step) fn(n, n + 1, c, std::min(channels, c + step));
 }
@@ -930,9 +955,12 @@ void set_kernel_override(c10::string_view kernel) {
     o = Override::kGather;
   else if (kernel == "planes")
     o = Override::kPlanes;
+  else if (kernel == "planar")
+    o = Override::kPlanar;
   else
-    TORCH_CHECK(kernel == "none", "kernel: expected 'none', 'taps', 'gather' or 'planes', got '",
-                kernel, "'");
+    TORCH_CHECK(kernel == "none",
+                "kernel: expected 'none', 'taps', 'gather', 'planes' or 'planar', got '", kernel,
+                "'");
   kernel_override.store(o);
 }
 
