@@ -365,7 +365,11 @@ Choice choose_cl_forward(const Query& q, int64_t size) {
                     at::get_num_threads(), block_copy_waste(g, size));
   Choice best = taps;
   double best_cost = cost.taps;
-  if (can_gather && cost.gather < best_cost) {
+  // Not the gathers of a 3D Active Shift (four corner pairs per vector): they were never the
+  // fastest where measured, in cache or beyond it, where their time also varies most
+  // (benchmarks/archive/NOTES.md v8, v15), which the in-cache model does not see.
+  const bool model_gather = can_gather && !(q.active && g.spatial_dims() == 3);
+  if (model_gather && cost.gather < best_cost) {
     best = gather;
     best_cost = cost.gather;
   }
