@@ -53,7 +53,8 @@ def _layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
 
 
-def times_for(shape, fmt: str, threads: int, rounds: int) -> dict:
+def times_for(shape, fmt: str, threads: int, rounds: int) -> tuple:
+    """:func:`_paired`'s (times, ratios) for one shape and layout."""
     torch.manual_seed(0)
     x = _layout(torch.randn(shape), fmt)
     weight = torch.rand(shape[1], 2) * 3 - 1.5
