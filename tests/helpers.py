@@ -71,6 +71,17 @@ def assert_close(actual, expected, dtype=torch.float64, msg=""):
     torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol, msg=msg or None)
 
 
+def oracle_with_grads(x, weight, padding, active, crop, grad_output, mask=(True, True)):
+    """The reference's output and the gradients in ``mask`` (autograd through the gather;
+    ``None`` where not asked for)."""
+    xr = x.detach().requires_grad_(mask[0])
+    wr = weight.detach().requires_grad_(mask[1])
+    out = ts.reference.shift(xr, wr, padding, active, crop)
+    wanted = [t for t, m in zip((xr, wr), mask) if m]
+    grads = iter(torch.autograd.grad(out, wanted, grad_output))
+    return out.detach(), tuple(next(grads) if m else None for m in mask)
+
+
 def shift_with_grads(backend, x, weight, padding, active, crop, grad_output=None):
     """Forward and, for floating inputs, ``(grad_input, grad_weight)`` through ``backend``.
 

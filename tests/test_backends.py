@@ -36,8 +36,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import torchshift2 as ts
-from helpers import (FORMATS, INTEGER_DTYPES, assert_close, layout, shift_cases,
-                     shift_with_grads)
+from helpers import (FORMATS, INTEGER_DTYPES, assert_close, layout, oracle_with_grads,
+                     shift_cases, shift_with_grads)
 from torchshift2 import _spec
 
 
@@ -53,16 +53,6 @@ def _grad_output(shape, dtype, device, seed=7, like=None):
     if like is not None:  # the layout of ``like``
         g = _spec.empty_like_layout(like, shape).copy_(g)
     return g
-
-
-def _oracle(x, weight, padding, active, crop, grad_output, mask=(True, True)):
-    """The reference's output and the gradients in ``mask`` (autograd through the gather)."""
-    xr = x.detach().requires_grad_(mask[0])
-    wr = weight.detach().requires_grad_(mask[1])
-    out = ts.reference.shift(xr, wr, padding, active, crop)
-    wanted = [t for t, m in zip((xr, wr), mask) if m]
-    grads = iter(torch.autograd.grad(out, wanted, grad_output))
-    return out.detach(), tuple(next(grads) if m else None for m in mask)
 
 
 def _compare_grad_weight(got, want, dtype):
@@ -370,7 +360,7 @@ def test_eager_training_bypasses_the_custom_ops(backend_device, monkeypatch, nee
         grad_output = _grad_output(out.shape, out.dtype, device)
         wanted = [t for t, n in zip((x, weight), needs) if n]
         grads = torch.autograd.grad(out, wanted, grad_output)
-    ref, ref_grads = _oracle(x, weight, "reflect", True, crop, grad_output, needs)
+    ref, ref_grads = oracle_with_grads(x, weight, "reflect", True, crop, grad_output, needs)
     assert_close(out, ref, torch.float64)
     for got, want in zip(grads, [g for g in ref_grads if g is not None]):
         assert_close(got, want, torch.float64)
@@ -400,7 +390,7 @@ def test_grad_output_in_the_other_layout(backend_device):
     with ts.use_backend(backend_device.backend):
         out = ts.shift(xs, weight, "border", True)
         (grad_input,) = torch.autograd.grad(out, xs, g)
-    _, (expected, _) = _oracle(x, weight, "border", True, None, g, (True, False))
+    _, (expected, _) = oracle_with_grads(x, weight, "border", True, None, g, (True, False))
     assert_close(grad_input, expected)
 
 
@@ -426,8 +416,8 @@ def test_many_tiles_and_channel_blocks(backend_device, memory_format, dtype):
                 out = ts.shift(xs, ws, padding, active)
                 g = _grad_output(out.shape, dtype, x.device, like=out)
                 grads = torch.autograd.grad(out, (xs, ws), g)
-            ref, ref_grads = _oracle(x.double(), weight.double(), padding, active, None,
-                                     g.double())
+            ref, ref_grads = oracle_with_grads(x.double(), weight.double(), padding, active,
+                                               None, g.double())
             assert out.stride() == ref.stride()
             if not active:  # SSL forward copies bits
                 assert torch.equal(out, ref.to(dtype))
@@ -464,7 +454,7 @@ def _check_module(backend_device, x, weight, padding, active, crop, mask=(True, 
     out = backend.forward(x, weight, padding, active, flat, 0)
     g = _grad_output(out.shape, x.dtype, x.device, like=out)
     grads = backend.backward(g, x, weight, padding, active, flat, mask)
-    ref, ref_grads = _oracle(x, weight, padding, active, crop, g, mask)
+    ref, ref_grads = oracle_with_grads(x, weight, padding, active, crop, g, mask)
     assert out.shape == ref.shape and out.stride() == ref.stride()
     assert_close(out, ref, x.dtype)
     for got, want, wanted in zip(grads, ref_grads, mask):
@@ -578,7 +568,7 @@ def test_backward_is_deterministic(backend_device, memory_format):
                                                           [0, 0, 0, 0], (True, True)))
     finally:
         torch.use_deterministic_algorithms(False)
-    _, (ref_input, ref_weight) = _oracle(x, weight, "border", True, None, g)
+    _, (ref_input, ref_weight) = oracle_with_grads(x, weight, "border", True, None, g)
     assert_close(results[0][0], ref_input)
     assert_close(results[0][1], ref_weight)
     assert torch.equal(results[0][0], results[1][0])

@@ -18,7 +18,7 @@ import torch
 import torchshift2 as ts
 import torchshift2.backends.triton as backend
 from torchshift2 import _spec
-from helpers import TEST_DEVICE as DEVICE, assert_close, layout
+from helpers import TEST_DEVICE as DEVICE, assert_close, layout, oracle_with_grads
 
 SHAPES = {1: (1, 2, 10), 2: (1, 2, 4, 6), 3: (1, 2, 3, 3, 4)}
 CL_CHANNELS = 4
@@ -40,15 +40,6 @@ def _case(ndim, memory_format, seed, k=1, dtype=torch.float64):
     x = torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
     x = layout(x, memory_format).to(DEVICE)
     return x, _weights(shape[1] * k, ndim, seed + 1)
-
-
-def _reference(x, weight, padding, active, crop, grad_output, mask=(True, True)):
-    xr = x.detach().requires_grad_(mask[0])
-    wr = weight.detach().requires_grad_(mask[1])
-    out = ts.reference.shift(xr, wr, padding, active, crop)
-    wanted = [t for t, m in zip((xr, wr), mask) if m]
-    grads = iter(torch.autograd.grad(out, wanted, grad_output))
-    return out, tuple(next(grads) if m else None for m in mask)
 
 
 def _grad_output(out, seed=7):
@@ -144,7 +135,8 @@ def test_non_finite_weight_makes_its_channel_nan(padding, active, memory_format)
     backend.backward_into(grad_input, grad_weight, g, x, weight, padding, active, crop)
     clean = weight.clone()
     clean[bad_out] = 0.0
-    ref_out, (ref_gi, ref_gw) = _reference(x, clean, padding, active, _spec.pair_crop(crop), g)
+    ref_out, (ref_gi, ref_gw) = oracle_with_grads(x, clean, padding, active,
+                                                  _spec.pair_crop(crop), g)
     good_out = [o for o in range(weight.shape[0]) if o not in bad_out]
     good_in = [c for c in range(x.shape[1]) if all(o // 2 != c for o in bad_out)]
     assert torch.isnan(out[:, bad_out]).all()

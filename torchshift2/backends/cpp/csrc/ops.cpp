@@ -303,12 +303,17 @@ int64_t block_channels(int64_t channels, int64_t plane_bytes) {
   return fit >= 16 ? fit / 16 * 16 : fit;
 }
 
+// The bytes per (n, c) by which a forward in blocks is cut (run_forward): op-math bytes, as a
+// bfloat16 / half block is widened to float.
+int64_t forward_block_plane_bytes(const Geometry& g, int64_t element_size) {
+  return g.in_plane() * std::max<int64_t>(element_size, 4);
+}
+
 // How many times its own bytes the layout copies of a channels-last call in blocks move:
 // a block of fewer channels than a 64-byte line holds reads (and writes) every line of its
 // channels' rows, which also hold other blocks' channels; at most all of a row.
 double block_copy_waste(const Geometry& g, int64_t element_size) {
-  const int64_t plane = g.in_plane() * std::max<int64_t>(element_size, 4);
-  const int64_t step = block_channels(g.channels, plane);
+  const int64_t step = block_channels(g.channels, forward_block_plane_bytes(g, element_size));
   if (step >= g.channels) return 1.0;
   const double line = static_cast<double>(kVectorBytes) / static_cast<double>(step * element_size);
   return std::max(1.0, std::min(static_cast<double>(g.channels) / static_cast<double>(step), line));
@@ -690,8 +695,7 @@ void run_forward(at::Tensor out, const at::Tensor& input, const at::Tensor& weig
                                    out.sizes(), out.strides(), weight64.const_data_ptr<double>());
     if (!copies(plan)) return forward_into(out, input, weight64, g, active, fill, scratch);
   }
-  // Op-math bytes: a bfloat16 / half block is widened to float.
-  const int64_t plane = g.in_plane() * std::max<int64_t>(input.element_size(), 4);
+  const int64_t plane = forward_block_plane_bytes(g, input.element_size());
   for_blocks(g.batch, g.channels, plane, [&](int64_t n0, int64_t n1, int64_t c0, int64_t c1) {
     const at::Tensor in = input.slice(0, n0, n1).slice(1, c0, c1);
     const Geometry b = block_geometry(g, n0, n1, c0, c1);
