@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, Phase, settings
 from helpers import BACKEND_DEVICES
 
 #: This process runs the Triton kernels through the interpreter: tests/test_triton_interpreter.py
-#: starts it with TRITON_INTERPRET=1 (the interpreter must be on before triton is imported).
+#: starts it with TRITON_INTERPRET=1 (it must be on before the kernels are imported).
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
 # First calls compile kernels, so no per-example deadline. The "ci" profile is the default;
@@ -151,13 +151,13 @@ def _memoize_nested_patching():
 
 @pytest.fixture(autouse=True, scope="session")
 def _triton_interpreter():
-    """Under TRITON_INTERPRET=1 (set at start, or by tests/triton/conftest.py before triton
-    is imported): check that the kernels really are interpreted, and speed them up."""
+    """Under TRITON_INTERPRET=1 (set at start, or by tests/triton/conftest.py before the
+    kernels are imported): check that the kernels really are interpreted, and speed them up."""
     if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton"):
         from torchshift2.backends import triton as backend
 
         if not backend._interpreted():
-            pytest.exit("TRITON_INTERPRET=1, but triton was imported before it was set: run "
+            pytest.exit("TRITON_INTERPRET=1, but the kernels were imported before it was set: run "
                         "the Triton tests in their own process with TRITON_INTERPRET=1 in the "
                         "environment (tests/test_triton_interpreter.py)", returncode=3)
         _memoize_nested_patching()

@@ -1,4 +1,4 @@
-"""torch.library.opcheck of both custom ops on contiguous, channels-last and permuted inputs."""
+"""torch.library.opcheck of the custom ops on contiguous, channels-last and permuted inputs."""
 
 import pytest
 import torch
@@ -36,6 +36,27 @@ def test_opcheck(backend, x, weight, padding, active, crop):
             torch.library.opcheck(torch.ops.torchshift2.shift_backward.default,
                                   (grad_output, x.detach(), weight.detach(), padding, active,
                                    crop, mask))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "reference"])
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_opcheck_kernel_ops(backend, memory_format):
+    """The private opaque ops that the public (triton_op) ones call on every backend but
+    Triton on CUDA, which is what a compiled graph runs there."""
+    torch.manual_seed(1)
+    x = layout(torch.randn(2, 3, 5, 6, dtype=torch.float64), memory_format)
+    weight = torch.randn(6, 2, dtype=torch.float64) * 3
+    grad_output = layout(torch.randn(2, 6, 4, 6, dtype=torch.float64), memory_format)
+    ops = torch.ops.torchshift2
+    with ts.use_backend(backend):
+        for padding in ("zeros", "reflect"):
+            torch.library.opcheck(ops._shift_kernel.default,
+                                  (x, weight, padding, True, [1, 0, 0, 0]))
+            for mask in ([True, True], [False, True]):
+                torch.library.opcheck(ops._shift_backward_kernel.default,
+                                      (grad_output, x, weight, padding, False, [1, 0, 0, 0],
+                                       mask))
+            torch.library.opcheck(ops._shift_kernel_.default, (x.clone(), weight[:3], padding))
 
 
 def test_opcheck_integer_input():

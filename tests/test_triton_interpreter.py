@@ -1,6 +1,6 @@
 """The Triton kernels on CPU through TRITON_INTERPRET=1, in a process of their own: the
-interpreter must be switched on before triton is imported, which this process may already
-have done.
+interpreter must be switched on before the kernels are imported, which this process may
+already have done.
 
 That process runs the kernel suite (tests/test_backends.py and tests/test_regressions.py,
 whose ``backend_device`` is ``triton-interpreter`` there: tests/conftest.py) and the Triton

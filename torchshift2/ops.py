@@ -5,6 +5,8 @@ The ops hand checked arguments (:mod:`torchshift2.functional`) to the backend th
 :mod:`torchshift2.backends` picks, which allocates the outputs in the shape and memory
 format that the fake impls compute with :mod:`torchshift2._spec` (``opcheck`` holds them to
 it). The kernels still refuse anything that could make them read or write out of bounds.
+The ops are ``triton_op``s, so that torch.compile sees the Triton kernels (see "the ops"
+below).
 
 Autograd comes in two registrations of the same rules (SPEC §4):
 
@@ -19,6 +21,7 @@ Autograd comes in two registrations of the same rules (SPEC §4):
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from typing import List, Sequence, Tuple
 
 import torch
@@ -35,31 +38,82 @@ DOUBLE_BACKWARD_ERROR = (
 )
 
 
-@torch.library.custom_op("torchshift2::shift", mutates_args=())
-def shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]) -> Tensor:
-    """Forward shift (SPEC §3) of checked arguments; ``crop`` is flat ``[b1, a1, ...]``."""
+# --- the ops ---------------------------------------------------------------------------
+#
+# The public ops are ``triton_op``s: torch.compile traces their bodies, so on CUDA (the
+# Triton backend) Inductor sees the kernel launches themselves (``wrap_triton``) and
+# ``mode="reduce-overhead"`` can capture a training step in a CUDA graph. A triton_op's body
+# is traced for every device, so every other backend (C++, reference, Triton under the
+# interpreter) runs behind a private opaque op (``torchshift2::_shift_kernel`` ...) that the
+# body calls. ``torch.export`` keeps triton_ops whole: exported programs and ONNX see
+# ``torchshift2::shift`` itself. Plain eager calls take neither (:mod:`torchshift2._eager`).
+
+
+def _launches_triton(input: Tensor) -> bool:
+    """Whether the op bodies launch Triton kernels themselves (CUDA with the Triton backend)
+    rather than call the opaque kernel ops."""
+    return input.device.type == "cuda" and backends.resolve(input.device) == "triton"
+
+
+def _triton():
+    # Imported at first use, not with this module: importing it decorates the kernels, which
+    # reads TRITON_INTERPRET (the tests set it before their first Triton call).
+    from .backends import triton
+
+    return triton
+
+
+@torch.library.custom_op("torchshift2::_shift_kernel", mutates_args=())
+def _shift_kernel(input: Tensor, weight: Tensor, padding: str, active: bool,
+                  crop: List[int]) -> Tensor:
+    """:func:`shift` on the backend of ``input``'s device, opaque to compile."""
     return backends.module_for(input.device).forward(input, weight, padding, active, crop, 0)
 
 
-@shift.register_fake
+@_shift_kernel.register_fake
 def _(input, weight, padding, active, crop):
     return _spec.empty_output(input, crop, weight)
 
 
-@torch.library.custom_op("torchshift2::shift_backward", mutates_args=())
-def shift_backward(grad_output: Tensor, input: Tensor, weight: Tensor, padding: str,
-                   active: bool, crop: List[int], output_mask: List[bool]) -> Tuple[Tensor, Tensor]:
-    """``(grad_input, grad_weight)`` of :func:`shift` (SPEC §4), each only where
-    ``output_mask`` asks for it (else :func:`torchshift2._spec.not_computed`'s placeholder),
-    as ``aten::convolution_backward`` takes its ``output_mask``."""
+@torch.library.triton_op("torchshift2::shift", mutates_args=())
+def shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[int]) -> Tensor:
+    """Forward shift (SPEC §3) of checked arguments; ``crop`` is flat ``[b1, a1, ...]``."""
+    if not _launches_triton(input):
+        return _shift_kernel(input, weight, padding, active, crop)
+    out = _spec.empty_output(input, crop, weight)
+    _triton().launch_forward(out, input, weight, padding, active, crop,
+                           launcher=torch.library.wrap_triton)
+    return out
+
+
+@torch.library.custom_op("torchshift2::_shift_backward_kernel", mutates_args=())
+def _shift_backward_kernel(grad_output: Tensor, input: Tensor, weight: Tensor, padding: str,
+                           active: bool, crop: List[int],
+                           output_mask: List[bool]) -> Tuple[Tensor, Tensor]:
+    """:func:`shift_backward` on the backend of ``input``'s device, opaque to compile."""
     grads = backends.module_for(input.device).backward(grad_output, input, weight, padding,
                                                        active, crop, tuple(output_mask))
     return _placeholders(grads, input, weight)
 
 
-@shift_backward.register_fake
+@_shift_backward_kernel.register_fake
 def _(grad_output, input, weight, padding, active, crop, output_mask):
     return _placeholders(_spec.empty_grads(input, weight, output_mask), input, weight)
+
+
+@torch.library.triton_op("torchshift2::shift_backward", mutates_args=())
+def shift_backward(grad_output: Tensor, input: Tensor, weight: Tensor, padding: str,
+                   active: bool, crop: List[int], output_mask: List[bool]) -> Tuple[Tensor, Tensor]:
+    """``(grad_input, grad_weight)`` of :func:`shift` (SPEC §4), each only where
+    ``output_mask`` asks for it (else :func:`torchshift2._spec.not_computed`'s placeholder),
+    as ``aten::convolution_backward`` takes its ``output_mask``."""
+    if not _launches_triton(input):
+        return _shift_backward_kernel(grad_output, input, weight, padding, active, crop,
+                                      output_mask)
+    grad_input, grad_weight = _spec.empty_grads(input, weight, output_mask)
+    _triton().launch_backward(grad_input, grad_weight, grad_output, input, weight, padding,
+                            active, crop, launcher=torch.library.wrap_triton)
+    return _placeholders((grad_input, grad_weight), input, weight)
 
 
 def _placeholders(grads, input, weight) -> Tuple[Tensor, Tensor]:
@@ -68,18 +122,43 @@ def _placeholders(grads, input, weight) -> Tuple[Tensor, Tensor]:
             _spec.not_computed(weight) if grad_weight is None else grad_weight)
 
 
-@torch.library.custom_op("torchshift2::shift_", mutates_args=("input",))
-def shift_(input: Tensor, weight: Tensor, padding: str) -> None:
-    """SSL forward in place (no crop, no autograd): only moving channels are touched."""
+@torch.library.custom_op("torchshift2::_shift_kernel_", mutates_args=("input",))
+def _shift_kernel_(input: Tensor, weight: Tensor, padding: str) -> None:
+    """:func:`shift_` on the backend of ``input``'s device, opaque to compile."""
     if input.numel() == 0:
         _spec.check_finite(weight)
         return
     backends.module_for(input.device).shift_inplace(input, weight, padding)
 
 
-@shift_.register_fake
+@_shift_kernel_.register_fake
 def _(input, weight, padding):
     return None
+
+
+@torch.library.triton_op("torchshift2::shift_", mutates_args=("input",))
+def shift_(input: Tensor, weight: Tensor, padding: str) -> None:
+    """SSL forward in place (no crop, no autograd): only moving channels are touched."""
+    if not _launches_triton(input):
+        _shift_kernel_(input, weight, padding)
+        return
+    _triton().launch_shift_inplace(input, weight, padding, launcher=torch.library.wrap_triton)
+
+
+class _TritonKernels:
+    """The Triton backend's kernels, imported when first iterated (see :func:`_triton`)."""
+
+    def __iter__(self):
+        return iter(_triton().KERNELS)
+
+
+if importlib.util.find_spec("triton") is not None:
+    # torch.compile's AOTAutograd cache keys a graph on the source of the kernels its
+    # triton_ops launch, which torch finds by reading the op bodies; ours launch through the
+    # backend's helpers, so the kernels are named here (else a changed kernel could be served
+    # from a stale cache entry).
+    for _name in ("torchshift2::shift", "torchshift2::shift_backward", "torchshift2::shift_"):
+        torch._library.triton.triton_ops_to_kernels[_name] = _TritonKernels()
 
 
 # --- autograd of the ops (compile, export, direct op calls) ------------------------------

@@ -3,7 +3,8 @@ variant, launch configurations, non-finite weights without a host check, tracing
 compilation. (Its values against the reference are in the kernel suite,
 tests/test_backends.py, whose ``triton-interpreter`` cases run in the same process.)
 
-TRITON_INTERPRET must be set before triton is imported, so this directory runs in its own
+TRITON_INTERPRET must be set before the kernels are imported (``triton.jit`` reads it when it
+decorates them: torchshift2.backends.triton), so this directory runs in its own
 pytest process (tests/test_triton_interpreter.py launches it); the main run skips it
 (tests/conftest.py). Run it directly with::
 
@@ -21,7 +22,8 @@ import os
 import sys
 
 ON_CUDA = os.environ.get("TORCHSHIFT2_TEST_DEVICE", "cpu").startswith("cuda")
-_ALREADY_IMPORTED = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
+_ALREADY_IMPORTED = ("torchshift2.backends.triton" in sys.modules
+                     and os.environ.get("TRITON_INTERPRET") != "1")
 if not ON_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 
@@ -46,7 +48,7 @@ def _kernels_on_the_test_device():
                         returncode=3)
     elif _ALREADY_IMPORTED:
         pytest.exit(
-            "tests/triton: triton was imported before TRITON_INTERPRET=1 was set; run this "
+            "tests/triton: the kernels were imported before TRITON_INTERPRET=1 was set; run this "
             "directory in its own process with TRITON_INTERPRET=1 in the environment",
             returncode=3,
         )

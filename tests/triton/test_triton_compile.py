@@ -83,3 +83,23 @@ def test_launchers_trace_through_wrap_triton():
                                               "symbolic-grid"]
         assert traced["backward_input", layout] == [f"{prefix}_backward", "symbolic-grid"]
         assert traced["shift_", layout] == [f"{prefix}_inplace", "symbolic-grid"]
+
+
+def test_compile_sees_the_kernels_of_the_ops_on_cuda():
+    """Issue 20: under torch.compile the public ops are triton_ops whose CUDA graphs hold the
+    kernel launches themselves (what Inductor compiles and CUDA graphs capture), one per
+    forward / grad_input-only backward / shift_, two with grad_weight; never the opaque
+    kernel ops of the other backends. Traced by AOTAutograd on fake CUDA tensors."""
+    lines = [line.split() for line in _run(HERE / "trace_launches.py").splitlines()
+             if line.startswith("op:")]
+    calls = {(line[0][3:], line[1]): line[2:] for line in lines}
+    assert len(calls) == 8
+    for layout, prefix in (("contiguous", "planar"), ("channels_last", "cl")):
+        kernels = {op: [c[7:] for c in targets if c.startswith("kernel:")]
+                   for (op, fmt), targets in calls.items() if fmt == layout}
+        assert kernels == {"shift": [f"{prefix}_forward"],
+                           "shift_backward": [f"{prefix}_backward", "reduce_partials"],
+                           "shift_backward_input": [f"{prefix}_backward"],
+                           "shift_": [f"{prefix}_inplace"]}, layout
+        for targets in calls.values():
+            assert not any("torchshift2" in target for target in targets), targets

@@ -7,6 +7,13 @@ planning code would fail here.
 Usage (TRITON_INTERPRET must be unset: the interpreter's kernels are not traceable):
 ``python tests/triton/trace_launches.py`` prints one line per traced call:
 ``<call> <layout> <kernel names>`` and whether the grid is symbolic.
+
+Then the public ops themselves (``torch.library.triton_op``s) as torch.compile hands them to
+Inductor: AOTAutograd (``aot_function``) traces each op on FakeTensors of device ``cuda``
+(no GPU needed: nothing runs) and one line per op lists the graph's calls,
+``op:<op> <layout> <targets>``: the Triton kernels as
+``triton_kernel_wrapper_functional`` nodes (``kernel:<name>``), any other call by its
+target. The kernels' mutation analysis needs a compile target: sm_90, as aot_compile.py.
 """
 
 import os
@@ -14,6 +21,8 @@ import sys
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("trace_launches.py: unset TRITON_INTERPRET")
+
+from operator import getitem  # noqa: E402
 
 import torch  # noqa: E402
 from torch.fx.experimental.proxy_tensor import make_fx  # noqa: E402
@@ -62,6 +71,77 @@ def kernels(graph_module):
     return names, symbolic
 
 
+class _SM90Driver:
+    """The one thing tracing asks Triton's driver (TTIR for the mutation analysis)."""
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
+
+def _op_calls(graph_module):
+    calls = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or node.target is getitem:
+            continue
+        if "triton_kernel_wrapper" in str(node.target):
+            kernel = torch._higher_order_ops.triton_kernel_wrap.kernel_side_table.get_kernel(
+                node.kwargs["kernel_idx"])
+            calls.append(f"kernel:{kernel.fn.__name__}")
+        else:
+            calls.append(str(node.target))
+    return calls
+
+
+def trace_ops():
+    """``{(op, layout): calls}`` of each public op traced by AOTAutograd on fake CUDA
+    tensors."""
+    import triton
+    from functorch.compile import aot_function
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    triton.runtime.driver.set_active(_SM90Driver())
+    mode = FakeTensorMode()
+    traced = {}
+
+    def keep(key):
+        def compiler(graph_module, example_inputs):
+            traced[key] = _op_calls(graph_module)
+
+            def run(*args):  # the graph on the fake inputs, for aot_function's wrappers
+                with mode:
+                    return graph_module(*args)
+            return run
+        return compiler
+
+    ops = torch.ops.torchshift2
+    calls = {  # (x, w, g): w has a channel multiplier of 2, w8 none
+        "shift": lambda x, w, w8, g: ops.shift(x, w, "reflect", True, CROP),
+        "shift_backward": lambda x, w, w8, g: ops.shift_backward(g, x, w, "reflect", True, CROP,
+                                                                 [True, True]),
+        "shift_backward_input": lambda x, w, w8, g: ops.shift_backward(
+            g, x, w, "reflect", True, CROP, [True, False])[0],
+        "shift_": lambda x, w, w8, g: _inplace(x, w8),
+    }
+    for channels_last in (False, True):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        with mode:  # (views of fake CUDA tensors need a CUDA build: every tensor is made)
+            x = torch.empty(2, 8, 6, 8, device="cuda", memory_format=fmt)
+            w, w8 = torch.empty(16, 2, device="cuda"), torch.empty(8, 2, device="cuda")
+            g = torch.empty(2, 16, 5, 8, device="cuda", memory_format=fmt)
+        label = "channels_last" if channels_last else "contiguous"
+        for name, fn in calls.items():
+            aot_function(fn, fw_compiler=keep((name, label)))(x, w, w8, g)
+    return traced
+
+
+def _inplace(x, w):
+    x = x.clone()
+    torch.ops.torchshift2.shift_(x, w, "zeros")
+    return x
+
+
 if __name__ == "__main__":
     for channels_last in (False, True):
         x = torch.randn(2, 8, 6, 8)
@@ -78,3 +158,5 @@ if __name__ == "__main__":
             names, symbolic = kernels(make_fx(fn, tracing_mode="symbolic")(*args))
             print(call, label, " ".join(names), "symbolic-grid" if symbolic else "static-grid",
                   flush=True)
+    for (name, label), calls in trace_ops().items():
+        print(f"op:{name}", label, " ".join(calls), flush=True)

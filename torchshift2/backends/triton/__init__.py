@@ -49,9 +49,15 @@ from . import plan as _plan
 from .plan import CONFIG
 
 __all__ = ["forward", "backward", "forward_into", "backward_into", "shift_inplace",
-           "launch_forward", "launch_backward", "launch_shift_inplace", "CONFIG"]
+           "launch_forward", "launch_backward", "launch_shift_inplace", "CONFIG", "KERNELS"]
 
 name = "triton"
+
+#: Every kernel the launch functions can launch (the table above).
+KERNELS = (_plan.planar.planar_forward, _plan.channels_last.cl_forward,
+           _plan.planar.planar_backward, _plan.channels_last.cl_backward,
+           _plan.reduce.reduce_partials, _plan.inplace.planar_inplace,
+           _plan.inplace.cl_inplace)
 
 
 def _launch(kernel):
@@ -77,7 +83,9 @@ def _interpreted() -> bool:
 
 
 def _device_guard(t: torch.Tensor):
-    if t.device.type == "cuda":
+    # A traced launch (FakeTensors, inside a triton_op under compile) carries its device: no
+    # guard, which would initialise CUDA at trace time.
+    if t.device.type == "cuda" and not torch._subclasses.fake_tensor.is_fake(t):
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
 
