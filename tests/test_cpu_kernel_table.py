@@ -86,12 +86,16 @@ def _tensor(shape, layout, dtype):
 def _weight(kind, channels, ndim):
     """The case's weight (option ``shifts=``): ``equal``, every channel shifted by 0.5 in
     each dim (SSL: one tap per block; Active: 2^D); ``spread``, channel c by
-    ((c % 4) - 1.5, ...) (SSL: 4^D taps per block, up to 16); absent, no weight (the widest
-    spread)."""
+    ((c % 4) - 1.5, ...) (SSL: 4^D taps per block, up to 16); ``block``, channels 0-11 by 1,
+    the others not; absent, no weight (the widest spread)."""
     if kind is None:
         return None
     if kind == "equal":
         return torch.full((channels, ndim), 0.5)
+    if kind == "block":  # channels 0-11 move (in place: a block of 16 for 12 moving channels)
+        weight = torch.zeros(channels, ndim)
+        weight[:12] = 1.0
+        return weight
     if kind == "spread":
         c = torch.arange(channels, dtype=torch.float64)
         return torch.stack([(c // 4 ** d) % 4 - 1.5 for d in range(ndim)], dim=1).float()

@@ -8,15 +8,22 @@ import torch
 import torchshift2 as ts
 from helpers import layout
 
+#: The C++ build gathers a narrow block of moving channels (not on AVX2: slow gathers).
+GATHERS = ts.backends.cpp.isa() != "avx2"
+
 
 @pytest.mark.parametrize("threads", [1, 4])  # one pass per sample (batch >= threads), two passes
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 @pytest.mark.parametrize("padding", ts.PADDINGS)
 @pytest.mark.parametrize("spatial_reversed", [False, True])
-def test_channels_innermost_inplace_matches_reference(threads, ndim, padding, spatial_reversed):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_channels_innermost_inplace_matches_reference(threads, ndim, padding, spatial_reversed,
+                                                      grouped):
     # Channels innermost: rows are overwritten in order, so a source row is read either
     # before (later rows) or after (earlier rows, from a saved copy) its own shift. Shifts
-    # beyond the sizes make circular / reflect reads land anywhere, both ways.
+    # beyond the sizes make circular / reflect reads land anywhere, both ways. `grouped`:
+    # adjacent channels share shifts (runs of 1-4, as group_channels leaves them), which the
+    # kernel moves together.
     gen = torch.Generator().manual_seed(ndim)
     sizes = (5, 4, 6)[:ndim]
     x = torch.randn(2, 20, *sizes, generator=gen)
@@ -27,6 +34,9 @@ def test_channels_innermost_inplace_matches_reference(threads, ndim, padding, sp
     assert x.stride(1) == 1
     weight = torch.randint(-7, 8, (20, ndim), generator=gen).float()
     weight[::3] = 0
+    if grouped:
+        lengths = torch.tensor([1, 3, 2, 4, 1, 3, 2, 4])  # 20 channels, in runs
+        weight = weight[:8].repeat_interleave(lengths, 0)
     expected = ts.reference.shift(x, weight, padding)
     y = x.clone()
     old = torch.get_num_threads()
@@ -125,3 +135,71 @@ def test_layer_inplace_bad_combinations(kwargs, error, match):
 def test_layer_inplace_must_be_a_bool():
     with pytest.raises(TypeError, match="inplace: expected a bool, got int"):
         ts.Shift2d(4, inplace=1)
+
+
+@pytest.mark.parametrize("threads", [1, 4])  # per sample, and two passes over all rows
+@pytest.mark.parametrize("ndim", [1, 2, 3])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int32])
+@pytest.mark.parametrize("first", [0, 21, 36])  # the block at the start, inside, at the end
+def test_narrow_moving_block_inplace_matches_reference(threads, ndim, padding, dtype, first):
+    """Channels innermost with the moving channels among few adjacent ones (as
+    group_channels leaves them): the 4-byte kernel gathers their 16-channel block back from
+    a saved copy; channels of the block that do not move come back unchanged."""
+    gen = torch.Generator().manual_seed(first + ndim)
+    sizes = (5, 4, 6)[:ndim]
+    x = torch.randint(-1000, 1000, (3, 48, *sizes), generator=gen).to(dtype)
+    x = layout(x, "channels_last") if ndim > 1 else x.transpose(1, 2).contiguous().transpose(1, 2)
+    weight = torch.zeros(48, ndim)
+    moving = torch.cat([torch.arange(first, first + 5), torch.arange(first + 6, first + 12)])
+    sign = torch.randint(0, 2, (len(moving), ndim), generator=gen) * 2 - 1
+    weight[moving] = (torch.randint(1, 4, (len(moving), ndim), generator=gen) * sign).float()
+    weight[moving[-1], 0] = 9.0  # beyond every size: all fill (zeros), or wrapped far
+    kernel = ts.backends.cpp.kernel_name("inplace", x, padding, False, weight=weight)
+    assert ("block_gather" in kernel) == GATHERS, kernel
+    expected = ts.reference.shift(x, weight, padding)
+    y = x.clone()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), ts.use_backend("cpp"):
+            ts.shift_(y, weight, padding)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(y, expected)
+
+
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+@pytest.mark.parametrize("arrangement", ["few", "few_pairs", "spread", "pairs", "block"])
+def test_channels_innermost_inplace_of_wide_rows_matches_reference(padding, arrangement):
+    """Rows wider than the row kernel's L1 chunk (300 float32 channels: 6 positions per 8 KB
+    chunk, 13 per row), in one and two passes; moving channels: 5 spread, or 3 pairs of equal
+    shifts (a run at a time, chunk by chunk), ~90 spread one by one or in pairs (a position
+    at a time), or all at the end (the block gather)."""
+    gen = torch.Generator().manual_seed(7)
+    x = layout(torch.randn(2, 300, 3, 13, generator=gen), "channels_last")
+    weight = torch.randint(-4, 5, (300, 2), generator=gen).float()
+    weight[torch.rand(300, generator=gen) < 0.7] = 0
+    if arrangement == "few":
+        weight = torch.zeros(300, 2)
+        weight[::60] = torch.tensor([[2.0, -1.0], [-3.0, 0.0], [1.0, 4.0], [0.0, -2.0], [5.0, 1.0]])
+    if arrangement == "few_pairs":
+        weight = torch.zeros(300, 2)
+        weight[10:12], weight[150:152], weight[298:] = 2.0, torch.tensor([-1.0, 3.0]), -4.0
+    if arrangement == "pairs":
+        weight = weight[:150].repeat_interleave(2, 0)
+    if arrangement == "block":
+        weight = weight[torch.argsort((weight != 0).any(1).int(), stable=True)]
+    kernel = ts.backends.cpp.kernel_name("inplace", x, padding, False, weight=weight)
+    assert ("block_gather" in kernel) == (arrangement == "block" and GATHERS), kernel
+    expected = ts.reference.shift(x, weight, padding)
+    for threads in (1, 4):
+        y = x.clone()
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            with torch.no_grad(), ts.use_backend("cpp"):
+                ts.shift_(y, weight, padding)
+        finally:
+            torch.set_num_threads(old)
+        assert torch.equal(y, expected), threads

@@ -95,6 +95,21 @@ void shift_inplace_planar(const InplaceCall&);        // dense planes, other pad
 void shift_inplace_strided(const InplaceCall&);       // other dense layouts
 void shift_inplace_cl_one_pass(const InplaceCall&);   // channels innermost, batch >= threads
 void shift_inplace_cl_two_pass(const InplaceCall&);   // channels innermost, fewer samples
+// Channels innermost, 4-byte elements: the moving channels in one narrow block.
+void shift_inplace_cl_block_gather(const InplaceCall&);
+
+// The channels [first, first + width) that hold every channel whose rounded shift is not 0,
+// width a multiple of `lanes` that fits in the channels (else the smallest block that
+// holds them); width 0: no channel moves. `moving`: how many channels move.
+struct MovingBlock {
+  int64_t first = 0, width = 0, moving = 0;
+};
+MovingBlock moving_block(const double* weight, const Geometry& g, int64_t lanes);
+
+// Whether shift_inplace_cl_block_gather runs a call whose moving channels are `block`:
+// its 32-bit gather indices reach a sample's saved block, and gathering the whole block
+// costs less than moving the moving channels one by one.
+bool block_gather_pays(const Geometry& g, const MovingBlock& block);
 
 // --- Layout copies (4-byte elements; cl_planes.cpp) ----------------------------------------
 

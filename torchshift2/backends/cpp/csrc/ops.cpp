@@ -446,6 +446,10 @@ Choice choose_kernel(const Query& q) {
                                    : TS2_BACKWARD(backward_cl_gather, Partials::kCornerChunks);
       return TS2_BACKWARD_WITH_GRAD_INPUT(backward_cl_blocks, Partials::kCorners);
     case Direction::kInplace: {
+      // (AVX2's gathers are slow: not there.)
+      if (q.cl && !kAvx2Only && size == 4 && q.weight != nullptr &&
+          block_gather_pays(g, moving_block(q.weight, g, 16)))
+        return TS2_INPLACE(shift_inplace_cl_block_gather);
       if (q.cl)
         return g.batch >= at::get_num_threads() ? TS2_INPLACE(shift_inplace_cl_one_pass)
                                                 : TS2_INPLACE(shift_inplace_cl_two_pass);
@@ -577,10 +581,20 @@ bool copies(const Plan& p) {
   return p.widened || p.copies_input || p.copies_grad_output || p.grad_input_temp || p.output_temp;
 }
 
-Choice choose_inplace(at::ScalarType dtype, const Geometry& g, at::IntArrayRef strides) {
+// weight: (C, D) float64, or null (the kernel that does not depend on it).
+Choice choose_inplace(at::ScalarType dtype, const Geometry& g, at::IntArrayRef strides,
+                      const double* weight) {
   const Strides st = strides_of(strides);
-  return choose_kernel(
-      {Direction::kInplace, false, dtype, g, st.channel == 1 && g.channels > 1, st, {}, {}});
+  return choose_kernel({Direction::kInplace,
+                        false,
+                        dtype,
+                        g,
+                        st.channel == 1 && g.channels > 1,
+                        st,
+                        {},
+                        {},
+                        true,
+                        weight});
 }
 
 // --- grad_weight from the kernels' partials ------------------------------------------------
@@ -879,7 +893,8 @@ void shift_inplace(at::Tensor input, const at::Tensor& weight, int64_t padding) 
   TORCH_CHECK(input.is_non_overlapping_and_dense(),
               "input: shifting in place needs a dense tensor without overlapping memory");
   if (input.numel() == 0) return;
-  const Choice choice = choose_inplace(input.scalar_type(), g, input.strides());
+  const Choice choice =
+      choose_inplace(input.scalar_type(), g, input.strides(), weight64.const_data_ptr<double>());
   const InplaceCall call{input.data_ptr(), input.element_size(), g, strides_of(input.strides()),
                          weight64.const_data_ptr<double>()};
   choice.inplace(call);
@@ -942,7 +957,7 @@ std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::In
                          dense_strides(sizes, channels_last), needs_grad_input);
   } else if (direction == "inplace") {
     if (g.batch * g.channels * g.in_plane() == 0) return "none";
-    plan.choice = choose_inplace(dtype, g, strides);
+    plan.choice = choose_inplace(dtype, g, strides, w);
   } else {
     TORCH_CHECK(false, "kernel_name: unknown direction ", direction);
   }
