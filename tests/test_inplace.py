@@ -12,6 +12,20 @@ from helpers import layout
 GATHERS = ts.backends.cpp.isa() != "avx2"
 
 
+def _cpp_shift_(x, weight, padding, threads):
+    """A copy of ``x`` shifted in place by the C++ kernel with ``threads`` threads (four on
+    two cores still split the work: fewer samples than threads takes the two-pass path)."""
+    y = x.clone()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), ts.use_backend("cpp"):
+            ts.shift_(y, weight, padding)
+    finally:
+        torch.set_num_threads(old)
+    return y
+
+
 @pytest.mark.parametrize("threads", [1, 4])  # one pass per sample (batch >= threads), two passes
 @pytest.mark.parametrize("ndim", [1, 2, 3])
 @pytest.mark.parametrize("padding", ts.PADDINGS)
@@ -38,15 +52,7 @@ def test_channels_innermost_inplace_matches_reference(threads, ndim, padding, sp
         lengths = torch.tensor([1, 3, 2, 4, 1, 3, 2, 4])  # 20 channels, in runs
         weight = weight[:8].repeat_interleave(lengths, 0)
     expected = ts.reference.shift(x, weight, padding)
-    y = x.clone()
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad(), ts.use_backend("cpp"):
-            ts.shift_(y, weight, padding)
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(y, expected)
+    assert torch.equal(_cpp_shift_(x, weight, padding, threads), expected)
 
 
 def test_refuses_autograd():
@@ -158,15 +164,7 @@ def test_narrow_moving_block_inplace_matches_reference(threads, ndim, padding, d
     kernel = ts.backends.cpp.kernel_name("inplace", x, padding, False, weight=weight)
     assert ("block_gather" in kernel) == GATHERS, kernel
     expected = ts.reference.shift(x, weight, padding)
-    y = x.clone()
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad(), ts.use_backend("cpp"):
-            ts.shift_(y, weight, padding)
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(y, expected)
+    assert torch.equal(_cpp_shift_(x, weight, padding, threads), expected)
 
 
 @pytest.mark.parametrize("padding", ts.PADDINGS)
@@ -194,12 +192,4 @@ def test_channels_innermost_inplace_of_wide_rows_matches_reference(padding, arra
     assert ("block_gather" in kernel) == (arrangement == "block" and GATHERS), kernel
     expected = ts.reference.shift(x, weight, padding)
     for threads in (1, 4):
-        y = x.clone()
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            with torch.no_grad(), ts.use_backend("cpp"):
-                ts.shift_(y, weight, padding)
-        finally:
-            torch.set_num_threads(old)
-        assert torch.equal(y, expected), threads
+        assert torch.equal(_cpp_shift_(x, weight, padding, threads), expected), threads

@@ -63,6 +63,13 @@ def _triton():
     return triton
 
 
+def _fake(input: Tensor) -> bool:
+    """Whether a body runs under tracing (fake tensors: compile, export, fake impls), where
+    the launches go through ``wrap_triton`` into the graph; else it runs eagerly (torch.func,
+    forward-mode AD, direct op calls), with the backend's cached launch plans."""
+    return torch._subclasses.fake_tensor.is_fake(input)
+
+
 @torch.library.custom_op("torchshift2::_shift_kernel", mutates_args=())
 def _shift_kernel(input: Tensor, weight: Tensor, padding: str, active: bool,
                   crop: List[int]) -> Tensor:
@@ -81,8 +88,11 @@ def shift(input: Tensor, weight: Tensor, padding: str, active: bool, crop: List[
     if not _launches_triton(input):
         return _shift_kernel(input, weight, padding, active, crop)
     out = _spec.empty_output(input, crop, weight)
-    _triton().launch_forward(out, input, weight, padding, active, crop,
-                           launcher=torch.library.wrap_triton)
+    if _fake(input):
+        _triton().launch_forward(out, input, weight, padding, active, crop,
+                                 launcher=torch.library.wrap_triton)
+    else:
+        _triton().forward_into(out, input, weight, padding, active, crop, 0)
     return out
 
 
@@ -111,8 +121,12 @@ def shift_backward(grad_output: Tensor, input: Tensor, weight: Tensor, padding: 
         return _shift_backward_kernel(grad_output, input, weight, padding, active, crop,
                                       output_mask)
     grad_input, grad_weight = _spec.empty_grads(input, weight, output_mask)
-    _triton().launch_backward(grad_input, grad_weight, grad_output, input, weight, padding,
-                            active, crop, launcher=torch.library.wrap_triton)
+    if _fake(input):
+        _triton().launch_backward(grad_input, grad_weight, grad_output, input, weight, padding,
+                                  active, crop, launcher=torch.library.wrap_triton)
+    else:
+        _triton().backward_into(grad_input, grad_weight, grad_output, input, weight, padding,
+                                active, crop)
     return _placeholders((grad_input, grad_weight), input, weight)
 
 
@@ -141,8 +155,10 @@ def shift_(input: Tensor, weight: Tensor, padding: str) -> None:
     """SSL forward in place (no crop, no autograd): only moving channels are touched."""
     if not _launches_triton(input):
         _shift_kernel_(input, weight, padding)
-        return
-    _triton().launch_shift_inplace(input, weight, padding, launcher=torch.library.wrap_triton)
+    elif _fake(input):
+        _triton().launch_shift_inplace(input, weight, padding, launcher=torch.library.wrap_triton)
+    else:
+        _triton().shift_inplace(input, weight, padding)
 
 
 class _TritonKernels:
