@@ -132,6 +132,37 @@ def test_compiled_model_on_cuda_matches_eager_without_graph_breaks(memory_format
 
 
 @pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_compiled_code_launches_the_triton_kernels_on_cuda(memory_format):
+    """Issue 20: the ops are triton_ops, so Inductor's generated code launches the shift
+    kernels itself (no opaque op), and mode="reduce-overhead" replays the captured CUDA
+    graph of a training step to eager values."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = _ShiftNet().to(CUDA)
+    prefix = "cl" if memory_format == "channels_last" else "planar"
+    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    torch._dynamo.reset()
+    x = torch.randn(4, 3, 20, 20, device=CUDA).contiguous(memory_format=fmt)
+    _, codes = run_and_get_code(torch.compile(model, fullgraph=True), x)
+    code = "\n".join(codes)
+    assert f"{prefix}_forward" in code and "_shift_kernel" not in code
+    torch._dynamo.reset()
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # warm-up, capture, replay
+        x = torch.randn(4, 3, 20, 20, device=CUDA).contiguous(memory_format=fmt)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, _ = compiled(x1)
+        expected, _ = model(x2)
+        assert_close(out.clone(), expected, torch.float32)
+        out.square().sum().backward()
+        expected.square().sum().backward()
+        assert_close(x1.grad, x2.grad, torch.float32)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
 def test_non_finite_weight_gives_nan_channel_on_cuda(memory_format):
     """SPEC §5 on CUDA: no synchronising check, but never a silently finite value."""
     x, weight = _case((2, 8, 10, 12), memory_format)
