@@ -99,8 +99,8 @@ void shift_inplace_cl_two_pass(const InplaceCall&);   // channels innermost, few
 void shift_inplace_cl_block_gather(const InplaceCall&);
 
 // The channels [first, first + width) that hold every channel whose rounded shift is not 0,
-// width a multiple of `lanes` that fits in the channels (else the smallest block that
-// holds them); width 0: no channel moves. `moving`: how many channels move.
+// width the smallest multiple of `lanes` that does (or all the channels, if fewer); width
+// 0: no channel moves. `moving`: how many channels move.
 struct MovingBlock {
   int64_t first = 0, width = 0, moving = 0;
 };
