@@ -59,13 +59,18 @@ def shift_(x, w):
     return x
 
 
+def _kernel_name(node):
+    """The Triton kernel a ``triton_kernel_wrapper_*`` node launches."""
+    kernel = torch._higher_order_ops.triton_kernel_wrap.kernel_side_table.get_kernel(
+        node.kwargs["kernel_idx"])
+    return kernel.fn.__name__
+
+
 def kernels(graph_module):
     names, symbolic = [], True
     for node in graph_module.graph.nodes:
         if node.op == "call_function" and "triton_kernel_wrapper" in str(node.target):
-            kernel = torch._higher_order_ops.triton_kernel_wrap.kernel_side_table.get_kernel(
-                node.kwargs["kernel_idx"])
-            names.append(kernel.fn.__name__)
+            names.append(_kernel_name(node))
             grid = node.kwargs["grid"][0]
             symbolic = symbolic and not all(isinstance(g, int) for g in grid)
     return names, symbolic
@@ -86,9 +91,7 @@ def _op_calls(graph_module):
         if node.op != "call_function" or node.target is getitem:
             continue
         if "triton_kernel_wrapper" in str(node.target):
-            kernel = torch._higher_order_ops.triton_kernel_wrap.kernel_side_table.get_kernel(
-                node.kwargs["kernel_idx"])
-            calls.append(f"kernel:{kernel.fn.__name__}")
+            calls.append(f"kernel:{_kernel_name(node)}")
         else:
             calls.append(str(node.target))
     return calls

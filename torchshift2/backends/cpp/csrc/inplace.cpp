@@ -258,8 +258,9 @@ struct ChannelsLastInplace {
 
 }  // namespace
 
-MovingBlock moving_block(const double* weight, const Geometry& g, int64_t lanes) {
-  const Shifts<double> shifts = channel_shifts<double>(weight, g, /*rounded=*/true);
+namespace {
+
+MovingBlock moving_block_of(const Shifts<double>& shifts, const Geometry& g, int64_t lanes) {
   const std::vector<int64_t> moving = moving_channels(shifts);
   MovingBlock b;
   if (moving.empty()) return b;
@@ -268,6 +269,12 @@ MovingBlock moving_block(const double* weight, const Geometry& g, int64_t lanes)
   b.width = std::min(g.channels, (span + lanes - 1) / lanes * lanes);
   b.first = std::min(moving.front(), g.channels - b.width);
   return b;
+}
+
+}  // namespace
+
+MovingBlock moving_block(const double* weight, const Geometry& g, int64_t lanes) {
+  return moving_block_of(channel_shifts<double>(weight, g, /*rounded=*/true), g, lanes);
 }
 
 // A gathered lane costs about half of what moving one channel in ChannelsLastInplace's
@@ -292,10 +299,10 @@ void shift_inplace_cl_block_gather(const InplaceCall& call) {
   const Geometry& g = call.g;
   const Strides& st = call.st;
   TORCH_INTERNAL_ASSERT(call.element_size == 4, "shift_inplace_cl_block_gather: element size");
-  const MovingBlock b = moving_block(call.weight, g, 16);
+  const Shifts<double> shifts = channel_shifts<double>(call.weight, g, /*rounded=*/true);
+  const MovingBlock b = moving_block_of(shifts, g, 16);
   if (b.width == 0) return;
   TORCH_INTERNAL_ASSERT(block_gather_pays(g, b), "shift_inplace_cl_block_gather: block");
-  const Shifts<double> shifts = channel_shifts<double>(call.weight, g, /*rounded=*/true);
   const int64_t W = b.width, L0 = g.length[0], L1 = g.length[1], L2 = g.length[2];
   const int64_t R = L0 * L1, positions = R * L2, S = st.slot[2];
   constexpr int32_t kOutsideIndex = -(1 << 29);  // three of them still fit in 32 bits
