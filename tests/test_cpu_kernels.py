@@ -243,6 +243,50 @@ def test_long_runs_forward_and_inplace(dtype, padding):
     assert torch.equal(y, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("padding", ts.PADDINGS)
+@pytest.mark.parametrize(
+    "shape, crop",
+    [
+        ((2, 5, 1000), None),  # rows of several chunks
+        ((2, 6, 37, 41), None),  # planes of a few chunks, never line-aligned
+        ((2, 6, 37, 41), [(3, 1), (0, 0)]),  # slot 1 cropped
+        ((3, 7, 3, 5), None),  # planes smaller than a line
+        ((2, 4, 3, 19, 23), [(1, 0), (2, 3), (0, 0)]),  # slabs of two chunks, slots 0, 1 cropped
+    ],
+)
+def test_streamed_forward_matches_oracle(dtype, padding, shape, crop):
+    # csrc/copy.h, stream_elements: the SSL planar forward writes its slabs in line-aligned
+    # chunks with streaming stores when the output is large (here forced for every size);
+    # grad_input alone (zeros or periodic padding, no crop) is the same kernel with the
+    # negated shift.
+    from torchshift2.backends import cpp
+    from torchshift2.backends import reference as reference_backend
+
+    gen = torch.Generator().manual_seed(2)
+    ndim = len(shape) - 2
+    x = (torch.randn(shape, generator=gen) * 9).to(dtype)
+    weight = (torch.rand(shape[1], ndim, generator=gen) - 0.5) * 2.5 * max(shape[2:])
+    weight[0] = 0
+    expected = ts.reference.shift(x, weight, padding, crop=crop)
+    flat_crop = None if crop is None else [v for pair in crop for v in pair]
+    with ts.use_backend("cpp"), cpp.streaming_threshold(0):
+        assert cpp.kernel_name("forward", x, padding, crop=flat_crop) == "ssl_forward_planar"
+        assert torch.equal(ts.shift(x, weight, padding, crop=crop), expected)
+        if dtype in (torch.float32, torch.float64) and crop is None and padding in (
+            "zeros", "periodic"
+        ):
+            no_crop = [0] * 2 * ndim
+            grad = torch.randn(shape, generator=gen).to(dtype)
+            mask = (True, False)
+            assert cpp.kernel_name("backward", x, padding, needs_grad_weight=False) == (
+                "ssl_forward_planar [inverse shift]")
+            grad_input, _ = cpp.backward(grad, x, weight, padding, False, no_crop, mask)
+            expected_input, _ = reference_backend.backward(grad, x, weight, padding, False,
+                                                           no_crop, mask)
+            assert torch.equal(grad_input, expected_input)
+
+
 # --- output cache ----------------------------------------------------------------------
 
 def test_output_cache_reuses_freed_blocks_and_empties():

@@ -98,6 +98,19 @@ def kernel_override(kernel: str):
         build.ops().set_kernel_override("none")
 
 
+@contextlib.contextmanager
+def streaming_threshold(nbytes: int):
+    """Within the block, kernels that read and write at least ``nbytes`` in all write their
+    output with streaming stores (``csrc/copy.h``; by default: more than the last-level
+    cache), for tests and benchmarks; a negative ``nbytes`` restores the default.
+    Process-wide, not thread-safe."""
+    previous = build.ops().set_streaming_threshold(int(nbytes))
+    try:
+        yield
+    finally:
+        build.ops().set_streaming_threshold(previous)
+
+
 def isa() -> str:
     """The instruction set the library was built for: ``avx512``, ``avx2`` or ``portable``."""
     return build.ops().isa()

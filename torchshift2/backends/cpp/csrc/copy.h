@@ -1,5 +1,6 @@
 // Byte copies for the kernels that move runs of elements (the SSL planar forward, the
-// in-place shift, the layout transposes).
+// in-place shift, the layout transposes), and outputs written with streaming stores where
+// they cannot stay in the cache (stream_elements, streaming_stores_pay).
 //
 // Why not std::memcpy: glibc copies runs of a few KB and more with `rep movsb`, which some
 // CPUs (AMD Zen among them) run far slower when source and destination are not equally
@@ -8,6 +9,7 @@
 // (benchmarks/archive/NOTES.md, v15).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -34,6 +36,9 @@ inline void move_vectors(char* d, const char* s, int64_t i) {  // 4 vectors: loa
 inline void move_vector(char* d, const char* s, int64_t i) {
   _mm512_storeu_si512(d + i, _mm512_loadu_si512(s + i));
 }
+inline void stream_line(char* d, const char* s) {  // d: 64-byte aligned
+  _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
+}
 #elif defined(TS2_AVX2)
 constexpr int64_t kVector = 32;
 inline void move_vectors(char* d, const char* s, int64_t i) {
@@ -49,6 +54,12 @@ inline void move_vectors(char* d, const char* s, int64_t i) {
 inline void move_vector(char* d, const char* s, int64_t i) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i),
                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i)));
+}
+inline void stream_line(char* d, const char* s) {  // d: 64-byte aligned
+  const __m256i* p = reinterpret_cast<const __m256i*>(s);
+  const __m256i a = _mm256_loadu_si256(p), b = _mm256_loadu_si256(p + 1);
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(d), a);
+  _mm256_stream_si256(reinterpret_cast<__m256i*>(d + 32), b);
 }
 #endif
 
@@ -95,5 +106,74 @@ inline void move_bytes(void* dst, const void* src, int64_t n) {
   else
     copy_backward(dst, src, n);
 }
+
+namespace copy_detail {
+
+// n bytes from src to dst (not overlapping), the whole cache lines of dst with streaming
+// stores, the partial lines at either end with plain ones; no fence.
+inline void stream_bytes(char* d, const char* s, int64_t n) {
+#if defined(TS2_AVX512) || defined(TS2_AVX2)
+  const int64_t head = std::min<int64_t>(n, -reinterpret_cast<intptr_t>(d) & 63);
+  const int64_t end = head + (n - head) / 64 * 64;
+  copy_forward(d, s, head);
+  int64_t i = head;
+  for (; i + 256 <= end; i += 256) {
+    stream_line(d + i, s + i);
+    stream_line(d + i + 64, s + i + 64);
+    stream_line(d + i + 128, s + i + 128);
+    stream_line(d + i + 192, s + i + 192);
+  }
+  for (; i < end; i += 64) stream_line(d + i, s + i);
+  copy_forward(d + end, s + end, n - end);
+#else
+  std::memcpy(d, s, n);
+#endif
+}
+
+// stream_elements' chunk: 1 KB and 4 KB chunks measured slower (NOTES.md v17).
+constexpr int64_t kStreamChunkBytes = 2048;
+
+}  // namespace copy_detail
+
+// Writes y[0, n) with streaming (non-temporal) stores: lines written without first being
+// read into the cache, and not kept there. A plain store reads every line it writes (the
+// line is fetched before it is modified), so for an output that cannot stay in cache anyway
+// this saves a third of a copy's traffic. make(begin, end, buffer) writes elements
+// [begin, end) of y into buffer[0, end - begin); the chunks are a few KB and end on y's
+// cache lines, so only y's first and last partial lines get plain stores (a neighbouring
+// plane's owner may write their other bytes), and each chunk's sources are read right before
+// it is streamed: a whole plane made first and streamed after serialises its reads and writes
+// and loses most of the gain (benchmarks/archive/NOTES.md, v17). Ends with a store fence
+// (streaming stores are not ordered with other stores; the caller's threads synchronise
+// after it).
+template <typename T, typename Make>
+void stream_elements(T* y, int64_t n, Make&& make) {
+  using namespace copy_detail;
+  constexpr int64_t kChunk = kStreamChunkBytes / int64_t(sizeof(T));
+  alignas(64) T buffer[kChunk];
+  for (int64_t begin = 0; begin < n;) {
+    int64_t end = std::min(n, begin + kChunk);
+    if (end < n) end -= int64_t(reinterpret_cast<uintptr_t>(y + end) & 63) / int64_t(sizeof(T));
+    make(begin, end, buffer);
+    stream_bytes(reinterpret_cast<char*>(y + begin), reinterpret_cast<const char*>(buffer),
+                 (end - begin) * int64_t(sizeof(T)));
+    begin = end;
+  }
+#if defined(TS2_AVX512) || defined(TS2_AVX2)
+  _mm_sfence();
+#endif
+}
+
+// Whether a call that reads and writes `bytes` in all should write its output with
+// stream_elements: when they exceed the last-level cache. Then the call's own traffic
+// evicts most of what it writes before anything reads it again; below that, the output
+// would be read from the cache by whatever runs next (a loop of the same call included), and
+// streaming it out to memory costs more than the line reads it saves
+// (benchmarks/archive/NOTES.md, v17).
+bool streaming_stores_pay(int64_t bytes);
+
+// Replaces that rule by `bytes >= threshold` (threshold < 0: back to the rule), for tests
+// and benchmarks; returns the previous threshold (-1: the rule). Process-wide.
+int64_t set_streaming_threshold(int64_t threshold);
 
 }  // namespace torchshift2_cpu

@@ -119,6 +119,8 @@ void edge_columns(T* y, const T* x, int64_t rows, int64_t L2, const FlatSSL& f, 
   for (int64_t o = f.cols.hi; o < L2; ++o) column(o, *src++);
 }
 
+// A whole slab: the rows whose source rows are outside (a fill or a row copy each), the
+// interior rows as one flat copy, then their edge columns (edge_columns).
 template <typename T>
 void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f, int64_t s1,
                            T fill) {
@@ -155,6 +157,70 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
   }
 }
 
+// Elements [e0, e1) of what ssl_forward_slab_flat writes into a slab, into out[0, e1 - e0),
+// by the same steps clipped to the span: for the streaming path, which makes the output a
+// line-aligned chunk at a time (stream_elements). Whole slabs keep ssl_forward_slab_flat:
+// the clipping costs 10-15% of a 7x7 plane's time (benchmarks/archive/NOTES.md v17).
+template <typename T>
+void ssl_forward_slab_span(const T* x, T* out, const Geometry& g, const FlatSSL& f, int64_t s1,
+                           T fill, int64_t e0, int64_t e1) {
+  const int64_t L1 = g.length[1], L2 = g.length[2], b1 = g.before[1];
+  const int64_t first_row = e0 / L2, end_row = (e1 + L2 - 1) / L2;
+  // The source column (or kOutside) of edge column o.
+  auto edge_source = [&](int64_t o) {
+    return f.edge_src[o < f.cols.lo ? o : o - f.cols.hi + f.cols.lo];
+  };
+  // Columns [c0, c1) of output row o1, whose source row is outside the interior rows.
+  auto row_part = [&](int64_t o1) {
+    const int64_t c0 = std::max<int64_t>(e0 - o1 * L2, 0), c1 = std::min(e1 - o1 * L2, L2);
+    T* yr = out + (o1 * L2 - e0);
+    const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
+    if (i1 == kOutside) {
+      std::fill(yr + c0, yr + c1, fill);
+      return;
+    }
+    const T* xr = x + i1 * L2;
+    const int64_t lo = std::max(c0, f.cols.lo), hi = std::min(c1, f.cols.hi);
+    if (hi > lo) copy_bytes(yr + lo, xr + lo - f.s2, (hi - lo) * sizeof(T));
+    for (int64_t o = c0; o < std::min(c1, f.cols.lo); ++o) {
+      const int64_t from = edge_source(o);
+      yr[o] = from == kOutside ? fill : xr[from];
+    }
+    for (int64_t o = std::max(c0, f.cols.hi); o < c1; ++o) {
+      const int64_t from = edge_source(o);
+      yr[o] = from == kOutside ? fill : xr[from];
+    }
+  };
+  for (int64_t o1 = first_row; o1 < std::min(end_row, f.rows.lo); ++o1) row_part(o1);
+  const int64_t rows_lo = std::max(first_row, f.rows.lo), rows_hi = std::min(end_row, f.rows.hi);
+  if (rows_hi > rows_lo) {
+    // The flat copy, its reads clamped to the slab: the clamped elements are edge columns
+    // of the first / last interior row, written below.
+    const int64_t offset = (b1 - s1) * L2 - f.s2;  // source element - output element
+    const int64_t lo = std::max({e0, rows_lo * L2, -offset});
+    const int64_t hi = std::min({e1, rows_hi * L2, L1 * L2 - offset});
+    if (hi > lo) copy_bytes(out + (lo - e0), x + lo + offset, (hi - lo) * sizeof(T));
+    // The edge columns, a column at a time: a few strided stores per column instead of a
+    // loop per row (the per-row loops took a large share of a small plane's time;
+    // benchmarks/archive/NOTES.md v10). x is read only for columns whose source is inside.
+    auto column = [&](int64_t o) {
+      const int64_t from = edge_source(o);
+      // Rows r of [rows_lo, rows_hi) with r * L2 + o in [e0, e1).
+      const int64_t r0 = std::max(rows_lo, (e0 - o + L2 - 1) / L2);
+      const int64_t r1 = std::min(rows_hi, (e1 - o + L2 - 1) / L2);
+      T* y = out + (o - e0);
+      if (from == kOutside)
+        for (int64_t r = r0; r < r1; ++r) y[r * L2] = fill;
+      else
+        for (int64_t r = r0; r < r1; ++r) y[r * L2] = x[(r + b1 - s1) * L2 + from];
+    };
+    for (int64_t o = 0; o < f.cols.lo; ++o) column(o);
+    for (int64_t o = f.cols.hi; o < L2; ++o) column(o);
+  }
+  for (int64_t o1 = std::max(first_row, std::max(f.rows.hi, f.rows.lo)); o1 < end_row; ++o1)
+    row_part(o1);
+}
+
 // edge_src: room for L2 indices, which the plan points into.
 FlatSSL flat_ssl_plan(const Geometry& g, const ChannelShift<double>& cs, int64_t* edge_src) {
   FlatSSL f;
@@ -166,6 +232,24 @@ FlatSSL flat_ssl_plan(const Geometry& g, const ChannelShift<double>& cs, int64_t
   for (int64_t o = 0; o < f.cols.lo; ++o) *edge_src++ = source_index(o - f.s2, L2, g.padding);
   for (int64_t o = f.cols.hi; o < L2; ++o) *edge_src++ = source_index(o - f.s2, L2, g.padding);
   return f;
+}
+
+// Elements [a, b) of channel cs's output plane (dense: slabs of O1 * L2 elements, one after
+// the other) into out[0, b - a): the slabs' spans. xs0: the input's slot-0 stride.
+template <typename T>
+void ssl_forward_plane_span(const T* x, int64_t xs0, const Geometry& g, const FlatSSL& f,
+                            const ChannelShift<double>& cs, T fill, int64_t a, int64_t b, T* out) {
+  const int64_t slab = g.out_length[1] * g.length[2];
+  for (int64_t o0 = a / slab; o0 * slab < b; ++o0) {
+    const int64_t e0 = std::max(a, o0 * slab) - o0 * slab,
+                  e1 = std::min(b, (o0 + 1) * slab) - o0 * slab;
+    const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
+    T* y = out + (o0 * slab + e0 - a);
+    if (i0 == kOutside)
+      std::fill(y, y + (e1 - e0), fill);
+    else
+      ssl_forward_slab_span(x + i0 * xs0, y, g, f, cs.shift[1], fill, e0, e1);
+  }
 }
 
 }  // namespace
@@ -253,11 +337,36 @@ void ssl_forward_planar(const ForwardCall& call) {
     const Strides &is = call.is, &os = call.os;
     T fill;
     std::memcpy(&fill, &call.fill, sizeof(T));
-    const int64_t L2 = g.length[2];
-    const int64_t grain =
-        std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, g.out_plane()));
+    const int64_t L2 = g.length[2], plane = g.out_plane();
+    const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, plane));
+    auto input_plane = [&](int64_t p) {
+      return in + (p / g.channels) * is.batch + (p % g.channels) * is.channel;
+    };
+    // An output too large for the cache is written with streaming stores (copy.h), the
+    // task's planes as one run of line-aligned chunks: a stream per plane would end small
+    // planes with a fence and two partial lines each.
+    const bool dense_output = (g.out_length[0] == 1 || os.slot[0] == g.out_length[1] * L2) &&
+                              os.channel == plane && os.batch == g.channels * plane;
+    const bool stream =
+        dense_output &&
+        streaming_stores_pay(g.batch * g.channels * (g.in_plane() + plane) * int64_t(sizeof(T)));
     at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> edges(L2);
+      if (stream) {
+        stream_elements(out + begin * plane, (end - begin) * plane,
+                        [&](int64_t e0, int64_t e1, T* buffer) {
+                          for (int64_t e = e0; e < e1;) {
+                            const int64_t p = begin + e / plane, a = e % plane;
+                            const int64_t b = std::min(plane, a + (e1 - e));
+                            const ChannelShift<double>& cs = shifts[p % g.channels];
+                            ssl_forward_plane_span(input_plane(p), is.slot[0], g,
+                                                   flat_ssl_plan(g, cs, edges.data()), cs, fill, a,
+                                                   b, buffer + (e - e0));
+                            e += b - a;
+                          }
+                        });
+        return;
+      }
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / g.channels, c = p % g.channels;
         ssl_forward_plane_flat(in + n * is.batch + c * is.channel, is.slot[0],
