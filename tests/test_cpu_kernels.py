@@ -1,6 +1,7 @@
 """The C++ backend's own machinery: channels-last kernels over many channel blocks, the
 in-place kernel, the output cache and the eager fast path (all against the reference)."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -46,12 +47,16 @@ def grads(backend, x, weight, padding, active, crop, grad_output):
     active=st.booleans(),
     gapped=st.booleans(),
     scale=st.sampled_from([0.7, 2.5, 9.0]),
+    no_cache=st.booleans(),
     data=st.data(),
 )
 def test_channels_last_kernels_match_oracle(ndim, channels, dtype, padding, active, gapped,
-                                            scale, data):
+                                            scale, no_cache, data):
     # Channel blocks (16 float32 / 8 float64 lanes per vector), partial blocks, many distinct
-    # shifts per block, reads through every padding, crops.
+    # shifts per block, reads through every padding, crops; no_cache: every call taken as
+    # beyond the cache (csrc/cache.h: the taps prefetch their sources).
+    from torchshift2.backends import cpp
+
     sizes = [data.draw(st.integers(1, 6)) for _ in range(ndim)]
     seed = data.draw(st.integers(0, 2**31 - 1))
     generator = torch.Generator().manual_seed(seed)
@@ -64,7 +69,9 @@ def test_channels_last_kernels_match_oracle(ndim, channels, dtype, padding, acti
                 for s in sizes]
     out_shape = ts._spec.output_shape(x.shape, ts._spec.normalize_crop(crop, sizes))
     grad_output = torch.randn(out_shape, generator=generator, dtype=torch.float64).to(dtype)
-    out, grad_input, grad_weight = grads("cpp", x, weight, padding, active, crop, grad_output)
+    with cpp.assumed_cache(0) if no_cache else contextlib.nullcontext():
+        out, grad_input, grad_weight = grads("cpp", x, weight, padding, active, crop,
+                                             grad_output)
     ref, ref_input, ref_weight = grads("reference", x, weight, padding, active, crop,
                                        grad_output)
     if not active:
@@ -270,7 +277,7 @@ def test_streamed_forward_matches_oracle(dtype, padding, shape, crop):
     weight[0] = 0
     expected = ts.reference.shift(x, weight, padding, crop=crop)
     flat_crop = None if crop is None else [v for pair in crop for v in pair]
-    with ts.use_backend("cpp"), cpp.streaming_threshold(0):
+    with ts.use_backend("cpp"), cpp.assumed_cache(0):
         assert cpp.kernel_name("forward", x, padding, crop=flat_crop) == "ssl_forward_planar"
         assert torch.equal(ts.shift(x, weight, padding, crop=crop), expected)
         if dtype in (torch.float32, torch.float64) and crop is None and padding in (

@@ -99,16 +99,16 @@ def kernel_override(kernel: str):
 
 
 @contextlib.contextmanager
-def streaming_threshold(nbytes: int):
-    """Within the block, kernels that read and write at least ``nbytes`` in all write their
-    output with streaming stores (``csrc/copy.h``; by default: more than the last-level
-    cache), for tests and benchmarks; a negative ``nbytes`` restores the default.
-    Process-wide, not thread-safe."""
-    previous = build.ops().set_streaming_threshold(int(nbytes))
+def assumed_cache(nbytes: int):
+    """Within the block, the kernels take the last-level cache to hold ``nbytes`` (by default:
+    the machine's, from sysfs), which decides where they write with streaming stores and
+    where the channels-last taps prefetch (``csrc/cache.h``): 0 turns both on for every call,
+    a huge value off. For tests and benchmarks; process-wide, not thread-safe."""
+    previous = build.ops().set_cache_bytes(int(nbytes))
     try:
         yield
     finally:
-        build.ops().set_streaming_threshold(previous)
+        build.ops().set_cache_bytes(previous)
 
 
 def isa() -> str:

@@ -20,6 +20,7 @@
 #include <map>
 #include <vector>
 
+#include "cache.h"
 #include "corners.h"
 #include "dispatch.h"
 #include "gather_plan.h"
@@ -208,6 +209,9 @@ struct RowTaps {
   }
 };
 
+// How far ahead of its reads a tap prefetches (NOTES.md v17: 4, 8 and 16 KB measured alike).
+constexpr int64_t kTapPrefetchBytes = 4096;
+
 // SSL: each lane takes its channel's tap (a masked move); lanes whose tap reads outside keep
 // `fill`. Zero-masked reads are ORed (the taps of a block cover disjoint lanes), so there is
 // no dependency chain through a merging destination.
@@ -231,6 +235,9 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
   const int64_t nblocks = static_cast<int64_t>(t.blocks.size());
   const int64_t rows = g.batch * O0 * O1;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
+  // Blocks of several taps read each source row at a stride (one line in four or fewer):
+  // their next columns are prefetched where the sources come from memory (cache.h).
+  const bool prefetch = tap_prefetch_pays(g.batch * C * (g.in_plane() + g.out_plane()) * E);
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     RowTaps<T, float> rt(t);
     const V fillv = B::set1(fill_bits);
@@ -255,14 +262,18 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
       const int64_t stride = C;
       const T* const* bases = rt.base.data();
       const uint64_t* masks = rt.mask.data();
+      const int64_t ahead = std::max<int64_t>(4, kTapPrefetchBytes / (stride * E));
       for (; w + 4 <= rt.hi; w += 4)
         for (int64_t b = 0; b < nblocks; ++b) {
           T* yb = y + b * L + w * stride;
           V a0 = start(b), a1 = a0, a2 = a0, a3 = a0;
           const int j1 = rt.first[b + 1];
+          const bool fetch = prefetch && j1 - rt.first[b] > 1;
           for (int j = rt.first[b]; j < j1; ++j) {
             const T* p = bases[j] + w * stride;
             const uint64_t m = masks[j];
+            if (fetch)
+              for (int k = 0; k < 4; ++k) __builtin_prefetch(p + (ahead + k) * stride, 0, 3);
             a0 = B::or_(a0, B::load_zero(m, p));
             a1 = B::or_(a1, B::load_zero(m, p + stride));
             a2 = B::or_(a2, B::load_zero(m, p + 2 * stride));

@@ -1,6 +1,6 @@
 // Byte copies for the kernels that move runs of elements (the SSL planar forward, the
 // in-place shift, the layout transposes), and outputs written with streaming stores where
-// they cannot stay in the cache (stream_elements, streaming_stores_pay).
+// they cannot stay in the cache (stream_elements; when: streaming_stores_pay, cache.h).
 //
 // Why not std::memcpy: glibc copies runs of a few KB and more with `rep movsb`, which some
 // CPUs (AMD Zen among them) run far slower when source and destination are not equally
@@ -163,17 +163,5 @@ void stream_elements(T* y, int64_t n, Make&& make) {
   _mm_sfence();
 #endif
 }
-
-// Whether a call that reads and writes `bytes` in all should write its output with
-// stream_elements: when they exceed the last-level cache. Then the call's own traffic
-// evicts most of what it writes before anything reads it again; below that, the output
-// would be read from the cache by whatever runs next (a loop of the same call included), and
-// streaming it out to memory costs more than the line reads it saves
-// (benchmarks/archive/NOTES.md, v17).
-bool streaming_stores_pay(int64_t bytes);
-
-// Replaces that rule by `bytes >= threshold` (threshold < 0: back to the rule), for tests
-// and benchmarks; returns the previous threshold (-1: the rule). Process-wide.
-int64_t set_streaming_threshold(int64_t threshold);
 
 }  // namespace torchshift2_cpu

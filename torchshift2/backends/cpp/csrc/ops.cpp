@@ -25,7 +25,7 @@
 #include <tuple>
 #include <vector>
 
-#include "copy.h"
+#include "cache.h"
 #include "corners.h"
 #include "cost_model.h"
 #include "geometry.h"
@@ -1016,7 +1016,7 @@ TORCH_LIBRARY(torchshift2_cpu, m) {
       "bool active, int[] crop, bool channels_last, int[] grad_output_strides, int multiplier, "
       "bool needs_grad_input, bool needs_grad_weight, Tensor? weight=None) -> str");
   m.def("set_kernel_override(str kernel) -> ()");
-  m.def("set_streaming_threshold(int bytes) -> int");
+  m.def("set_cache_bytes(int bytes) -> int");
   m.def("isa() -> str");
 }
 
@@ -1031,7 +1031,7 @@ TORCH_LIBRARY_IMPL(torchshift2_cpu, CatchAll, m) {
   m.impl("cache_info", &cache_info);
   m.impl("kernel_name", &kernel_name);
   m.impl("set_kernel_override", &set_kernel_override);
-  m.impl("set_streaming_threshold", &set_streaming_threshold);
+  m.impl("set_cache_bytes", &set_cache_bytes);
   m.impl("isa", &isa);
 }
 

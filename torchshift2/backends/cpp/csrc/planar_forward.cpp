@@ -15,6 +15,7 @@
 #include <map>
 #include <vector>
 
+#include "cache.h"
 #include "copy.h"
 #include "corners.h"
 #include "dispatch.h"
