@@ -322,6 +322,11 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
       [&](int64_t c, int a) { return corner_weight(g, shifts[c].frac, a); });
   const int64_t rows = g.batch * O0 * O1;
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
+  // A block's pass over a row reads one line in four (or fewer) of each source row: its
+  // next columns are prefetched where the sources come from memory (cache.h).
+  const bool prefetch =
+      tap_prefetch_pays(g.batch * C * (g.in_plane() + g.out_plane()) * int64_t(sizeof(scalar_t)));
+  const int64_t ahead = std::max<int64_t>(4, kTapPrefetchBytes / (C * int64_t(sizeof(scalar_t))));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     const size_t most = t.offset.size();
     std::vector<const scalar_t*> base(most), row(most);
@@ -344,6 +349,9 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
         for (; w + 4 <= bt.hi; w += 4) {
           typename M::V a0 = M::zero(), a1 = M::zero(), a2 = M::zero(), a3 = M::zero();
           typename M::V b0 = M::zero(), b1 = M::zero(), b2 = M::zero(), b3 = M::zero();
+          if (prefetch)
+            for (int i = 0; i < k; ++i)
+              for (int c = 0; c < 4; ++c) __builtin_prefetch(base[i] + (w + ahead + c) * C, 0, 3);
           int j = 0;
           for (; j + 2 <= k; j += 2) {
             const typename M::V cj = M::load(coef[j]), ck = M::load(coef[j + 1]);
