@@ -54,6 +54,24 @@ def test_the_choice_follows_the_spread():
         "active_forward_cl_planes")
 
 
+def test_beyond_the_cache_the_model_changes():
+    # cost_model.h, kCostModelBeyondCache: there the taps prefetch and stream (cache.h), so
+    # the 7-8 taps per block of uniform shifts in +-1.5 cost less than the planes, and the
+    # gathers are never chosen.
+    x = _channels_last(torch.empty(8, 64, 40, 40, device="meta"))
+    gen = torch.Generator().manual_seed(0)
+    uniform = torch.rand(64, 2, generator=gen) * 3 - 1.5
+    wide = torch.rand(64, 2, generator=gen) * 8 - 4
+    large = _channels_last(torch.empty(2, 32, 96, 96, device="meta"))
+    with cpp.assumed_cache(1 << 40):
+        assert cpp.kernel_name("forward", x, weight=uniform) == "ssl_forward_cl_planes"
+        assert cpp.kernel_name("forward", large) == "ssl_forward_cl_gather"
+    with cpp.assumed_cache(0):
+        assert cpp.kernel_name("forward", x, weight=uniform) == "ssl_forward_cl_taps"
+        assert cpp.kernel_name("forward", x, weight=wide) == "ssl_forward_cl_planes"
+        assert cpp.kernel_name("forward", large) != "ssl_forward_cl_gather"
+
+
 def test_override_refuses_what_a_kernel_cannot_run():
     x = torch.randn(2, 9, 16).transpose(1, 2)  # 1D, channels innermost: no planes
     w = torch.zeros(16, 1)

@@ -86,8 +86,9 @@ def _tensor(shape, layout, dtype):
 def _weight(kind, channels, ndim):
     """The case's weight (option ``shifts=``): ``equal``, every channel shifted by 0.5 in
     each dim (SSL: one tap per block; Active: 2^D); ``spread``, channel c by
-    ((c % 4) - 1.5, ...) (SSL: 4^D taps per block, up to 16); ``block``, channels 0-11 by 1,
-    the others not; absent, no weight (the widest spread)."""
+    ((c % 4) - 1.5, ...) (SSL: 4^D taps per block, up to 16); ``uniform``, uniform in
+    +-1.5 from seed 0 (the harness's uniform1.5; SSL 2D: 7-8 taps per block of 16);
+    ``block``, channels 0-11 by 1, the others not; absent, no weight (the widest spread)."""
     if kind is None:
         return None
     if kind == "equal":
@@ -99,6 +100,8 @@ def _weight(kind, channels, ndim):
     if kind == "spread":
         c = torch.arange(channels, dtype=torch.float64)
         return torch.stack([(c // 4 ** d) % 4 - 1.5 for d in range(ndim)], dim=1).float()
+    if kind == "uniform":
+        return torch.rand(channels, ndim, generator=torch.Generator().manual_seed(0)) * 3 - 1.5
     raise ValueError(f"unknown shifts={kind!r} in the kernel table")
 
 

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cache.h"
+#include "copy.h"
 #include "corners.h"
 #include "dispatch.h"
 #include "gather_plan.h"
@@ -237,7 +238,16 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
   // Blocks of several taps read each source row at a stride (one line in four or fewer):
   // their next columns are prefetched where the sources come from memory (cache.h).
-  const bool prefetch = tap_prefetch_pays(g.batch * C * (g.in_plane() + g.out_plane()) * E);
+  const int64_t traffic = g.batch * C * (g.in_plane() + g.out_plane()) * E;
+  const bool prefetch = tap_prefetch_pays(traffic);
+  // Beyond the cache, whole blocks that start on a cache line are streamed out (cache.h;
+  // AVX-512 only: the other builds have no Bits::stream).
+#if defined(TS2_AVX512)
+  const bool stream = streaming_stores_pay(traffic) && (C * E) % 64 == 0 &&
+                      reinterpret_cast<uintptr_t>(out) % 64 == 0;
+#else
+  const bool stream = false;
+#endif
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     RowTaps<T, float> rt(t);
     const V fillv = B::set1(fill_bits);
@@ -279,6 +289,15 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
             a2 = B::or_(a2, B::load_zero(m, p + 2 * stride));
             a3 = B::or_(a3, B::load_zero(m, p + 3 * stride));
           }
+#if defined(TS2_AVX512)
+          if (stream) {
+            B::stream(yb, a0);
+            B::stream(yb + stride, a1);
+            B::stream(yb + 2 * stride, a2);
+            B::stream(yb + 3 * stride, a3);
+            continue;
+          }
+#endif
           B::store(yb, valid[b], a0);
           B::store(yb + stride, valid[b], a1);
           B::store(yb + 2 * stride, valid[b], a2);
@@ -303,6 +322,7 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
         }
       }
     }
+    if (stream) stream_fence();
   });
 }
 
@@ -327,6 +347,18 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
   const bool prefetch =
       tap_prefetch_pays(g.batch * C * (g.in_plane() + g.out_plane()) * int64_t(sizeof(scalar_t)));
   const int64_t ahead = std::max<int64_t>(4, kTapPrefetchBytes / (C * int64_t(sizeof(scalar_t))));
+  // Beyond the cache, whole blocks that start on a cache line are streamed out (float and
+  // double, whose vectors are a line; AVX-512 only).
+#if defined(TS2_AVX512)
+  constexpr bool kLineVectors = sizeof(scalar_t) == sizeof(opmath_t);
+  const bool stream = kLineVectors &&
+                      streaming_stores_pay(g.batch * C * (g.in_plane() + g.out_plane()) *
+                                           int64_t(sizeof(scalar_t))) &&
+                      (C * int64_t(sizeof(scalar_t))) % 64 == 0 &&
+                      reinterpret_cast<uintptr_t>(out) % 64 == 0;
+#else
+  const bool stream = false;
+#endif
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     const size_t most = t.offset.size();
     std::vector<const scalar_t*> base(most), row(most);
@@ -374,6 +406,17 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
             a2 = M::fma(cj, M::load(mask[j], p + 2 * C), a2);
             a3 = M::fma(cj, M::load(mask[j], p + 3 * C), a3);
           }
+#if defined(TS2_AVX512)
+          if constexpr (kLineVectors) {
+            if (stream) {
+              M::stream(yb + w * C, M::add(a0, b0));
+              M::stream(yb + (w + 1) * C, M::add(a1, b1));
+              M::stream(yb + (w + 2) * C, M::add(a2, b2));
+              M::stream(yb + (w + 3) * C, M::add(a3, b3));
+              continue;
+            }
+          }
+#endif
           M::store(yb + w * C, valid, M::add(a0, b0));
           M::store(yb + (w + 1) * C, valid, M::add(a1, b1));
           M::store(yb + (w + 2) * C, valid, M::add(a2, b2));
@@ -396,6 +439,7 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
         }
       }
     }
+    if (stream) stream_fence();
   });
 }
 

@@ -135,6 +135,14 @@ constexpr int64_t kStreamChunkBytes = 2048;
 
 }  // namespace copy_detail
 
+// Orders the streaming stores before this thread's later stores (and so before its
+// threads synchronise): the end of every task that streams.
+inline void stream_fence() {
+#if defined(TS2_AVX512) || defined(TS2_AVX2)
+  _mm_sfence();
+#endif
+}
+
 // Writes y[0, n) with streaming (non-temporal) stores: lines written without first being
 // read into the cache, and not kept there. A plain store reads every line it writes (the
 // line is fetched before it is modified), so for an output that cannot stay in cache anyway
@@ -159,9 +167,7 @@ void stream_elements(T* y, int64_t n, Make&& make) {
                  (end - begin) * int64_t(sizeof(T)));
     begin = end;
   }
-#if defined(TS2_AVX512) || defined(TS2_AVX2)
-  _mm_sfence();
-#endif
+  stream_fence();
 }
 
 }  // namespace torchshift2_cpu

@@ -41,6 +41,15 @@ struct CostModel {
 
 inline constexpr CostModel kCostModel{1.5,  0.75, 9.0, 6.3, 2.4, 0.87,
                                       10.7, 7.0,  1.4, 4.0, 1.2, 2.0};
+// Calls beyond half the last-level cache (tap_prefetch_pays, cache.h), where the taps
+// prefetch and stream: the first eight constants are the medians of three fits by
+// calibrate_cl.py --threads 2 --repeats 25 on calls of that size (single fits moved the
+// taps / planes crossover between 7 and 12 taps; benchmarks/results/
+// calibrate-cl-beyond-*.txt), the factors are kCostModel's but for ssl_planes_large (large
+// planes measured no dearer than small ones there). The gathers are not chosen there
+// (choose_cl_forward): they were never the fastest where measured.
+inline constexpr CostModel kCostModelBeyondCache{0.73, 0.54, 5.28, 5.44, 1.31, 0.49,
+                                                 6.27, 7.57, 1.4,  1.0,  1.2,  2.0};
 inline constexpr int64_t kLargePlaneBytes = 32 << 10;
 
 // The mean number of taps of a block of `lanes` channels (a 64-byte vector): the distinct
@@ -62,10 +71,10 @@ inline double mean_taps(const double* weight, const Geometry& g, int64_t lanes, 
   return static_cast<double>(total) / static_cast<double>(blocks);
 }
 
-// Estimated costs (kCostModel's units) of the three channels-last forwards for a call whose
-// blocks read `taps` offsets on average. The planes run one task per (sample, group of
-// blocks) (planes_fit): with fewer tasks than threads the others wait, which the taps and the
-// gathers (parallel over rows) do not.
+// Estimated costs (the model's units) of the three channels-last forwards for a call whose
+// blocks read `taps` offsets on average; beyond_cache: by kCostModelBeyondCache. The planes run one
+// task per (sample, group of blocks) (planes_fit): with fewer tasks than threads the others wait,
+// which the taps and the gathers (parallel over rows) do not.
 struct ForwardCosts {
   double taps, gather, planes;
   // The planar kernel on contiguous copies of blocks (where the planes do not fit a task):
@@ -76,8 +85,9 @@ struct ForwardCosts {
 };
 
 inline ForwardCosts forward_costs(bool active, int ndim, double taps, const PlanesFit& fit,
-                                  int64_t threads, double copy_waste = 1.0) {
-  const CostModel& m = kCostModel;
+                                  int64_t threads, double copy_waste = 1.0,
+                                  bool beyond_cache = false) {
+  const CostModel& m = beyond_cache ? kCostModelBeyondCache : kCostModel;
   const double idle = fit.tasks > 0 && fit.tasks < threads
                           ? static_cast<double>(threads) / static_cast<double>(fit.tasks)
                           : 1.0;

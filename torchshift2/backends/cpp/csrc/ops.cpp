@@ -366,15 +366,17 @@ Choice choose_cl_forward(const Query& q, int64_t size) {
                   "run this call (it needs 4-byte elements and two or three spatial dims)");
       return kPlanar;
   }
+  const bool beyond_cache =
+      tap_prefetch_pays(g.batch * g.channels * (g.in_plane() + g.out_plane()) * size);
   const ForwardCosts cost =
       forward_costs(q.active, g.spatial_dims(), call_taps(q, kVectorBytes / size), fit,
-                    at::get_num_threads(), block_copy_waste(g, size));
+                    at::get_num_threads(), block_copy_waste(g, size), beyond_cache);
   Choice best = taps;
   double best_cost = cost.taps;
-  // Not the gathers of a 3D Active Shift (four corner pairs per vector): they were never the
-  // fastest where measured, in cache or beyond it, where their time also varies most
-  // (benchmarks/archive/NOTES.md v8, v15), which the in-cache model does not see.
-  const bool model_gather = can_gather && !(q.active && g.spatial_dims() == 3);
+  // Not the gathers of a 3D Active Shift (four corner pairs per vector), nor any beyond the
+  // cache: they were never the fastest where measured, and beyond the cache their time
+  // varies most (benchmarks/archive/NOTES.md v8, v15, v17), which the model does not see.
+  const bool model_gather = can_gather && !beyond_cache && !(q.active && g.spatial_dims() == 3);
   if (model_gather && cost.gather < best_cost) {
     best = gather;
     best_cost = cost.gather;

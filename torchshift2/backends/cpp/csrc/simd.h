@@ -50,6 +50,8 @@ struct Bits;
     static void store(void* p, uint64_t m, V v) {                                    \
       _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);                       \
     }                                                                                \
+    /* A whole vector to a 64-byte aligned p, with a streaming store (copy.h). */    \
+    static void stream(void* p, V v) { _mm512_stream_si512(static_cast<V*>(p), v); } \
   };
 TS2_BITS(1, __mmask64, epi8, char)
 TS2_BITS(2, __mmask32, epi16, short)
@@ -201,6 +203,8 @@ struct Math;
       _mm512_mask_storeu_##SUFFIX(p, static_cast<MASK>(m), v);             \
     }                                                                      \
     static void spill(T* p, V v) { _mm512_storeu_##SUFFIX(p, v); }         \
+    /* A whole vector to a 64-byte aligned p, with a streaming store. */   \
+    static void stream(T* p, V v) { _mm512_stream_##SUFFIX(p, v); }        \
     /* Lanes in m from a, the others from b. */                            \
     static V select(uint64_t m, V a, V b) {                                \
       return _mm512_mask_blend_##SUFFIX(static_cast<MASK>(m), b, a);       \
