@@ -210,6 +210,14 @@ struct RowTaps {
   }
 };
 
+// Whether every 64-byte block a taps kernel writes (at out + n * batch + o0 * slot0 +
+// o1 * slot1 + w * C + b * lanes, element size E) starts on a cache line: the condition of
+// its streaming stores, which fault on any other address.
+inline bool blocks_on_lines(const void* out, const Strides& os, int64_t C, int64_t E) {
+  return reinterpret_cast<uintptr_t>(out) % 64 == 0 && (C * E) % 64 == 0 &&
+         (os.batch * E) % 64 == 0 && (os.slot[0] * E) % 64 == 0 && (os.slot[1] * E) % 64 == 0;
+}
+
 // How far ahead of its reads a tap prefetches (NOTES.md v17: 4, 8 and 16 KB measured alike).
 constexpr int64_t kTapPrefetchBytes = 4096;
 
@@ -243,8 +251,7 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
   // Beyond the cache, whole blocks that start on a cache line are streamed out (cache.h;
   // AVX-512 only: the other builds have no Bits::stream).
 #if defined(TS2_AVX512)
-  const bool stream = streaming_stores_pay(traffic) && (C * E) % 64 == 0 &&
-                      reinterpret_cast<uintptr_t>(out) % 64 == 0;
+  const bool stream = streaming_stores_pay(traffic) && blocks_on_lines(out, os, C, E);
 #else
   const bool stream = false;
 #endif
@@ -354,8 +361,7 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
   const bool stream = kLineVectors &&
                       streaming_stores_pay(g.batch * C * (g.in_plane() + g.out_plane()) *
                                            int64_t(sizeof(scalar_t))) &&
-                      (C * int64_t(sizeof(scalar_t))) % 64 == 0 &&
-                      reinterpret_cast<uintptr_t>(out) % 64 == 0;
+                      blocks_on_lines(out, os, C, int64_t(sizeof(scalar_t)));
 #else
   const bool stream = false;
 #endif
