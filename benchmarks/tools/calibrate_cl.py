@@ -6,7 +6,9 @@ in nanoseconds per 64-byte output vector on one thread, and fit
     taps = base + per_tap * (mean taps per block)     gather, planes = their medians
 
 per mode (SSL, Active Shift). Prints the measurements, the fit and the constants to put in
-``kCostModel``, then how often the model's choice is the fastest kernel (and by how much
+``kCostModel`` (in-cache shapes, the default) or ``kCostModelBeyondCache`` (``--shapes`` of
+calls that read and write more than half the last-level cache; that set is the median of
+three such fits), then how often the model's choice is the fastest kernel (and by how much
 it misses where not). ``--backward`` times the channels-last backward's gathers and planes
 instead (the backward has no cost model: through_planes in cl_planes.cpp is its rule).
 Run: ``python benchmarks/tools/calibrate_cl.py [--threads 1] [--backward]``.
