@@ -294,6 +294,32 @@ def test_streamed_forward_matches_oracle(dtype, padding, shape, crop):
             assert torch.equal(grad_input, expected_input)
 
 
+@pytest.mark.parametrize("kernel", ["planes", "taps"])
+@pytest.mark.parametrize("active", [False, True])
+@pytest.mark.parametrize("shape", [(2, 32, 9, 11), (2, 16, 3, 5, 9)])
+def test_streamed_channels_last_kernels_match_oracle(kernel, active, shape):
+    # Beyond the cache (forced here) the planes kernels stream their rows, 16 positions x 16
+    # channels at a time (cl_planes.cpp, from_planes; the backward's grad_input too), and
+    # the taps their full blocks, four columns at a time (cl_forward.cpp).
+    from torchshift2.backends import cpp
+
+    gen = torch.Generator().manual_seed(3)
+    x = channels_inner(torch.randn(shape, generator=gen))
+    # Shifts within +-1.5: the taps' four-column steps need a common interior of 4 columns.
+    weight = torch.rand(shape[1], len(shape) - 2, generator=gen) * 3 - 1.5
+    grad_output = channels_inner(torch.randn(shape, generator=gen))
+    with cpp.assumed_cache(0), cpp.kernel_override(kernel):
+        out = cpp.forward(x, weight, "zeros", active, [0] * (2 * (len(shape) - 2)), 0.0)
+    with cpp.assumed_cache(0):
+        assert cpp.kernel_name("backward", x, active=active) == "backward_cl_planes"
+        grad_input, grad_weight = grads("cpp", x, weight, "zeros", active, None, grad_output)[1:]
+    ref, ref_input, ref_weight = grads("reference", x, weight, "zeros", active, None,
+                                       grad_output)
+    assert_close(out, ref, torch.float32)
+    assert_close(grad_input, ref_input, torch.float32)
+    assert_close(grad_weight, ref_weight, torch.float32)
+
+
 # --- output cache ----------------------------------------------------------------------
 
 def test_output_cache_reuses_freed_blocks_and_empties():

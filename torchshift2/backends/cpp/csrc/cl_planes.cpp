@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "cache.h"
 #include "copy.h"
 #include "dispatch.h"
 #include "geometry.h"
@@ -140,10 +141,11 @@ void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions
 }
 
 // rows[p * channels + c] = planes[c * plane + p] for c < lanes, p < positions (to_planes'
-// inverse, in the same order).
+// inverse, in the same order). stream: whole 16-channel blocks of float rows with streaming
+// stores (AVX-512; rows + c0 on a cache line, see rows_on_lines); the caller fences.
 template <typename T>
 void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t positions, T* rows,
-                 int64_t channels) {
+                 int64_t channels, bool stream = false) {
   int64_t p0 = 0;
 #ifdef TS2_AVX512
   if constexpr (std::is_same<T, float>::value) {
@@ -155,8 +157,11 @@ void from_planes(const T* planes, int64_t plane, int64_t lanes, int64_t position
         for (int64_t c = 0; c < 16; ++c)
           r[c] = c < count ? _mm512_loadu_ps(planes + (c0 + c) * plane + p0) : _mm512_setzero_ps();
         transpose16(r);
-        for (int i = 0; i < 16; ++i)
-          _mm512_mask_storeu_ps(rows + (p0 + i) * channels + c0, m, r[i]);
+        if (stream && count == 16)
+          for (int i = 0; i < 16; ++i) _mm512_stream_ps(rows + (p0 + i) * channels + c0, r[i]);
+        else
+          for (int i = 0; i < 16; ++i)
+            _mm512_mask_storeu_ps(rows + (p0 + i) * channels + c0, m, r[i]);
       }
   }
 #elif defined(TS2_AVX2)
@@ -284,6 +289,19 @@ PlanesFit planes_fit(int64_t element_size, const Geometry& g, const Strides& inp
   return fit;
 }
 
+// Whether the planes kernels write a channels-last float output (`out`, its sample stride
+// `batch`, C channels) with streaming stores: beyond the cache (cache.h), AVX-512, and every
+// 16-channel block of every row on a cache line (streaming stores fault elsewhere).
+bool rows_on_lines(const void* out, int64_t batch, int64_t C, int64_t element_size,
+                   int64_t traffic) {
+#if defined(TS2_AVX512)
+  return element_size == 4 && streaming_stores_pay(traffic) &&
+         reinterpret_cast<uintptr_t>(out) % 64 == 0 && (C * 4) % 64 == 0 && (batch * 4) % 64 == 0;
+#else
+  return false;
+#endif
+}
+
 // Whether a channels-last backward, or a forward the cost model does not decide, goes through
 // planes (planes_fit, and):
 // - three spatial dims: always; a gather per interpolation corner (8 of them) costs more
@@ -318,6 +336,10 @@ void backward_cl_planes(const BackwardCall& call) {
     const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
     const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
     const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
+    const bool stream =
+        grad_in != nullptr &&
+        rows_on_lines(grad_in, call.gis.batch, C, sizeof(scalar_t),
+                      g.batch * C * (P + Q + (partials != nullptr ? P : 0)) * sizeof(scalar_t));
     for_each_channel_block<scalar_t>(
         g, plane_buffers<scalar_t>(g, true),
         [&](int64_t n, int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
@@ -333,7 +355,8 @@ void backward_cl_planes(const BackwardCall& call) {
                          grad_in == nullptr ? nullptr : gi + c * PP, qs, ps, ps, nullptr, nullptr,
                          partials == nullptr ? nullptr : partials + (n * C + c0 + c) * kSlots);
           if (grad_in != nullptr)
-            from_planes(gi, PP, lanes, P, grad_in + n * call.gis.batch + c0, C);
+            from_planes(gi, PP, lanes, P, grad_in + n * call.gis.batch + c0, C, stream);
+          if (stream) stream_fence();
         });
   });
 }
@@ -356,6 +379,8 @@ void active_forward_cl_planes(const ForwardCall& call) {
     // it (benchmarks/archive/NOTES.md, v12).
     const int64_t slab = g.out_length[1] * g.out_length[2];
     const int64_t SP = plane_pitch<scalar_t>(slab);
+    const bool stream = rows_on_lines(out, call.os.batch, C, sizeof(scalar_t),
+                                      g.batch * C * (P + g.out_plane()) * sizeof(scalar_t));
     for_each_channel_block<scalar_t>(
         g, PP + SP, [&](int64_t n, int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
           scalar_t* x = buffer;
@@ -364,8 +389,10 @@ void active_forward_cl_planes(const ForwardCall& call) {
           for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
             for (int64_t c = 0; c < lanes; ++c)
               kernel.plane(c0 + c, x + c * PP, ps, y + c * SP, qs, nullptr, o0, o0 + 1);
-            from_planes(y, SP, lanes, slab, out + n * call.os.batch + o0 * slab * C + c0, C);
+            from_planes(y, SP, lanes, slab, out + n * call.os.batch + o0 * slab * C + c0, C,
+                        stream);
           }
+          if (stream) stream_fence();
         });
   });
 }
@@ -387,6 +414,7 @@ void ssl_forward_cl_planes(const ForwardCall& call) {
   const int64_t PP = plane_pitch<float>(P), QP = plane_pitch<float>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   const bool flat = flat_planes(g, ps, qs);
+  const bool stream = rows_on_lines(out, call.os.batch, C, 4, g.batch * C * (P + Q) * 4);
   // Per channel: the input and output planes, and room for the edge columns' indices.
   for_each_channel_block<float>(
       g, plane_buffers<float>(g, false) + g.length[2],
@@ -405,7 +433,8 @@ void ssl_forward_cl_planes(const ForwardCall& call) {
                               shifts[c0 + c], fill);
         }
         from_planes(reinterpret_cast<const float*>(y), QP, lanes, Q,
-                    reinterpret_cast<float*>(out + n * call.os.batch + c0), C);
+                    reinterpret_cast<float*>(out + n * call.os.batch + c0), C, stream);
+        if (stream) stream_fence();
       });
 }
 
