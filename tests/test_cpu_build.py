@@ -132,7 +132,9 @@ def test_a_killed_builder_leaves_nothing_that_blocks_the_next_one(tmp_path):
 
 def test_waiting_on_a_live_builder_says_so_once(tmp_path):
     directory = tmp_path / "cache"
-    slow = _builder(directory, "slow", tmp_path / "slow", 3)
+    # The slow build outlasts the waiter's start (importing torchshift2 takes seconds on a
+    # loaded machine; with 3 s the waiter sometimes arrived after it and never waited).
+    slow = _builder(directory, "slow", tmp_path / "slow", 15)
     _wait_for(tmp_path / "slow", slow)
     result = subprocess.run([sys.executable, "-c", BUILDER, str(directory), "fast",
                              str(tmp_path / "waiter")], capture_output=True, text=True, timeout=60)
