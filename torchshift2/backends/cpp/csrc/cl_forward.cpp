@@ -246,7 +246,7 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
   // Blocks of several taps read each source row at a stride (one line in four or fewer):
   // their next columns are prefetched where the sources come from memory (cache.h).
-  const int64_t traffic = g.batch * C * (g.in_plane() + g.out_plane()) * E;
+  const int64_t traffic = g.forward_bytes(E);
   const bool prefetch = tap_prefetch_pays(traffic);
   // Beyond the cache, whole blocks that start on a cache line are streamed out (cache.h;
   // AVX-512 only: the other builds have no Bits::stream).
@@ -351,16 +351,14 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
   const int64_t grain = std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, O2 * C));
   // A block's pass over a row reads one line in four (or fewer) of each source row: its
   // next columns are prefetched where the sources come from memory (cache.h).
-  const bool prefetch =
-      tap_prefetch_pays(g.batch * C * (g.in_plane() + g.out_plane()) * int64_t(sizeof(scalar_t)));
+  const int64_t traffic = g.forward_bytes(sizeof(scalar_t));
+  const bool prefetch = tap_prefetch_pays(traffic);
   const int64_t ahead = std::max<int64_t>(4, kTapPrefetchBytes / (C * int64_t(sizeof(scalar_t))));
   // Beyond the cache, whole blocks that start on a cache line are streamed out (float and
   // double, whose vectors are a line; AVX-512 only).
 #if defined(TS2_AVX512)
   constexpr bool kLineVectors = sizeof(scalar_t) == sizeof(opmath_t);
-  const bool stream = kLineVectors &&
-                      streaming_stores_pay(g.batch * C * (g.in_plane() + g.out_plane()) *
-                                           int64_t(sizeof(scalar_t))) &&
+  const bool stream = kLineVectors && streaming_stores_pay(traffic) &&
                       blocks_on_lines(out, os, C, int64_t(sizeof(scalar_t)));
 #else
   const bool stream = false;

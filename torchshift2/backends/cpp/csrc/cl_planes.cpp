@@ -379,8 +379,8 @@ void active_forward_cl_planes(const ForwardCall& call) {
     // it (benchmarks/archive/NOTES.md, v12).
     const int64_t slab = g.out_length[1] * g.out_length[2];
     const int64_t SP = plane_pitch<scalar_t>(slab);
-    const bool stream = rows_on_lines(out, call.os.batch, C, sizeof(scalar_t),
-                                      g.batch * C * (P + g.out_plane()) * sizeof(scalar_t));
+    const bool stream =
+        rows_on_lines(out, call.os.batch, C, sizeof(scalar_t), g.forward_bytes(sizeof(scalar_t)));
     for_each_channel_block<scalar_t>(
         g, PP + SP, [&](int64_t n, int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
           scalar_t* x = buffer;
@@ -414,7 +414,7 @@ void ssl_forward_cl_planes(const ForwardCall& call) {
   const int64_t PP = plane_pitch<float>(P), QP = plane_pitch<float>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   const bool flat = flat_planes(g, ps, qs);
-  const bool stream = rows_on_lines(out, call.os.batch, C, 4, g.batch * C * (P + Q) * 4);
+  const bool stream = rows_on_lines(out, call.os.batch, C, 4, g.forward_bytes(4));
   // Per channel: the input and output planes, and room for the edge columns' indices.
   for_each_channel_block<float>(
       g, plane_buffers<float>(g, false) + g.length[2],

@@ -90,6 +90,11 @@ struct Geometry {
   bool is_spatial[kSlots] = {false, false, false};  // the slot holds one of the D dims
   int64_t out_plane() const { return out_length[0] * out_length[1] * out_length[2]; }
   int64_t in_plane() const { return length[0] * length[1] * length[2]; }
+  // The bytes a forward reads and writes (input and output, `element_size` each): what the
+  // choices of cache.h weigh.
+  int64_t forward_bytes(int64_t element_size) const {
+    return batch * channels * (in_plane() + out_plane()) * element_size;
+  }
   int spatial_dims() const { return int(is_spatial[0]) + int(is_spatial[1]) + int(is_spatial[2]); }
 };
 

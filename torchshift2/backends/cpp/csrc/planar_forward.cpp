@@ -161,7 +161,7 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
 // Elements [e0, e1) of what ssl_forward_slab_flat writes into a slab, into out[0, e1 - e0),
 // by the same steps clipped to the span: for the streaming path, which makes the output a
 // line-aligned chunk at a time (stream_elements). Whole slabs keep ssl_forward_slab_flat:
-// the clipping costs 10-15% of a 7x7 plane's time (benchmarks/archive/NOTES.md v17).
+// the clipping measured slower on small planes (benchmarks/archive/NOTES.md v17).
 template <typename T>
 void ssl_forward_slab_span(const T* x, T* out, const Geometry& g, const FlatSSL& f, int64_t s1,
                            T fill, int64_t e0, int64_t e1) {
@@ -348,9 +348,7 @@ void ssl_forward_planar(const ForwardCall& call) {
     // planes with a fence and two partial lines each.
     const bool dense_output = (g.out_length[0] == 1 || os.slot[0] == g.out_length[1] * L2) &&
                               os.channel == plane && os.batch == g.channels * plane;
-    const bool stream =
-        dense_output &&
-        streaming_stores_pay(g.batch * g.channels * (g.in_plane() + plane) * int64_t(sizeof(T)));
+    const bool stream = dense_output && streaming_stores_pay(g.forward_bytes(sizeof(T)));
     at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> edges(L2);
       if (stream) {
