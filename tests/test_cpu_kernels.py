@@ -259,14 +259,19 @@ def test_long_runs_forward_and_inplace(dtype, padding):
         ((2, 6, 37, 41), None),  # planes of a few chunks, never line-aligned
         ((2, 6, 37, 41), [(3, 1), (0, 0)]),  # slot 1 cropped
         ((3, 7, 3, 5), None),  # planes smaller than a line
+        ((4, 9, 6, 7), None),  # short rows: slabs made in a buffer
+        ((2, 6, 60, 20), None),  # short rows, slabs larger than the buffer
         ((2, 4, 3, 19, 23), [(1, 0), (2, 3), (0, 0)]),  # slabs of two chunks, slots 0, 1 cropped
     ],
 )
-def test_streamed_forward_matches_oracle(dtype, padding, shape, crop):
-    # csrc/copy.h, stream_elements: the SSL planar forward writes its slabs in line-aligned
-    # chunks with streaming stores when the output is large (here forced for every size);
-    # grad_input alone (zeros or periodic padding, no crop) is the same kernel with the
-    # negated shift.
+@pytest.mark.parametrize("columns", ["most move", "few move"])
+def test_streamed_forward_matches_oracle(dtype, padding, shape, crop, columns):
+    # csrc/copy.h, LineStreamer: the SSL planar forward writes its output with streaming
+    # stores when the call is large (here forced for every size), in runs: rows, edge
+    # columns, whole slabs of unshifted columns, short-row slabs made in a buffer; and with
+    # short rows only when few channels shift their columns ("few move"; planar_forward.cpp,
+    # kShortRowBytes). grad_input alone (zeros or periodic padding, no crop) is the same
+    # kernel with the negated shift.
     from torchshift2.backends import cpp
     from torchshift2.backends import reference as reference_backend
 
@@ -275,6 +280,8 @@ def test_streamed_forward_matches_oracle(dtype, padding, shape, crop):
     x = (torch.randn(shape, generator=gen) * 9).to(dtype)
     weight = (torch.rand(shape[1], ndim, generator=gen) - 0.5) * 2.5 * max(shape[2:])
     weight[0] = 0
+    if columns == "few move":
+        weight[torch.arange(shape[1]) % 3 != 1, -1] = 0
     expected = ts.reference.shift(x, weight, padding, crop=crop)
     flat_crop = None if crop is None else [v for pair in crop for v in pair]
     with ts.use_backend("cpp"), cpp.assumed_cache(0):

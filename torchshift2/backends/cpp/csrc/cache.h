@@ -15,10 +15,11 @@ int64_t last_level_cache_bytes();
 int64_t set_cache_bytes(int64_t bytes);
 
 // Whether a call that reads and writes `traffic` bytes in all should write its output with
-// streaming stores (stream_elements, copy.h): when the traffic exceeds the cache. Then the
-// call's own traffic evicts most of what it writes before anything reads it again; below
-// that, the output would be read from the cache by whatever runs next (a loop of the same
-// call included), and streaming it out costs more than the line reads it saves.
+// streaming stores (LineStreamer, copy.h, or the kernels' own): when the traffic exceeds
+// the cache. Then the call's own traffic evicts most of what it writes before anything
+// reads it again; below that, the output would be read from the cache by whatever runs next
+// (a loop of the same call included), and streaming it out costs more than the line reads
+// it saves.
 inline bool streaming_stores_pay(int64_t traffic) { return traffic > last_level_cache_bytes(); }
 
 // Whether the channels-last taps of such a call should prefetch their sources: when the

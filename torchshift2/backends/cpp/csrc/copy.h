@@ -1,6 +1,6 @@
 // Byte copies for the kernels that move runs of elements (the SSL planar forward, the
 // in-place shift, the layout transposes), and outputs written with streaming stores where
-// they cannot stay in the cache (stream_elements; when: streaming_stores_pay, cache.h).
+// they cannot stay in the cache (LineStreamer; when: streaming_stores_pay, cache.h).
 //
 // Why not std::memcpy: glibc copies runs of a few KB and more with `rep movsb`, which some
 // CPUs (AMD Zen among them) run far slower when source and destination are not equally
@@ -61,6 +61,8 @@ inline void stream_line(char* d, const char* s) {  // d: 64-byte aligned
   _mm256_stream_si256(reinterpret_cast<__m256i*>(d), a);
   _mm256_stream_si256(reinterpret_cast<__m256i*>(d + 32), b);
 }
+#else
+inline void stream_line(char* d, const char* s) { std::memcpy(d, s, 64); }  // plain stores
 #endif
 
 }  // namespace copy_detail
@@ -107,34 +109,6 @@ inline void move_bytes(void* dst, const void* src, int64_t n) {
     copy_backward(dst, src, n);
 }
 
-namespace copy_detail {
-
-// n bytes from src to dst (not overlapping), the whole cache lines of dst with streaming
-// stores, the partial lines at either end with plain ones; no fence.
-inline void stream_bytes(char* d, const char* s, int64_t n) {
-#if defined(TS2_AVX512) || defined(TS2_AVX2)
-  const int64_t head = std::min<int64_t>(n, -reinterpret_cast<intptr_t>(d) & 63);
-  const int64_t end = head + (n - head) / 64 * 64;
-  copy_forward(d, s, head);
-  int64_t i = head;
-  for (; i + 256 <= end; i += 256) {
-    stream_line(d + i, s + i);
-    stream_line(d + i + 64, s + i + 64);
-    stream_line(d + i + 128, s + i + 128);
-    stream_line(d + i + 192, s + i + 192);
-  }
-  for (; i < end; i += 64) stream_line(d + i, s + i);
-  copy_forward(d + end, s + end, n - end);
-#else
-  std::memcpy(d, s, n);
-#endif
-}
-
-// stream_elements' chunk: 1 KB and 4 KB chunks measured slower (NOTES.md v17).
-constexpr int64_t kStreamChunkBytes = 2048;
-
-}  // namespace copy_detail
-
 // Orders the streaming stores before this thread's later stores (and so before its
 // threads synchronise): the end of every task that streams.
 inline void stream_fence() {
@@ -143,31 +117,138 @@ inline void stream_fence() {
 #endif
 }
 
-// Writes y[0, n) with streaming (non-temporal) stores: lines written without first being
-// read into the cache, and not kept there. A plain store reads every line it writes (the
-// line is fetched before it is modified), so for an output that cannot stay in cache anyway
-// this saves a third of a copy's traffic. make(begin, end, buffer) writes elements
-// [begin, end) of y into buffer[0, end - begin); the chunks are a few KB and end on y's
-// cache lines, so only y's first and last partial lines get plain stores (a neighbouring
-// plane's owner may write their other bytes), and each chunk's sources are read right before
-// it is streamed: a whole plane made first and streamed after serialises its reads and writes
-// and loses most of the gain (benchmarks/archive/NOTES.md, v17). Ends with a store fence
-// (streaming stores are not ordered with other stores; the caller's threads synchronise
-// after it).
-template <typename T, typename Make>
-void stream_elements(T* y, int64_t n, Make&& make) {
-  using namespace copy_detail;
-  constexpr int64_t kChunk = kStreamChunkBytes / int64_t(sizeof(T));
-  alignas(64) T buffer[kChunk];
-  for (int64_t begin = 0; begin < n;) {
-    int64_t end = std::min(n, begin + kChunk);
-    if (end < n) end -= int64_t(reinterpret_cast<uintptr_t>(y + end) & 63) / int64_t(sizeof(T));
-    make(begin, end, buffer);
-    stream_bytes(reinterpret_cast<char*>(y + begin), reinterpret_cast<const char*>(buffer),
-                 (end - begin) * int64_t(sizeof(T)));
-    begin = end;
+// Writes y[0, n) front to back with streaming (non-temporal) stores: lines written without
+// first being read into the cache, and not kept there. A plain store reads every line it
+// writes (the line is fetched before it is modified), so for an output that cannot stay in
+// cache anyway this saves a third of a copy's traffic. The output comes as a sequence of
+// runs, copied (copy) or filled (fill): the whole lines of a run are streamed straight from
+// its source, and the lines runs share are assembled first (in a register with AVX-512),
+// so reads and streaming stores interleave as in a plain copy loop; a chunk made in a
+// buffer and streamed after it serialises them (benchmarks/archive/NOTES.md, v18). Only y's
+// first and last partial lines get plain stores (a neighbouring plane's owner may write
+// their other bytes). finish() ends with a store fence (streaming stores are not ordered
+// with other stores; the caller's threads synchronise after it). y: aligned to T.
+template <typename T>
+class LineStreamer {
+ public:
+  LineStreamer(T* y, T fill) : first_(reinterpret_cast<char*>(y)), next_(first_) {
+#if defined(TS2_AVX512)
+    line_ = _mm512_setzero_si512();
+    alignas(64) T pattern[64 / sizeof(T)];
+    std::fill(pattern, pattern + 64 / sizeof(T), fill);
+    fill_ = _mm512_load_si512(pattern);
+#else
+    std::fill(fill_, fill_ + 64 / sizeof(T), fill);
+#endif
   }
-  stream_fence();
-}
+
+  // The next `count` elements of y: src[0, count).
+  void copy(const T* src, int64_t count) {
+    write_fill();
+    const char* s = reinterpret_cast<const char*>(src);
+    int64_t n = count * int64_t(sizeof(T));
+    const int64_t open = offset();
+    if (open > 0 && n > 0) {
+      const int64_t k = std::min<int64_t>(64 - open, n);
+      put(open, k, s - open);
+      s += k;
+      n -= k;
+    }
+    for (; n >= 64; n -= 64, s += 64, next_ += 64) copy_detail::stream_line(next_, s);
+    if (n > 0) put(0, n, s);
+  }
+
+  // The next `count` elements of y: the fill (written with the next copy or finish, so
+  // that neighbouring fills, such as the edge columns of consecutive rows, are one run).
+  void fill(int64_t count) { pending_fill_ += count; }
+
+  // Writes the open line's bytes (plain stores) and fences.
+  void finish() {
+    write_fill();
+    const int64_t open = offset();
+    if (open > 0) {
+      char* line = next_ - open;
+      const int64_t lo = std::max<int64_t>(first_ - line, 0);
+#if defined(TS2_AVX512)
+      _mm512_mask_storeu_epi8(line, byte_mask(lo, open), line_);
+#else
+      std::memcpy(line + lo, line_ + lo, open - lo);
+#endif
+    }
+    stream_fence();
+  }
+
+ private:
+  int64_t offset() const { return int64_t(reinterpret_cast<uintptr_t>(next_) & 63); }
+
+  void write_fill() {
+    int64_t n = pending_fill_ * int64_t(sizeof(T));
+    pending_fill_ = 0;
+    const int64_t open = offset();
+    if (open > 0 && n > 0) {
+      const int64_t k = std::min<int64_t>(64 - open, n);
+      put(open, k, nullptr);
+      n -= k;
+    }
+    for (; n >= 64; n -= 64, next_ += 64) stream_fill_line();
+    if (n > 0) put(0, n, nullptr);
+  }
+
+  // Bytes [lo, lo + k) of the open line: src[lo, lo + k) (src: where the line's byte 0
+  // would come from), or the fill where src is null; writes the line out once complete.
+  void put(int64_t lo, int64_t k, const char* src) {
+#if defined(TS2_AVX512)
+    const __mmask64 m = byte_mask(lo, lo + k);
+    line_ = src ? _mm512_mask_loadu_epi8(line_, m, src) : _mm512_mask_mov_epi8(line_, m, fill_);
+#else
+    // Element moves, not a memcpy call per piece: pieces are a few elements.
+    T* line = reinterpret_cast<T*>(line_);
+    const T* from = src ? reinterpret_cast<const T*>(src) : fill_;
+    for (int64_t e = lo / int64_t(sizeof(T)); e < (lo + k) / int64_t(sizeof(T)); ++e)
+      line[e] = from[e];
+#endif
+    next_ += k;
+    if (lo + k == 64) close_line(next_ - 64);
+  }
+
+  // Writes the completed line at `line`: streamed, or plain for y's first line when y
+  // starts inside it.
+  void close_line(char* line) {
+    const int64_t lo = std::max<int64_t>(first_ - line, 0);
+#if defined(TS2_AVX512)
+    if (lo == 0)
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(line), line_);
+    else
+      _mm512_mask_storeu_epi8(line, byte_mask(lo, 64), line_);
+#else
+    if (lo == 0)
+      copy_detail::stream_line(line, line_);
+    else
+      std::memcpy(line + lo, line_ + lo, 64 - lo);
+#endif
+  }
+
+  void stream_fill_line() {
+#if defined(TS2_AVX512)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(next_), fill_);
+#else
+    copy_detail::stream_line(next_, reinterpret_cast<const char*>(fill_));
+#endif
+  }
+
+#if defined(TS2_AVX512)
+  static __mmask64 byte_mask(int64_t lo, int64_t hi) {  // bytes [lo, hi), 0 <= lo < hi <= 64
+    const uint64_t below_hi = hi == 64 ? ~uint64_t(0) : (uint64_t(1) << hi) - 1;
+    return __mmask64(below_hi & ~((uint64_t(1) << lo) - 1));
+  }
+  __m512i line_, fill_;
+#else
+  alignas(64) char line_[64];
+  alignas(64) T fill_[64 / sizeof(T)];
+#endif
+  char* const first_;
+  char* next_;
+  int64_t pending_fill_ = 0;  // elements
+};
 
 }  // namespace torchshift2_cpu

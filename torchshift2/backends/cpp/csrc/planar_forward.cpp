@@ -158,70 +158,6 @@ void ssl_forward_slab_flat(const T* x, T* y, const Geometry& g, const FlatSSL& f
   }
 }
 
-// Elements [e0, e1) of what ssl_forward_slab_flat writes into a slab, into out[0, e1 - e0),
-// by the same steps clipped to the span: for the streaming path, which makes the output a
-// line-aligned chunk at a time (stream_elements). Whole slabs keep ssl_forward_slab_flat:
-// the clipping measured slower on small planes (benchmarks/archive/NOTES.md v17).
-template <typename T>
-void ssl_forward_slab_span(const T* x, T* out, const Geometry& g, const FlatSSL& f, int64_t s1,
-                           T fill, int64_t e0, int64_t e1) {
-  const int64_t L1 = g.length[1], L2 = g.length[2], b1 = g.before[1];
-  const int64_t first_row = e0 / L2, end_row = (e1 + L2 - 1) / L2;
-  // The source column (or kOutside) of edge column o.
-  auto edge_source = [&](int64_t o) {
-    return f.edge_src[o < f.cols.lo ? o : o - f.cols.hi + f.cols.lo];
-  };
-  // Columns [c0, c1) of output row o1, whose source row is outside the interior rows.
-  auto row_part = [&](int64_t o1) {
-    const int64_t c0 = std::max<int64_t>(e0 - o1 * L2, 0), c1 = std::min(e1 - o1 * L2, L2);
-    T* yr = out + (o1 * L2 - e0);
-    const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
-    if (i1 == kOutside) {
-      std::fill(yr + c0, yr + c1, fill);
-      return;
-    }
-    const T* xr = x + i1 * L2;
-    const int64_t lo = std::max(c0, f.cols.lo), hi = std::min(c1, f.cols.hi);
-    if (hi > lo) copy_bytes(yr + lo, xr + lo - f.s2, (hi - lo) * sizeof(T));
-    for (int64_t o = c0; o < std::min(c1, f.cols.lo); ++o) {
-      const int64_t from = edge_source(o);
-      yr[o] = from == kOutside ? fill : xr[from];
-    }
-    for (int64_t o = std::max(c0, f.cols.hi); o < c1; ++o) {
-      const int64_t from = edge_source(o);
-      yr[o] = from == kOutside ? fill : xr[from];
-    }
-  };
-  for (int64_t o1 = first_row; o1 < std::min(end_row, f.rows.lo); ++o1) row_part(o1);
-  const int64_t rows_lo = std::max(first_row, f.rows.lo), rows_hi = std::min(end_row, f.rows.hi);
-  if (rows_hi > rows_lo) {
-    // The flat copy, its reads clamped to the slab: the clamped elements are edge columns
-    // of the first / last interior row, written below.
-    const int64_t offset = (b1 - s1) * L2 - f.s2;  // source element - output element
-    const int64_t lo = std::max({e0, rows_lo * L2, -offset});
-    const int64_t hi = std::min({e1, rows_hi * L2, L1 * L2 - offset});
-    if (hi > lo) copy_bytes(out + (lo - e0), x + lo + offset, (hi - lo) * sizeof(T));
-    // The edge columns, a column at a time: a few strided stores per column instead of a
-    // loop per row (the per-row loops took a large share of a small plane's time;
-    // benchmarks/archive/NOTES.md v10). x is read only for columns whose source is inside.
-    auto column = [&](int64_t o) {
-      const int64_t from = edge_source(o);
-      // Rows r of [rows_lo, rows_hi) with r * L2 + o in [e0, e1).
-      const int64_t r0 = std::max(rows_lo, (e0 - o + L2 - 1) / L2);
-      const int64_t r1 = std::min(rows_hi, (e1 - o + L2 - 1) / L2);
-      T* y = out + (o - e0);
-      if (from == kOutside)
-        for (int64_t r = r0; r < r1; ++r) y[r * L2] = fill;
-      else
-        for (int64_t r = r0; r < r1; ++r) y[r * L2] = x[(r + b1 - s1) * L2 + from];
-    };
-    for (int64_t o = 0; o < f.cols.lo; ++o) column(o);
-    for (int64_t o = f.cols.hi; o < L2; ++o) column(o);
-  }
-  for (int64_t o1 = std::max(first_row, std::max(f.rows.hi, f.rows.lo)); o1 < end_row; ++o1)
-    row_part(o1);
-}
-
 // edge_src: room for L2 indices, which the plan points into.
 FlatSSL flat_ssl_plan(const Geometry& g, const ChannelShift<double>& cs, int64_t* edge_src) {
   FlatSSL f;
@@ -235,21 +171,66 @@ FlatSSL flat_ssl_plan(const Geometry& g, const ChannelShift<double>& cs, int64_t
   return f;
 }
 
-// Elements [a, b) of channel cs's output plane (dense: slabs of O1 * L2 elements, one after
-// the other) into out[0, b - a): the slabs' spans. xs0: the input's slot-0 stride.
+// The streamed path writes a row at a time, a run per row and per edge column, which on
+// short rows costs more than the streaming saves. So a slab of rows shorter than
+// kShortRowBytes whose columns shift is made whole in a buffer (ssl_forward_slab_flat) and
+// then streamed, if it fits in kBufferedSlabBytes; and a call whose rows are that short
+// streams only when at most half its channels shift their columns (the others stream whole
+// slabs as one run); otherwise plain stores win (benchmarks/archive/NOTES.md, v18).
+constexpr int64_t kShortRowBytes = 128;
+constexpr int64_t kBufferedSlabBytes = 4096;
+
+// Channel cs's output plane into ys (the streamed path), a slab at a time: short-row slabs
+// as said above; otherwise a row at a time, as ssl_forward_slab_flat makes them: per row its
+// fill, or its edge columns and interior run; the interior rows of an unshifted column as
+// one run. xs0: the input's slot-0 stride; buffer: room for kBufferedSlabBytes.
 template <typename T>
-void ssl_forward_plane_span(const T* x, int64_t xs0, const Geometry& g, const FlatSSL& f,
-                            const ChannelShift<double>& cs, T fill, int64_t a, int64_t b, T* out) {
-  const int64_t slab = g.out_length[1] * g.length[2];
-  for (int64_t o0 = a / slab; o0 * slab < b; ++o0) {
-    const int64_t e0 = std::max(a, o0 * slab) - o0 * slab,
-                  e1 = std::min(b, (o0 + 1) * slab) - o0 * slab;
-    const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
-    T* y = out + (o0 * slab + e0 - a);
-    if (i0 == kOutside)
-      std::fill(y, y + (e1 - e0), fill);
+void ssl_forward_plane_streamed(const T* x, int64_t xs0, const Geometry& g, const FlatSSL& f,
+                                const ChannelShift<double>& cs, T fill, T* buffer,
+                                LineStreamer<T>& ys) {
+  const int64_t L1 = g.length[1], L2 = g.length[2], O1 = g.out_length[1], b1 = g.before[1];
+  const int64_t s1 = cs.shift[1];
+  const bool whole_rows = f.cols.lo == 0 && f.cols.hi == L2;
+  // An edge column read from source column `from` of row xr, or through zeros padding.
+  auto edge = [&](const T* xr, int64_t from) {
+    if (from == kOutside)
+      ys.fill(1);
     else
-      ssl_forward_slab_span(x + i0 * xs0, y, g, f, cs.shift[1], fill, e0, e1);
+      ys.copy(xr + from, 1);
+  };
+  auto row = [&](int64_t o1, const T* slab) {
+    const int64_t i1 = source_index(o1 + b1 - s1, L1, g.padding);
+    if (i1 == kOutside) {
+      ys.fill(L2);
+      return;
+    }
+    const T* xr = slab + i1 * L2;
+    const int64_t* src = f.edge_src;
+    for (int64_t o = 0; o < f.cols.lo; ++o) edge(xr, *src++);
+    ys.copy(xr + f.cols.lo - f.s2, f.cols.hi - f.cols.lo);
+    for (int64_t o = f.cols.hi; o < L2; ++o) edge(xr, *src++);
+  };
+  for (int64_t o0 = 0; o0 < g.out_length[0]; ++o0) {
+    const int64_t i0 = source_index(o0 + g.before[0] - cs.shift[0], g.length[0], g.padding);
+    if (i0 == kOutside) {
+      ys.fill(O1 * L2);
+      continue;
+    }
+    const T* slab = x + i0 * xs0;
+    if (!whole_rows && L2 * int64_t(sizeof(T)) < kShortRowBytes &&
+        O1 * L2 * int64_t(sizeof(T)) <= kBufferedSlabBytes) {
+      ssl_forward_slab_flat(slab, buffer, g, f, s1, fill);
+      ys.copy(buffer, O1 * L2);
+      continue;
+    }
+    if (!whole_rows) {
+      for (int64_t o1 = 0; o1 < O1; ++o1) row(o1, slab);
+      continue;
+    }
+    for (int64_t o1 = 0; o1 < f.rows.lo; ++o1) row(o1, slab);
+    if (f.rows.hi > f.rows.lo)
+      ys.copy(slab + (f.rows.lo + b1 - s1) * L2, (f.rows.hi - f.rows.lo) * L2);
+    for (int64_t o1 = std::max(f.rows.hi, f.rows.lo); o1 < O1; ++o1) row(o1, slab);
   }
 }
 
@@ -344,26 +325,30 @@ void ssl_forward_planar(const ForwardCall& call) {
       return in + (p / g.channels) * is.batch + (p % g.channels) * is.channel;
     };
     // An output too large for the cache is written with streaming stores (copy.h), the
-    // task's planes as one run of line-aligned chunks: a stream per plane would end small
-    // planes with a fence and two partial lines each.
+    // task's planes as one run: a stream per plane would end small planes with a fence and
+    // two partial lines each.
     const bool dense_output = (g.out_length[0] == 1 || os.slot[0] == g.out_length[1] * L2) &&
                               os.channel == plane && os.batch == g.channels * plane;
-    const bool stream = dense_output && streaming_stores_pay(g.forward_bytes(sizeof(T)));
+    auto short_rows_pay = [&] {
+      if (L2 * int64_t(sizeof(T)) >= kShortRowBytes) return true;
+      int64_t moving = 0;
+      for (int64_t c = 0; c < g.channels; ++c) moving += shifts[c].shift[2] != 0;
+      return 2 * moving <= g.channels;
+    };
+    const bool stream =
+        dense_output && streaming_stores_pay(g.forward_bytes(sizeof(T))) && short_rows_pay();
     at::parallel_for(0, g.batch * g.channels, grain, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> edges(L2);
       if (stream) {
-        stream_elements(out + begin * plane, (end - begin) * plane,
-                        [&](int64_t e0, int64_t e1, T* buffer) {
-                          for (int64_t e = e0; e < e1;) {
-                            const int64_t p = begin + e / plane, a = e % plane;
-                            const int64_t b = std::min(plane, a + (e1 - e));
-                            const ChannelShift<double>& cs = shifts[p % g.channels];
-                            ssl_forward_plane_span(input_plane(p), is.slot[0], g,
-                                                   flat_ssl_plan(g, cs, edges.data()), cs, fill, a,
-                                                   b, buffer + (e - e0));
-                            e += b - a;
-                          }
-                        });
+        LineStreamer<T> ys(out + begin * plane, fill);
+        alignas(64) char buffer[kBufferedSlabBytes];
+        for (int64_t p = begin; p < end; ++p) {
+          const ChannelShift<double>& cs = shifts[p % g.channels];
+          ssl_forward_plane_streamed(input_plane(p), is.slot[0], g,
+                                     flat_ssl_plan(g, cs, edges.data()), cs, fill,
+                                     reinterpret_cast<T*>(buffer), ys);
+        }
+        ys.finish();
         return;
       }
       for (int64_t p = begin; p < end; ++p) {
