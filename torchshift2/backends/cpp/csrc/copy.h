@@ -117,8 +117,9 @@ inline void stream_fence() {
 #endif
 }
 
-// Writes y[0, n) front to back with streaming (non-temporal) stores: lines written without
-// first being read into the cache, and not kept there. A plain store reads every line it
+// Writes an output y front to back with streaming (non-temporal) stores: lines written
+// without first being read into the cache, and not kept there (builds without AVX: plain
+// stores). A plain store reads every line it
 // writes (the line is fetched before it is modified), so for an output that cannot stay in
 // cache anyway this saves a third of a copy's traffic. The output comes as a sequence of
 // runs, copied (copy) or filled (fill): the whole lines of a run are streamed straight from
@@ -172,7 +173,7 @@ class LineStreamer {
 #if defined(TS2_AVX512)
       _mm512_mask_storeu_epi8(line, byte_mask(lo, open), line_);
 #else
-      std::memcpy(line + lo, line_ + lo, open - lo);
+      std::memcpy(line + lo, reinterpret_cast<const char*>(line_) + lo, open - lo);
 #endif
     }
     stream_fence();
@@ -202,10 +203,9 @@ class LineStreamer {
     line_ = src ? _mm512_mask_loadu_epi8(line_, m, src) : _mm512_mask_mov_epi8(line_, m, fill_);
 #else
     // Element moves, not a memcpy call per piece: pieces are a few elements.
-    T* line = reinterpret_cast<T*>(line_);
     const T* from = src ? reinterpret_cast<const T*>(src) : fill_;
     for (int64_t e = lo / int64_t(sizeof(T)); e < (lo + k) / int64_t(sizeof(T)); ++e)
-      line[e] = from[e];
+      line_[e] = from[e];
 #endif
     next_ += k;
     if (lo + k == 64) close_line(next_ - 64);
@@ -222,9 +222,9 @@ class LineStreamer {
       _mm512_mask_storeu_epi8(line, byte_mask(lo, 64), line_);
 #else
     if (lo == 0)
-      copy_detail::stream_line(line, line_);
+      copy_detail::stream_line(line, reinterpret_cast<const char*>(line_));
     else
-      std::memcpy(line + lo, line_ + lo, 64 - lo);
+      std::memcpy(line + lo, reinterpret_cast<const char*>(line_) + lo, 64 - lo);
 #endif
   }
 
@@ -243,7 +243,7 @@ class LineStreamer {
   }
   __m512i line_, fill_;
 #else
-  alignas(64) char line_[64];
+  alignas(64) T line_[64 / sizeof(T)];
   alignas(64) T fill_[64 / sizeof(T)];
 #endif
   char* const first_;
