@@ -255,13 +255,13 @@ def test_long_runs_forward_and_inplace(dtype, padding):
 @pytest.mark.parametrize(
     "shape, crop",
     [
-        ((2, 5, 1000), None),  # rows of several chunks
-        ((2, 6, 37, 41), None),  # planes of a few chunks, never line-aligned
+        ((2, 5, 1000), None),  # long rows: whole lines streamed from the source
+        ((2, 6, 37, 41), None),  # rows and planes never line-aligned
         ((2, 6, 37, 41), [(3, 1), (0, 0)]),  # slot 1 cropped
         ((3, 7, 3, 5), None),  # planes smaller than a line
         ((4, 9, 6, 7), None),  # short rows: slabs made in a buffer
         ((2, 6, 60, 20), None),  # short rows, slabs larger than the buffer
-        ((2, 4, 3, 19, 23), [(1, 0), (2, 3), (0, 0)]),  # slabs of two chunks, slots 0, 1 cropped
+        ((2, 4, 3, 19, 23), [(1, 0), (2, 3), (0, 0)]),  # 3D, slots 0, 1 cropped
     ],
 )
 @pytest.mark.parametrize("columns", ["most move", "few move"])
