@@ -210,14 +210,6 @@ struct RowTaps {
   }
 };
 
-// Whether every 64-byte block a taps kernel writes (at out + n * batch + o0 * slot0 +
-// o1 * slot1 + w * C + b * lanes, element size E) starts on a cache line: the condition of
-// its streaming stores, which fault on any other address.
-inline bool blocks_on_lines(const void* out, const Strides& os, int64_t C, int64_t E) {
-  return reinterpret_cast<uintptr_t>(out) % 64 == 0 && (C * E) % 64 == 0 &&
-         (os.batch * E) % 64 == 0 && (os.slot[0] * E) % 64 == 0 && (os.slot[1] * E) % 64 == 0;
-}
-
 // How far ahead of its reads a tap prefetches (NOTES.md v17: 4, 8 and 16 KB measured alike).
 constexpr int64_t kTapPrefetchBytes = 4096;
 

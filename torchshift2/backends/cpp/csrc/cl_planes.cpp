@@ -289,14 +289,13 @@ PlanesFit planes_fit(int64_t element_size, const Geometry& g, const Strides& inp
   return fit;
 }
 
-// Whether the planes kernels write a channels-last float output (`out`, its sample stride
-// `batch`, C channels) with streaming stores: beyond the cache (cache.h), AVX-512, and every
-// 16-channel block of every row on a cache line (streaming stores fault elsewhere).
-bool rows_on_lines(const void* out, int64_t batch, int64_t C, int64_t element_size,
+// Whether the planes kernels write a channels-last float output (`out`, strides `os`, C
+// channels) with streaming stores: beyond the cache (cache.h), AVX-512, and every 16-channel
+// block of every row on a cache line (blocks_on_lines).
+bool rows_on_lines(const void* out, const Strides& os, int64_t C, int64_t element_size,
                    int64_t traffic) {
 #if defined(TS2_AVX512)
-  return element_size == 4 && streaming_stores_pay(traffic) &&
-         reinterpret_cast<uintptr_t>(out) % 64 == 0 && (C * 4) % 64 == 0 && (batch * 4) % 64 == 0;
+  return element_size == 4 && streaming_stores_pay(traffic) && blocks_on_lines(out, os, C, 4);
 #else
   return false;
 #endif
@@ -338,7 +337,7 @@ void backward_cl_planes(const BackwardCall& call) {
     const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
     const bool stream =
         grad_in != nullptr &&
-        rows_on_lines(grad_in, call.gis.batch, C, sizeof(scalar_t),
+        rows_on_lines(grad_in, call.gis, C, sizeof(scalar_t),
                       g.batch * C * (P + Q + (partials != nullptr ? P : 0)) * sizeof(scalar_t));
     for_each_channel_block<scalar_t>(
         g, plane_buffers<scalar_t>(g, true),
@@ -380,7 +379,7 @@ void active_forward_cl_planes(const ForwardCall& call) {
     const int64_t slab = g.out_length[1] * g.out_length[2];
     const int64_t SP = plane_pitch<scalar_t>(slab);
     const bool stream =
-        rows_on_lines(out, call.os.batch, C, sizeof(scalar_t), g.forward_bytes(sizeof(scalar_t)));
+        rows_on_lines(out, call.os, C, sizeof(scalar_t), g.forward_bytes(sizeof(scalar_t)));
     for_each_channel_block<scalar_t>(
         g, PP + SP, [&](int64_t n, int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
           scalar_t* x = buffer;
@@ -414,7 +413,7 @@ void ssl_forward_cl_planes(const ForwardCall& call) {
   const int64_t PP = plane_pitch<float>(P), QP = plane_pitch<float>(Q);
   const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
   const bool flat = flat_planes(g, ps, qs);
-  const bool stream = rows_on_lines(out, call.os.batch, C, 4, g.forward_bytes(4));
+  const bool stream = rows_on_lines(out, call.os, C, 4, g.forward_bytes(4));
   // Per channel: the input and output planes, and room for the edge columns' indices.
   for_each_channel_block<float>(
       g, plane_buffers<float>(g, false) + g.length[2],

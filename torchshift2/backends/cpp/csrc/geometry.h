@@ -131,6 +131,14 @@ inline bool flat_planes(const Geometry& g, const Strides& in, const Strides& out
          (in.slot[1] == L2 || L1 == 1) && (out.slot[1] == L2 || O1 == 1);
 }
 
+// Whether every 64-byte block of channels a channels-last kernel writes (at out + n * batch
+// + o0 * slot0 + o1 * slot1 + w * C + b * 64 / E, element size E) starts on a cache line:
+// the condition of streaming stores, which fault on any other address.
+inline bool blocks_on_lines(const void* out, const Strides& os, int64_t C, int64_t E) {
+  return reinterpret_cast<uintptr_t>(out) % 64 == 0 && (C * E) % 64 == 0 &&
+         (os.batch * E) % 64 == 0 && (os.slot[0] * E) % 64 == 0 && (os.slot[1] * E) % 64 == 0;
+}
+
 // Per channel and slot: the integer shift of corner 0 and the interpolation fraction.
 template <typename opmath_t>
 struct ChannelShift {
