@@ -177,8 +177,9 @@ def test_channels_last_2d_plane_groups_match_oracle(padding, active):
 @pytest.mark.parametrize("active", [False, True])
 def test_channels_last_3d_spilled_plane_groups_match_oracle(padding, active):
     # Planes too large for half the L2 even for one block (24 x 24 x 12 positions: a
-    # backward's three planes of 16 channels are 1.3 MiB) are grouped up to 8 budgets: 120
-    # channels are 8 blocks (the last one of 8 channels) in two groups with a 1 MiB budget.
+    # backward's three planes of 16 channels are 1.3 MiB): with a 1 MiB L2 they exceed all of
+    # it and are grouped up to 8 budgets, 120 channels (8 blocks, the last one of 8 channels)
+    # in three groups; with a 2 MiB L2 they fit it, one block per task.
     generator = torch.Generator().manual_seed(6)
     x = torch.randn(1, 120, 24, 24, 12, generator=generator).contiguous(
         memory_format=torch.channels_last_3d)
@@ -187,6 +188,20 @@ def test_channels_last_3d_spilled_plane_groups_match_oracle(padding, active):
         memory_format=torch.channels_last_3d)
     check_float32_grads(x, weight, padding, active, None, grad_output,
                         torch.channels_last_3d)
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_channels_last_2d_one_block_plane_groups_match_oracle(active):
+    # A backward whose planes of one 16-channel block exceed half the L2 but fit all of it
+    # (56 x 56 positions: 0.6 MiB with a 1 MiB L2) runs one block per task: 40 channels are
+    # three tasks per sample, the last one of 8 channels.
+    generator = torch.Generator().manual_seed(8)
+    x = torch.randn(1, 40, 56, 56, generator=generator).contiguous(
+        memory_format=torch.channels_last)
+    weight = torch.randn(40, 2, generator=generator, dtype=torch.float64) * 3
+    grad_output = torch.randn(x.shape, generator=generator).contiguous(
+        memory_format=torch.channels_last)
+    check_float32_grads(x, weight, "zeros", active, None, grad_output, torch.channels_last)
 
 
 @pytest.mark.parametrize("padding", ts.PADDINGS)

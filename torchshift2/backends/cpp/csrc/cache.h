@@ -22,10 +22,13 @@ int64_t set_cache_bytes(int64_t bytes);
 // it saves.
 inline bool streaming_stores_pay(int64_t traffic) { return traffic > last_level_cache_bytes(); }
 
-// Whether the channels-last taps of such a call should prefetch their sources: when the
-// traffic exceeds half the cache. A tap of a few channels reads one line in four (or fewer)
-// of its source row, a stride the hardware prefetchers do not follow; from memory the reads
-// stall, from the cache the prefetches cost more than they save.
-inline bool tap_prefetch_pays(int64_t traffic) { return 2 * traffic > last_level_cache_bytes(); }
+// Whether such a call should prefetch the reads that the hardware prefetchers do not follow:
+// when the traffic exceeds half the cache. A channels-last tap of a few channels reads one
+// line in four (or fewer) of its source row; the through-planes backward's transposes read
+// a few lines of each position's row, pages apart after a few rows. From memory those reads
+// stall; from the cache the prefetches cost more than they save.
+inline bool strided_prefetch_pays(int64_t traffic) {
+  return 2 * traffic > last_level_cache_bytes();
+}
 
 }  // namespace torchshift2_cpu

@@ -239,7 +239,7 @@ void ssl_forward_cl_taps(const T* in, T* out, const Geometry& g, const Strides& 
   // Blocks of several taps read each source row at a stride (one line in four or fewer):
   // their next columns are prefetched where the sources come from memory (cache.h).
   const int64_t traffic = g.forward_bytes(E);
-  const bool prefetch = tap_prefetch_pays(traffic);
+  const bool prefetch = strided_prefetch_pays(traffic);
   // Beyond the cache, whole blocks that start on a cache line are streamed out (cache.h;
   // AVX-512 only: the other builds have no Bits::stream).
 #if defined(TS2_AVX512)
@@ -344,7 +344,7 @@ void active_forward_cl_taps(const scalar_t* in, scalar_t* out, const Geometry& g
   // A block's pass over a row reads one line in four (or fewer) of each source row: its
   // next columns are prefetched where the sources come from memory (cache.h).
   const int64_t traffic = g.forward_bytes(sizeof(scalar_t));
-  const bool prefetch = tap_prefetch_pays(traffic);
+  const bool prefetch = strided_prefetch_pays(traffic);
   const int64_t ahead = std::max<int64_t>(4, kTapPrefetchBytes / (C * int64_t(sizeof(scalar_t))));
   // Beyond the cache, whole blocks that start on a cache line are streamed out (float and
   // double, whose vectors are a line; AVX-512 only).

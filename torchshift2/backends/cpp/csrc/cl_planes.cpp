@@ -29,8 +29,6 @@
 namespace torchshift2_cpu {
 namespace {
 
-// kernel's (no gathers, whose lanes miss L1 one by one).
-
 // Whether a channels-last tensor's samples are dense: slot strides (L1 L2 C, L2 C, C) on
 // the slots that exist, channel stride 1.
 inline bool dense_channels_last(const Strides& s, const int64_t* length, int64_t channels) {
@@ -103,18 +101,32 @@ inline void transpose8(__m256 r[8]) {
 }
 #endif
 
+// Positions ahead of the transposed ones whose rows to_planes prefetches.
+constexpr int64_t kPrefetchPositions = 32;
+
+// The lines of `lanes` channels from c0 of the rows of positions [p, p + count), prefetched.
+template <typename T>
+inline void prefetch_rows(const T* rows, int64_t channels, int64_t c0, int64_t p, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) __builtin_prefetch(rows + (p + i) * channels + c0, 0, 3);
+}
+
 // planes[c * plane + p] = rows[p * channels + c] for c < lanes, p < positions: a 16 x 16
 // (AVX2: 8 x 8) transpose per block of lanes, the blocks of a position group one after the
-// other, so that the rows are read a whole cache line after the other.
+// other, so that the rows are read a whole cache line after the other. prefetch: the rows
+// kPrefetchPositions ahead too (strided_prefetch_pays, cache.h): a group of a few blocks
+// reads a few lines of each row, pages apart after a few rows, which the hardware
+// prefetchers follow only partly.
 template <typename T>
 void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions, T* planes,
-               int64_t plane) {
+               int64_t plane, bool prefetch = false) {
   int64_t p0 = 0;
 #ifdef TS2_AVX512
   if constexpr (std::is_same<T, float>::value) {
     __m512 r[16];
     for (; p0 + 16 <= positions; p0 += 16)
       for (int64_t c0 = 0; c0 < lanes; c0 += 16) {
+        if (prefetch && p0 + kPrefetchPositions + 16 <= positions)
+          prefetch_rows(rows, channels, c0, p0 + kPrefetchPositions, 16);
         const __mmask16 m = static_cast<__mmask16>(lanes_below(static_cast<int>(lanes - c0)));
         for (int i = 0; i < 16; ++i)
           r[i] = _mm512_maskz_loadu_ps(m, rows + (p0 + i) * channels + c0);
@@ -128,6 +140,9 @@ void to_planes(const T* rows, int64_t channels, int64_t lanes, int64_t positions
     __m256 r[8];
     for (; p0 + 8 <= positions; p0 += 8)
       for (int64_t c0 = 0; c0 < lanes; c0 += 8) {
+        // One 64-byte line holds two blocks: the even ones prefetch it.
+        if (prefetch && c0 % 16 == 0 && p0 + kPrefetchPositions + 8 <= positions)
+          prefetch_rows(rows, channels, c0, p0 + kPrefetchPositions, 8);
         const __m256i m = lane_mask32(lanes_below(static_cast<int>(lanes - c0)));
         for (int i = 0; i < 8; ++i) r[i] = _mm256_maskload_ps(rows + (p0 + i) * channels + c0, m);
         transpose8(r);
@@ -216,10 +231,11 @@ int64_t channel_blocks(const Geometry& g) {
 }
 
 // Blocks of kTransposeLanes channels per task of a plane kernel whose buffers hold
-// `buffers` elements per channel: as many as plane_budget_bytes holds. Where not even one
-// block's planes fit (3d: 3 MiB for a backward), they leave L2 whatever the group, and only
-// the transposes' reads still gain from more blocks: then as many as kSpillFactor budgets
-// hold, at least one.
+// `buffers` elements per channel: as many as plane_budget_bytes holds. Where one block's
+// planes exceed the budget but not the whole L2 (2D backward, 56 x 56), one block: its
+// planes mostly stay in L2, which more blocks would spill. Where not even that fits (3d:
+// 3 MiB for a backward), they leave L2 whatever the group, and only the transposes' reads
+// still gain from more blocks: then as many as kSpillFactor budgets hold, at least one.
 constexpr int64_t kSpillFactor = 8;
 // Where one block's planes exceed this many budgets, they go to memory between the passes
 // (PlanesFit::spills; cost_model.h).
@@ -231,6 +247,7 @@ template <typename T>
 int64_t group_blocks(const Geometry& g, int64_t buffers) {
   const int64_t block_bytes = std::max<int64_t>(1, kTransposeLanes<T> * buffers * sizeof(T));
   int64_t fit = plane_budget_bytes() / block_bytes;
+  if (fit == 0 && block_bytes <= 2 * plane_budget_bytes()) fit = 1;
   if (fit == 0) fit = kSpillFactor * plane_budget_bytes() / block_bytes;
   return std::max<int64_t>(1, std::min(channel_blocks<T>(g), fit));
 }
@@ -335,10 +352,13 @@ void backward_cl_planes(const BackwardCall& call) {
     const int64_t C = g.channels, P = g.in_plane(), Q = g.out_plane();
     const int64_t PP = plane_pitch<scalar_t>(P), QP = plane_pitch<scalar_t>(Q);
     const Strides ps = plane_strides(g.length), qs = plane_strides(g.out_length);
+    const int64_t traffic =
+        g.batch * C * (P + Q + (partials != nullptr ? P : 0)) * sizeof(scalar_t);
     const bool stream =
-        grad_in != nullptr &&
-        rows_on_lines(grad_in, call.gis, C, sizeof(scalar_t),
-                      g.batch * C * (P + Q + (partials != nullptr ? P : 0)) * sizeof(scalar_t));
+        grad_in != nullptr && rows_on_lines(grad_in, call.gis, C, sizeof(scalar_t), traffic);
+    // The forwards' transposes (one input) do not prefetch: there it measured no faster, or
+    // slower (benchmarks/archive/NOTES.md, v19).
+    const bool prefetch = strided_prefetch_pays(traffic);
     for_each_channel_block<scalar_t>(
         g, plane_buffers<scalar_t>(g, true),
         [&](int64_t n, int64_t c0, int64_t lanes, int64_t group, scalar_t* buffer) {
@@ -347,8 +367,8 @@ void backward_cl_planes(const BackwardCall& call) {
           scalar_t* gi = buffer + group * PP;
           scalar_t* go = buffer + 2 * group * PP;
           if (partials != nullptr)  // grad_input alone does not read the input
-            to_planes(in + n * call.is.batch + c0, C, lanes, P, x, PP);
-          to_planes(grad_out + n * call.gos.batch + c0, C, lanes, Q, go, QP);
+            to_planes(in + n * call.is.batch + c0, C, lanes, P, x, PP, prefetch);
+          to_planes(grad_out + n * call.gos.batch + c0, C, lanes, Q, go, QP, prefetch);
           for (int64_t c = 0; c < lanes; ++c)
             kernel.plane(scratch, c0 + c, go + c * QP, x + c * PP,
                          grad_in == nullptr ? nullptr : gi + c * PP, qs, ps, ps, nullptr, nullptr,

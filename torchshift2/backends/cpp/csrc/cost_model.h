@@ -41,7 +41,7 @@ struct CostModel {
 
 inline constexpr CostModel kCostModel{1.5,  0.75, 9.0, 6.3, 2.4, 0.87,
                                       10.7, 7.0,  1.4, 4.0, 1.2, 2.0};
-// Calls beyond half the last-level cache (tap_prefetch_pays, cache.h), where the taps
+// Calls beyond half the last-level cache (strided_prefetch_pays, cache.h), where the taps
 // prefetch and stream: the first eight constants are the medians of three fits by
 // calibrate_cl.py --threads 2 --repeats 25 on calls of that size (single fits moved the
 // taps / planes crossover between 7 and 12 taps; benchmarks/results/

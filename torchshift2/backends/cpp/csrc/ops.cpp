@@ -366,7 +366,7 @@ Choice choose_cl_forward(const Query& q, int64_t size) {
                   "run this call (it needs 4-byte elements and two or three spatial dims)");
       return kPlanar;
   }
-  const bool beyond_cache = tap_prefetch_pays(g.forward_bytes(size));
+  const bool beyond_cache = strided_prefetch_pays(g.forward_bytes(size));
   const ForwardCosts cost =
       forward_costs(q.active, g.spatial_dims(), call_taps(q, kVectorBytes / size), fit,
                     at::get_num_threads(), block_copy_waste(g, size), beyond_cache);
