@@ -31,6 +31,8 @@ ANY_DTYPE = ("float32", "float64", "bfloat16", "int16", "uint8", "bool")
 DIRECTIONS = {"forward SSL": ("forward", (False,), (True, True)),
               "forward Active": ("forward", (True,), (True, True)),
               "backward": ("backward", (False, True), (True, True)),
+              "backward SSL": ("backward", (False,), (True, True)),
+              "backward Active": ("backward", (True,), (True, True)),
               "backward grad_input only": ("backward", (False, True), (True, False)),
               "backward SSL grad_input only": ("backward", (False,), (True, False)),
               "backward Active grad_input only": ("backward", (True,), (True, False)),

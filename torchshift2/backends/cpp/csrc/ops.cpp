@@ -796,6 +796,19 @@ bool inverse_shift(const Geometry& g, bool needs_input, bool needs_weight, int64
   return true;
 }
 
+// Whether a backward that asks for both gradients runs grad_input as that forward and then
+// the grad_weight pass alone, rather than PlaneBackward's one sweep for both: float32 whose
+// input, grad_output and grad_input are contiguous (NCHW), in inverse_shift's geometry. There
+// the forward kernels write grad_input faster than the sweep's adjoint does, by more than
+// the second read of grad_output costs, in and beyond the cache (benchmarks/archive/NOTES.md
+// v20); channels-last would transpose grad_output twice, and float64 and bfloat16 Active
+// Shift measured no faster.
+bool split_backward(const Geometry& g, at::ScalarType dtype, bool contiguous, bool needs_input,
+                    bool needs_weight, int64_t k) {
+  return needs_input && needs_weight && dtype == at::kFloat && contiguous &&
+         inverse_shift(g, true, false, k);
+}
+
 // The weight of that forward: -w (Active Shift), -round(w) (SSL).
 at::Tensor inverse_weight(const at::Tensor& weight64, bool active) {
   return active ? weight64.neg() : weight64.round().neg_();
@@ -807,6 +820,13 @@ void run_backward(at::Tensor grad_input, at::Tensor weight_sum, const at::Tensor
   if (inverse_shift(g, grad_input.defined(), weight_sum.defined(), k))
     return run_forward(grad_input, grad_output, inverse_weight(weight64, active), g, 1, active,
                        0.0);
+  if (split_backward(g, input.scalar_type(),
+                     input.is_contiguous() && grad_output.is_contiguous() &&
+                         (!grad_input.defined() || grad_input.is_contiguous()),
+                     grad_input.defined(), weight_sum.defined(), k)) {
+    run_forward(grad_input, grad_output, inverse_weight(weight64, active), g, 1, active, 0.0);
+    return run_backward(at::Tensor(), weight_sum, grad_output, input, weight64, g, k, active);
+  }
   Scratch scratch;
   if (k == 1) {
     const std::vector<int64_t> gis =
@@ -910,7 +930,8 @@ namespace {
 // multiplier: k of a (k·C, D) weight; needs_grad_input / needs_grad_weight: the backward's
 // output_mask. "<name>", with " [widened]" (bfloat16 / half on float copies), " [blocks]"
 // (the call runs in blocks: run_forward, run_backward) and " [inverse shift]" (a backward
-// run as the forward with the negated shift), or "none" (empty).
+// run as the forward with the negated shift; "<forward> [inverse shift] + <backward>": that
+// forward for grad_input, then the backward for grad_weight alone), or "none" (empty).
 std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::IntArrayRef sizes,
                         at::IntArrayRef strides, int64_t padding, bool active, at::IntArrayRef crop,
                         bool channels_last, at::IntArrayRef grad_output_strides, int64_t multiplier,
@@ -943,18 +964,26 @@ std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::In
     plan = plan_forward(dtype, g, active, sizes, strides, out_sizes, out_strides, w);
   } else if (direction == "backward") {
     if (empty) return "none";
-    if (inverse_shift(g, needs_grad_input, needs_grad_weight, multiplier)) {
-      // run_backward: the forward from grad_output (its strides) into grad_input
-      std::vector<int64_t> go_strides = out_strides;
-      go_strides[1] /= multiplier;
+    std::vector<int64_t> go_strides = out_strides;
+    go_strides[1] /= multiplier;
+    // run_backward: the forward from grad_output (its strides) into grad_input.
+    auto inverse_name = [&] {
       const at::Tensor inverse =
           weight64.defined() ? inverse_weight(weight64, active) : at::Tensor();
-      plan = plan_forward(dtype, g, active, out_sizes, go_strides, sizes,
-                          dense_strides(sizes, channels_last),
-                          inverse.defined() ? inverse.const_data_ptr<double>() : nullptr);
-      return std::string(plan.choice.name) + (plan.widened ? " [widened]" : "") +
-             (copies(plan) ? " [blocks]" : "") + " [inverse shift]";
-    }
+      const Plan inverse_plan = plan_forward(
+          dtype, g, active, out_sizes, go_strides, sizes, dense_strides(sizes, channels_last),
+          inverse.defined() ? inverse.const_data_ptr<double>() : nullptr);
+      return std::string(inverse_plan.choice.name) + (inverse_plan.widened ? " [widened]" : "") +
+             (copies(inverse_plan) ? " [blocks]" : "") + " [inverse shift]";
+    };
+    if (inverse_shift(g, needs_grad_input, needs_grad_weight, multiplier)) return inverse_name();
+    if (split_backward(
+            g, dtype,
+            !channels_last && is_contiguous(sizes, strides) && is_contiguous(out_sizes, go_strides),
+            needs_grad_input, needs_grad_weight, multiplier))
+      return inverse_name() + " + " +
+             kernel_name(direction, dtype, sizes, strides, padding, active, crop, channels_last,
+                         grad_output_strides, multiplier, false, true, weight);
     plan = plan_backward(dtype, g, active, sizes, strides, out_sizes, out_strides,
                          dense_strides(sizes, channels_last), needs_grad_input);
   } else if (direction == "inplace") {
