@@ -1,7 +1,7 @@
 """The backward's output mask: what one gradient costs next to both, and a Grouped Shift step.
 
     python benchmarks/masked_backward.py [--shapes 32x64x56x56,8x256x28x28] [--threads 2]
-        [--rounds 9]
+        [--rounds 9] [--cold]
 
 Prints, per shape and layout (float32), the time of ``torchshift2::shift_backward`` with
 ``output_mask`` both / grad_input only / grad_weight only (SSL and Active Shift, ``uniform1.5``
@@ -12,12 +12,21 @@ after the case it is divided by (``both`` for the masks, ``clone`` for the step)
 table shows the median over the rounds of the times (ms) and of the ratios. On a machine
 whose speed drifts, this compares cases under the same conditions, where the min of each
 case alone would pair one case's fast spell with another's slow one.
+
+By default each case runs in a loop, so what fits the last-level cache stays there between
+calls: a clone of a 25.7 MB tensor (51 MB of traffic) keeps part of it in a 32 MB L3, a
+Grouped Shift step (four such tensors) almost none, and the ratio moves with how much the
+clone keeps. ``--cold`` times every call alone after writing a buffer of four times the
+last-level cache (sysfs), so that each case reads and writes memory, not the cache: the
+comparison at the memory floor (the median of 15 such calls per case and round).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
+from pathlib import Path
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -25,23 +34,57 @@ import torch.utils.benchmark as benchmark
 import torchshift2 as ts
 
 
-def _ms(fn, threads: int) -> float:
-    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
-    return timer.blocked_autorange(min_run_time=0.1).median * 1e3
+def _last_level_cache_bytes() -> int:
+    """The largest cache of CPU 0 that sysfs lists (as csrc/cache.cpp reads it), else 32 MiB."""
+    largest = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+        largest = max(largest, int(text.rstrip("KM")) * scale)
+    return largest or 32 << 20
 
 
-def _paired(cases: dict, pairs: dict, threads: int, rounds: int) -> tuple:
+class _Evictor:
+    """Writes a buffer of four times the last-level cache, so the next call starts cold."""
+
+    def __init__(self):
+        self.buffer = torch.empty(4 * _last_level_cache_bytes() // 4, dtype=torch.float32)
+        self.value = 0.0
+
+    def __call__(self):
+        self.value += 1.0
+        self.buffer.fill_(self.value)
+
+
+def _ms(fn, threads: int, evict=None) -> float:
+    if evict is None:
+        timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
+        return timer.blocked_autorange(min_run_time=0.1).median * 1e3
+    fn()  # warm-up: allocations, the output cache
+    samples = []
+    for _ in range(15):
+        evict()
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+def _paired(cases: dict, pairs: dict, threads: int, rounds: int, evict=None) -> tuple:
     """({case: median ms}, {case: median of its ratio to pairs[case], timed just before it})."""
     times = {name: [] for name in cases}
     ratios = {name: [] for name in pairs}
     for _ in range(rounds):
         for name, fn in cases.items():
             if name in pairs:
-                base = _ms(cases[pairs[name]], threads)
-                t = _ms(fn, threads)
+                base = _ms(cases[pairs[name]], threads, evict)
+                t = _ms(fn, threads, evict)
                 ratios[name].append(t / base)
             else:
-                t = _ms(fn, threads)
+                t = _ms(fn, threads, evict)
             times[name].append(t)
     return (
         {n: statistics.median(v) for n, v in times.items()},
@@ -53,7 +96,7 @@ def _layout(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if fmt == "channels_last" else x
 
 
-def times_for(shape, fmt: str, threads: int, rounds: int) -> tuple:
+def times_for(shape, fmt: str, threads: int, rounds: int, evict=None) -> tuple:
     """:func:`_paired`'s (times, ratios) for one shape and layout."""
     torch.manual_seed(0)
     x = _layout(torch.randn(shape), fmt)
@@ -86,7 +129,7 @@ def times_for(shape, fmt: str, threads: int, rounds: int) -> tuple:
     pairs = {"grouped_step": "clone", "grouped_forward": "clone"}
     for active in (False, True):
         pairs[active, "grad_input"] = pairs[active, "grad_weight"] = (active, "both")
-    return _paired(cases, pairs, threads, rounds)
+    return _paired(cases, pairs, threads, rounds, evict)
 
 
 def main(argv=None) -> int:
@@ -94,17 +137,22 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default="32x64x56x56,8x256x28x28")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--cold", action="store_true",
+                        help="time each call alone with the last-level cache evicted first")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    evict = _Evictor() if args.cold else None
     print(
         f"torch {torch.__version__}, {args.threads} threads, backend "
         f"{ts.backends.resolve(torch.device('cpu'))}, float32; medians over {args.rounds} "
-        "rounds of the times (ms) and of the paired ratios"
+        "rounds of the times (ms) and of the paired ratios; "
+        + (f"cold: each call after writing {4 * _last_level_cache_bytes() >> 20} MiB"
+           if args.cold else "warm: calls in a loop")
     )
     for text in args.shapes.split(","):
         shape = tuple(int(v) for v in text.split("x"))
         for fmt in ("contiguous", "channels_last"):
-            t, r = times_for(shape, fmt, args.threads, args.rounds)
+            t, r = times_for(shape, fmt, args.threads, args.rounds, evict)
             print(f"\n{text} {fmt}: clone {t['clone']:.3f} ms")
             print(
                 "| mode | both | grad_input only | grad_weight only | input / both | "
