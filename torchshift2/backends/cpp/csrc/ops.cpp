@@ -977,10 +977,10 @@ std::string kernel_name(c10::string_view direction, at::ScalarType dtype, at::In
              (copies(inverse_plan) ? " [blocks]" : "") + " [inverse shift]";
     };
     if (inverse_shift(g, needs_grad_input, needs_grad_weight, multiplier)) return inverse_name();
-    if (split_backward(
-            g, dtype,
-            !channels_last && is_contiguous(sizes, strides) && is_contiguous(out_sizes, go_strides),
-            needs_grad_input, needs_grad_weight, multiplier))
+    if (split_backward(g, dtype,
+                       is_contiguous(sizes, dense_strides(sizes, channels_last)) &&
+                           is_contiguous(sizes, strides) && is_contiguous(out_sizes, go_strides),
+                       needs_grad_input, needs_grad_weight, multiplier))
       return inverse_name() + " + " +
              kernel_name(direction, dtype, sizes, strides, padding, active, crop, channels_last,
                          grad_output_strides, multiplier, false, true, weight);
