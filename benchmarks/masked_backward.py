@@ -16,9 +16,9 @@ case alone would pair one case's fast spell with another's slow one.
 By default each case runs in a loop, so what fits the last-level cache stays there between
 calls: a clone of a 25.7 MB tensor (51 MB of traffic) keeps part of it in a 32 MB L3, a
 Grouped Shift step (four such tensors) almost none, and the ratio moves with how much the
-clone keeps. ``--cold`` times every call alone after writing a buffer of four times the
-last-level cache (sysfs), so that each case reads and writes memory, not the cache: the
-comparison at the memory floor (the median of 15 such calls per case and round).
+clone keeps. ``--cold`` times every call alone after writing 256 MiB (``EVICT_BYTES``), so
+that each case reads and writes memory, not the cache: the comparison at the memory floor
+(the median of 15 such calls per case and round).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -34,24 +33,16 @@ import torch.utils.benchmark as benchmark
 import torchshift2 as ts
 
 
-def _last_level_cache_bytes() -> int:
-    """The largest cache of CPU 0 that sysfs lists (as csrc/cache.cpp reads it), else 32 MiB."""
-    largest = 0
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        scale = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
-        largest = max(largest, int(text.rstrip("KM")) * scale)
-    return largest or 32 << 20
+#: Bytes written before each call of ``--cold``: more than the last-level cache of any machine
+#: this runs on (as ``triton.testing.do_bench`` flushes the cache with a 256 MB write).
+EVICT_BYTES = 256 << 20
 
 
 class _Evictor:
-    """Writes a buffer of four times the last-level cache, so the next call starts cold."""
+    """Writes EVICT_BYTES, so that the next call finds none of its data in the caches."""
 
     def __init__(self):
-        self.buffer = torch.empty(4 * _last_level_cache_bytes() // 4, dtype=torch.float32)
+        self.buffer = torch.empty(EVICT_BYTES // 4, dtype=torch.float32)
         self.value = 0.0
 
     def __call__(self):
@@ -146,7 +137,7 @@ def main(argv=None) -> int:
         f"torch {torch.__version__}, {args.threads} threads, backend "
         f"{ts.backends.resolve(torch.device('cpu'))}, float32; medians over {args.rounds} "
         "rounds of the times (ms) and of the paired ratios; "
-        + (f"cold: each call after writing {4 * _last_level_cache_bytes() >> 20} MiB"
+        + (f"cold: each call after writing {EVICT_BYTES >> 20} MiB"
            if args.cold else "warm: calls in a loop")
     )
     for text in args.shapes.split(","):
