@@ -169,12 +169,7 @@ class LineStreamer {
     const int64_t open = offset();
     if (open > 0) {
       char* line = next_ - open;
-      const int64_t lo = std::max<int64_t>(first_ - line, 0);
-#if defined(TS2_AVX512)
-      _mm512_mask_storeu_epi8(line, byte_mask(lo, open), line_);
-#else
-      std::memcpy(line + lo, reinterpret_cast<const char*>(line_) + lo, open - lo);
-#endif
+      store_plain(line, std::max<int64_t>(first_ - line, 0), open);
     }
     stream_fence();
   }
@@ -215,16 +210,24 @@ class LineStreamer {
   // starts inside it.
   void close_line(char* line) {
     const int64_t lo = std::max<int64_t>(first_ - line, 0);
+    if (lo > 0) {
+      store_plain(line, lo, 64);
+      return;
+    }
 #if defined(TS2_AVX512)
-    if (lo == 0)
-      _mm512_stream_si512(reinterpret_cast<__m512i*>(line), line_);
-    else
-      _mm512_mask_storeu_epi8(line, byte_mask(lo, 64), line_);
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(line), line_);
 #else
-    if (lo == 0)
-      copy_detail::stream_line(line, reinterpret_cast<const char*>(line_));
-    else
-      std::memcpy(line + lo, reinterpret_cast<const char*>(line_) + lo, 64 - lo);
+    copy_detail::stream_line(line, reinterpret_cast<const char*>(line_));
+#endif
+  }
+
+  // Bytes [lo, hi) of the open line to `line`, with plain stores: y's partial first and
+  // last lines, whose other bytes a neighbouring plane's owner may write.
+  void store_plain(char* line, int64_t lo, int64_t hi) {
+#if defined(TS2_AVX512)
+    _mm512_mask_storeu_epi8(line, byte_mask(lo, hi), line_);
+#else
+    std::memcpy(line + lo, reinterpret_cast<const char*>(line_) + lo, hi - lo);
 #endif
   }
 
